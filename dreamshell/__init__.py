@@ -1,0 +1,3 @@
+"""dreamshell: an interactive dream> shell for Stable Diffusion."""
+
+__version__ = "0.1.0"

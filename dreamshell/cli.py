@@ -1,0 +1,114 @@
+"""argv -> config; the composition root that builds engines, session and shell.
+
+Heavy modules (torch, diffusers) are imported only when a model is really loaded, so `--help`,
+`--version`, `--dry_run` and the first `dream>` prompt appear at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .request import REQUEST_DEFAULTS, DreamRequest
+from .switches import SWITCHES, SwitchError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+LAUNCHER_OWNED = {"outdir", "model"}  # at launch these pick the folder and the resident model
+
+
+def _table_type(sw):
+    def convert(token: str):
+        try:
+            return sw.convert([token] if sw.nargs[1] > 1 else token)
+        except SwitchError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = sw.metavar or sw.field
+    return convert
+
+
+def build_argparser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dreamshell",
+        description="An interactive dream> shell for Stable Diffusion: one resident model, prompts with "
+                    "inline switches, every image logged and replayable.",
+        epilog="Prompt switches given here (e.g. -s 30 -W 64) are session defaults for every line.")
+    ap.add_argument("line", nargs="?", help="run this one dream> line and exit (e.g. \"a red circle -S 1\")")
+    ap.add_argument("--version", action="version", version=f"dreamshell {__version__}")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="models file (default: models/models.yaml if present, else the built-in demo model)")
+    ap.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="where images and dream_log.txt go")
+    ap.add_argument("--model", default=None, help="the model to load: a name from the models file or a path")
+    ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
+    ap.add_argument("--dry_run", action="store_true",
+                    help="with --from_file: print the canonical command of each line (or its error) "
+                         "without loading a model")
+    ap.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    ap.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
+    ap.add_argument("--history_file", type=Path, default=None,
+                    help="prompt history (default: the user data folder; env DREAMSHELL_HISTORY)")
+    ap.add_argument("--no_log", action="store_true", help="do not append to dream_log.txt")
+    defaults = ap.add_argument_group("prompt switches as session defaults")
+    for sw in SWITCHES:
+        if sw.field in LAUNCHER_OWNED:
+            continue
+        names = list(sw.short) + [sw.long]
+        if sw.is_flag:
+            defaults.add_argument(*names, dest=f"d_{sw.field}", action="store_true", help=sw.help)
+        else:
+            multi = sw.nargs[1] > 1  # -U F [S]: converted together in session_defaults
+            defaults.add_argument(*names, dest=f"d_{sw.field}", type=str if multi else _table_type(sw),
+                                  nargs="+" if multi else None, metavar=sw.metavar, help=sw.help)
+    return ap
+
+
+def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> DreamRequest:
+    values = {}
+    for sw in SWITCHES:
+        if sw.field in LAUNCHER_OWNED:
+            continue
+        v = getattr(args, f"d_{sw.field}", None)
+        if sw.nargs[1] > 1 and v is not None:
+            if len(v) > sw.nargs[1]:
+                ap.error(f"{sw.spelling} takes at most {sw.nargs[1]} values: {sw.spelling} {sw.metavar}")
+            try:
+                v = sw.convert(v)
+            except SwitchError as e:
+                ap.error(f"{sw.spelling}: {e}")
+        if v not in (None, False):
+            values[sw.field] = v
+    values = {k: v for k, v in values.items() if v != REQUEST_DEFAULTS[k]}
+    return DreamRequest(prompt="", **values)
+
+
+def default_models_file() -> Path | None:
+    p = Path("models/models.yaml")
+    return p if p.exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_argparser()
+    args = ap.parse_args(argv)
+    if args.dry_run and not args.from_file:
+        ap.error("--dry_run needs --from_file FILE (the file to check)")
+    if args.config is not None and not args.config.exists():
+        print(f"error: models file {args.config} does not exist", file=sys.stderr)
+        return 2
+    config = args.config or default_models_file()
+    if args.dry_run:
+        from .dryrun import dry_run
+        return dry_run(args.from_file, config, session_defaults(args, ap), sys.stdout)
+    from .app import run_app
+    return run_app(args, config, session_defaults(args, ap))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Output file names `NNNNNN.SEED.png` and `NNNNNN.SEED.upscale[-01].png` (stdlib only).
+
+A number is never reused and a file never overwritten, also with several processes writing to
+one folder: the number is chosen and the file linked into place under a directory lock, from a
+fully written temporary file (so a crash never leaves a half image under its final name).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .fileops import directory_lock, place_without_overwrite, write_new_file
+
+_NUMBERED = re.compile(r"^(\d{6,})\.")
+
+
+def next_number(folder: Path) -> int:
+    """One more than the highest NNNNNN. prefix in folder (0 for an empty folder)."""
+    highest = -1
+    with os.scandir(folder) as it:
+        for entry in it:
+            m = _NUMBERED.match(entry.name)
+            if m:
+                highest = max(highest, int(m.group(1)))
+    return highest + 1
+
+
+def save_numbered(folder: Path, seed: int, data: bytes, suffix: str = ".png") -> Path:
+    """Write data as folder/NNNNNN.SEED.png with the next free number; return the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = write_new_file(folder, data)
+    try:
+        with directory_lock(folder):
+            number = next_number(folder)
+            while True:
+                final = folder / f"{number:06d}.{seed}{suffix}"
+                try:
+                    place_without_overwrite(tmp, final)
+                    return final
+                except FileExistsError:
+                    number += 1
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_derived(original: Path, tag: str, data: bytes, folder: Path | None = None) -> Path:
+    """Write data beside `original` as STEM.TAG.png, then STEM.TAG-01.png, ... never overwriting."""
+    folder = folder or original.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = original.name[:-4] if original.name.lower().endswith(".png") else original.stem
+    tmp = write_new_file(folder, data)
+    try:
+        with directory_lock(folder):
+            for n in range(0, 10000):
+                name = f"{stem}.{tag}.png" if n == 0 else f"{stem}.{tag}-{n:02d}.png"
+                try:
+                    place_without_overwrite(tmp, folder / name)
+                    return folder / name
+                except FileExistsError:
+                    continue
+        raise FileExistsError(f"no free name for {stem}.{tag}-NN.png in {folder}")
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,77 @@
+"""The typed requests a dream> line becomes (stdlib only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class UpscaleSpec:
+    """`-U factor [strength]`: Real-ESRGAN upscale; strength < 1 blends with a plain resize."""
+
+    factor: float
+    strength: float = 0.75
+
+
+@dataclass(frozen=True)
+class DreamRequest:
+    """One dream> command. None means "the model's default" (or a random seed)."""
+
+    prompt: str
+    steps: int | None = None
+    seed: int | None = None
+    iterations: int = 1
+    width: int | None = None
+    height: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    init_img: str | None = None
+    strength: float | None = None
+    init_mask: str | None = None
+    fit: bool = False
+    upscale: UpscaleSpec | None = None
+    save_original: bool = False
+    grid: bool = False
+    variation_amount: float = 0.0
+    with_variations: tuple[tuple[int, float], ...] = ()
+    skip_normalize: bool = False
+    log_tokenization: bool = False
+    outdir: str | None = None
+    seamless: bool = False
+    model: str | None = None
+
+    def with_(self, **changes) -> "DreamRequest":
+        return replace(self, **changes)
+
+
+REQUEST_DEFAULTS = {f.name: f.default for f in fields(DreamRequest) if f.name != "prompt"}
+
+
+@dataclass(frozen=True)
+class HelpRequest:
+    """`-h` / `--help` on a line, or `!help`."""
+
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class BangCommand:
+    """A `!name args` line (args is the rest of the line, unparsed)."""
+
+    name: str
+    args: str = ""
+
+
+@dataclass(frozen=True)
+class Blank:
+    """An empty line or a `# comment`."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One saved image: where it went and the canonical command that remakes it."""
+
+    path: str
+    seed: int
+    command: str
+    request: DreamRequest = field(repr=False, compare=False, default=None)  # type: ignore[assignment]

@@ -1,0 +1,65 @@
+"""Fill a request's open values from the model's defaults, the session defaults and earlier seeds.
+
+stdlib only: the dry run and the session use the same rules.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+
+from .models import ModelSpec
+from .request import REQUEST_DEFAULTS, DreamRequest
+from .switches import MAX_SEED
+
+
+class ResolveError(ValueError):
+    """A request that refers to something that is not there (an earlier seed, a last image)."""
+
+
+def apply_defaults(request: DreamRequest, defaults: DreamRequest | None) -> DreamRequest:
+    """Take each switch the line leaves at its default from the session defaults (launch switches)."""
+    if defaults is None:
+        return request
+    changes = {}
+    for f in fields(DreamRequest):
+        if f.name == "prompt":
+            continue
+        mine = getattr(request, f.name)
+        theirs = getattr(defaults, f.name)
+        if mine == REQUEST_DEFAULTS[f.name] and theirs != REQUEST_DEFAULTS[f.name]:
+            changes[f.name] = theirs
+    return request.with_(**changes) if changes else request
+
+
+def resolve_seed(seed: int | None, earlier: list[int], rng: random.Random | None = None) -> int:
+    """A seed to use: the given one, an earlier one for -1/-2/..., or a fresh random one."""
+    if seed is None:
+        return (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    if seed >= 0:
+        return seed
+    if -seed > len(earlier):
+        have = f"only {len(earlier)} image(s) made so far" if earlier else "no image made yet"
+        raise ResolveError(f"-S {seed} refers to the seed {-seed} image(s) back, but there is {have}")
+    return earlier[seed]
+
+
+def resolve_request(request: DreamRequest, spec: ModelSpec, earlier_seeds: list[int],
+                    rng: random.Random | None = None) -> DreamRequest:
+    """The request with steps, seed, size, cfg, sampler and model set (the canonical line's fields)."""
+    return request.with_(
+        steps=request.steps or spec.steps,
+        seed=resolve_seed(request.seed, earlier_seeds, rng),
+        width=request.width or spec.width,
+        height=request.height or spec.height,
+        cfg_scale=spec.cfg_scale if request.cfg_scale is None else request.cfg_scale,
+        sampler=request.sampler or spec.sampler,
+        model=request.model or spec.name,
+        strength=(0.75 if request.strength is None else request.strength) if request.init_img else request.strength,
+    )
+
+
+def image_requests(resolved: DreamRequest) -> list[DreamRequest]:
+    """One request per image of `-n N`: image i gets seed S+i (A1111's rule), each remakeable alone."""
+    return [resolved.with_(seed=(resolved.seed + i) % (MAX_SEED + 1), iterations=1, grid=False)
+            for i in range(resolved.iterations)]

@@ -1,0 +1,230 @@
+"""The one table of dream> switches: it drives the parser, the canonical formatter, !help and completion.
+
+Adding a switch is adding a row (and a field to DreamRequest). stdlib only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .request import UpscaleSpec
+from .samplers import find_sampler, nearest_sampler, sampler_names
+
+MAX_SEED = 2**32 - 1
+
+
+class SwitchError(ValueError):
+    """A value a switch cannot take; the message names the token and the rule."""
+
+
+def _int(token: str, what: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise SwitchError(f"'{token}' is not a whole number; {what}") from None
+
+
+def _float(token: str, what: str) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        raise SwitchError(f"'{token}' is not a number; {what}") from None
+    if not math.isfinite(value):
+        raise SwitchError(f"'{token}' is not a finite number; {what}")
+    return value
+
+
+def positive_int(rule: str) -> Callable[[str], int]:
+    def convert(token: str) -> int:
+        value = _int(token, rule)
+        if value < 1:
+            raise SwitchError(f"'{token}' is too small; {rule}")
+        return value
+    return convert
+
+
+def seed(token: str) -> int:
+    rule = f"the seed is a whole number from 0 to {MAX_SEED}, or -1, -2, ... for an earlier image's seed"
+    value = _int(token, rule)
+    if value > MAX_SEED:
+        raise SwitchError(f"'{token}' is too large; {rule}")
+    return value
+
+
+def image_size(token: str) -> int:
+    rule = "width and height are multiples of 8 from 64 to 8192"
+    value = _int(token, rule)
+    if value % 8 or not 64 <= value <= 8192:
+        raise SwitchError(f"'{token}' is not allowed; {rule}")
+    return value
+
+
+def float_range(lo: float, hi: float, rule: str, lo_open: bool = False) -> Callable[[str], float]:
+    def convert(token: str) -> float:
+        value = _float(token, rule)
+        if value > hi or value < lo or (lo_open and value == lo):
+            raise SwitchError(f"'{token}' is out of range; {rule}")
+        return value
+    return convert
+
+
+def sampler(token: str) -> str:
+    found = find_sampler(token)
+    if found is None:
+        near = nearest_sampler(token)
+        hint = f"did you mean '{near}'? " if near else ""
+        raise SwitchError(f"unknown sampler '{token}'; {hint}samplers: {', '.join(sampler_names()[:10])}, ...")
+    return found.name
+
+
+def text(rule: str) -> Callable[[str], str]:
+    def convert(token: str) -> str:
+        if not token.strip():
+            raise SwitchError(f"an empty value; {rule}")
+        return token
+    return convert
+
+
+def variations(token: str) -> tuple[tuple[int, float], ...]:
+    rule = "write seed:weight pairs separated by commas, e.g. 42:0.1,77:0.2"
+    pairs = []
+    for part in token.split(","):
+        if ":" not in part:
+            raise SwitchError(f"'{part}' is not seed:weight; {rule}")
+        s, w = part.split(":", 1)
+        pairs.append((seed(s.strip()), float_range(0, 1, "weights go from 0 to 1")(w.strip())))
+    return tuple(pairs)
+
+
+def upscale(tokens: list[str]) -> UpscaleSpec:
+    factor = _float(tokens[0], "-U takes a factor >= 1 (2 and 4 use a matching model), then an "
+                               "optional strength from 0 to 1")
+    if factor < 1 or factor > 16:
+        raise SwitchError(f"'{tokens[0]}' is not allowed; the upscale factor goes from 1 to 16")
+    strength = 0.75
+    if len(tokens) > 1:
+        strength = float_range(0, 1, "the upscale strength goes from 0 (plain resize) to 1 "
+                                     "(Real-ESRGAN only)")(tokens[1])
+    return UpscaleSpec(factor, strength)
+
+
+def format_number(value: float) -> str:
+    """Shortest text that reads back as the same float (7.0 -> '7', 0.75 -> '0.75')."""
+    if isinstance(value, int):
+        return str(value)
+    s = repr(float(value))
+    return s[:-2] if s.endswith(".0") else s
+
+
+def format_upscale(spec: UpscaleSpec) -> list[str]:
+    out = [format_number(spec.factor)]
+    if spec.strength != 0.75:
+        out.append(format_number(spec.strength))
+    return out
+
+
+def format_variations(pairs) -> list[str]:
+    return [",".join(f"{s}:{format_number(w)}" for s, w in pairs)]
+
+
+@dataclass(frozen=True)
+class Switch:
+    field: str                      # DreamRequest field it sets
+    long: str                       # --long name (the canonical spelling)
+    short: tuple[str, ...]          # -x spellings, the first one canonical
+    convert: Callable[[str], Any] | None  # token -> value; None for a flag
+    help: str
+    metavar: str = ""
+    nargs: tuple[int, int] = (1, 1)  # tokens taken: (min, max); flags take (0, 0)
+    complete: str | None = None      # 'sampler', 'path', 'model' for the completer
+    format: Callable[[Any], list[str]] | None = None  # value -> tokens (default: str)
+
+    @property
+    def is_flag(self) -> bool:
+        return self.convert is None and self.nargs == (0, 0)
+
+    @property
+    def spelling(self) -> str:
+        """The spelling used in canonical lines."""
+        return self.short[0] if self.short else self.long
+
+    def format_value(self, value: Any) -> list[str]:
+        if self.is_flag:
+            return []
+        if self.format:
+            return self.format(value)
+        return [format_number(value) if isinstance(value, float) else str(value)]
+
+
+def _flag(field: str, long: str, short: tuple[str, ...], help: str) -> Switch:
+    return Switch(field, long, short, None, help, nargs=(0, 0))
+
+
+# Order is the order of canonical lines: prompt, -s, -S, -W, -H, -C, -A, --model first (REFERENCE 3).
+SWITCHES: tuple[Switch, ...] = (
+    Switch("steps", "--steps", ("-s",), positive_int("steps are a whole number >= 1"),
+           "sampling steps", "N"),
+    Switch("seed", "--seed", ("-S",), seed, "seed (-1: the last image's seed, -2 the one before)", "SEED"),
+    Switch("width", "--width", ("-W",), image_size, "image width, a multiple of 8", "W"),
+    Switch("height", "--height", ("-H",), image_size, "image height, a multiple of 8", "H"),
+    Switch("cfg_scale", "--cfg_scale", ("-C",), float_range(0, 100, "the guidance scale goes from 0 to 100"),
+           "classifier-free guidance scale", "SCALE"),
+    Switch("sampler", "--sampler", ("-A", "-m"), sampler, "sampler (k_lms, ddim, \"Euler a\", ...)", "NAME",
+           complete="sampler"),
+    Switch("model", "--model", (), text("--model takes a model name from !models or a path"),
+           "model for this line (switches the resident model)", "NAME", complete="model"),
+    Switch("iterations", "--iterations", ("-n",), positive_int("the count is a whole number >= 1"),
+           "images to make; image i gets seed S+i", "N"),
+    Switch("init_img", "--init_img", ("-I",), text("-I takes an image path, or -1 for the last image"),
+           "img2img: start from this image (-1: the last image made)", "PATH", complete="path"),
+    Switch("strength", "--strength", ("-f",),
+           float_range(0, 1, "the img2img strength is above 0 and at most 1", lo_open=True),
+           "img2img noising strength (default 0.75)", "F"),
+    Switch("init_mask", "--init_mask", ("-M",), text("-M takes a mask image path"),
+           "inpainting mask (white = repaint)", "PATH", complete="path"),
+    _flag("fit", "--fit", (), "resize the init image to fit W x H"),
+    Switch("upscale", "--upscale", ("-U",), upscale,
+           "Real-ESRGAN upscale: factor [strength], strength < 1 blends with a plain resize",
+           "F [S]", nargs=(1, 2), format=format_upscale),
+    _flag("save_original", "--save_original", (), "with -U, keep the un-upscaled image too"),
+    _flag("grid", "--grid", ("-g",), "also save a grid of the -n images"),
+    Switch("variation_amount", "--variation_amount", ("-v",),
+           float_range(0, 1, "the variation amount goes from 0 to 1"),
+           "variation: blend the seed's noise toward new noise", "A"),
+    Switch("with_variations", "--with_variations", ("-V",), variations,
+           "replay variations: seed:weight,seed:weight", "SEED:W,...", format=format_variations),
+    _flag("skip_normalize", "--skip_normalize", ("-x",), "don't normalize sub-prompt weights"),
+    _flag("log_tokenization", "--log_tokenization", ("-t",), "show the tokens and what is past the limit"),
+    Switch("outdir", "--outdir", ("-o",), text("-o takes a folder"), "output folder for this line", "DIR",
+           complete="path"),
+    _flag("seamless", "--seamless", (), "tileable output"),
+)
+
+HELP_SPELLINGS = ("-h", "--help")
+
+# Switches of the original shell that dreamshell recognises but does not implement.
+UNSUPPORTED: dict[str, str] = {
+    "-G": "face restoration (GFPGAN)", "--gfpgan_strength": "face restoration (GFPGAN)",
+    "-ft": "face restoration", "--facetool": "face restoration",
+    "-cf": "CodeFormer face restoration", "--codeformer_fidelity": "CodeFormer face restoration",
+    "-b": "batch size (each image is made on its own; -b1 is accepted)", "--batch_size": "batch size",
+    "--embiggen": "embiggen", "--embiggen_tiles": "embiggen", "-embiggen": "embiggen",
+    "--hires_fix": "the high-resolution fix", "--threshold": "thresholding", "--perlin": "perlin noise",
+    "--save_intermediates": "saving intermediate steps", "-tm": "text masks", "--text_mask": "text masks",
+    "--invert_mask": "inverted masks", "-r": "inpaint replace", "--inpaint_replace": "inpaint replace",
+    "-c": "outcropping", "--outcrop": "outcropping", "-D": "outpainting directions",
+    "--out_direction": "outpainting directions", "--force_outpaint": "outpainting", "-F": "the fast sampler",
+    "--karras_max": "karras_max", "--ddim_eta": "ddim_eta",
+}
+
+BY_SPELLING: dict[str, Switch] = {}
+for _sw in SWITCHES:
+    BY_SPELLING[_sw.long] = _sw
+    for _s in _sw.short:
+        BY_SPELLING[_s] = _sw
+
+
+def all_spellings() -> list[str]:
+    return list(BY_SPELLING) + list(HELP_SPELLINGS)

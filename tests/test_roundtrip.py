@@ -1,0 +1,101 @@
+"""parse(format(r)) == r for every request, with strategies drawn from the switch table."""
+
+from dataclasses import fields
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dreamshell.formatter import format_request
+from dreamshell.parser import parse_request
+from dreamshell.prompt import PromptError, split_prompt
+from dreamshell.request import DreamRequest, UpscaleSpec
+from dreamshell.samplers import SAMPLERS
+from dreamshell.switches import MAX_SEED, SWITCHES
+
+WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="[]:\n\r")
+words = st.text(WORD_CHARS, min_size=1, max_size=12).filter(lambda w: w.strip())
+
+
+def _valid_prompt(p: str) -> bool:
+    try:
+        split_prompt(p)
+    except PromptError:
+        return False
+    return bool(p.strip()) and not p.startswith("!") and "\n" not in p
+
+
+@st.composite
+def prompts(draw):
+    text = " ".join(draw(st.lists(words, min_size=1, max_size=5)))
+    if draw(st.booleans()):
+        text += " [" + draw(words) + "]"
+    if draw(st.booleans()):
+        w1 = draw(st.integers(1, 9))
+        text = f"{text}:0.{w1} " + draw(words).replace("-", "") + f":{w1}"
+    return text
+
+
+def _no_leading_dash(s: str) -> bool:
+    return not s.lstrip().startswith("-")
+
+
+paths = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(
+    lambda s: s.strip())
+unit = st.floats(0, 1, allow_nan=False).map(abs)
+
+FIELD_STRATEGIES = {
+    "steps": st.integers(1, 10_000),
+    "seed": st.one_of(st.integers(0, MAX_SEED), st.integers(-20, -1)),
+    "iterations": st.integers(1, 100),
+    "width": st.integers(8, 1024).map(lambda n: n * 8),
+    "height": st.integers(8, 1024).map(lambda n: n * 8),
+    "cfg_scale": st.floats(0, 100, allow_nan=False).map(abs),
+    "sampler": st.sampled_from([s.name for s in SAMPLERS]),
+    "model": paths,
+    "init_img": st.one_of(st.just("-1"), paths),
+    "strength": unit.filter(lambda x: x > 0),
+    "init_mask": paths,
+    "fit": st.booleans(),
+    "upscale": st.builds(UpscaleSpec, st.floats(1, 16, allow_nan=False), unit),
+    "save_original": st.booleans(),
+    "grid": st.booleans(),
+    "variation_amount": unit,
+    "with_variations": st.lists(st.tuples(st.integers(0, MAX_SEED), unit), max_size=3).map(tuple),
+    "skip_normalize": st.booleans(),
+    "log_tokenization": st.booleans(),
+    "outdir": paths,
+    "seamless": st.booleans(),
+}
+
+
+def test_every_switch_has_a_strategy():
+    assert {sw.field for sw in SWITCHES} == set(FIELD_STRATEGIES)
+    assert {f.name for f in fields(DreamRequest)} - {"prompt"} == set(FIELD_STRATEGIES)
+
+
+@st.composite
+def requests(draw):
+    values = {}
+    for name, strategy in FIELD_STRATEGIES.items():
+        if draw(st.booleans()):
+            values[name] = draw(strategy)
+    if "init_mask" in values and "init_img" not in values:
+        values["init_img"] = "in.png"
+    if values.get("save_original") and "upscale" not in values:
+        values["upscale"] = UpscaleSpec(2.0)
+    return DreamRequest(prompt=draw(prompts().filter(_valid_prompt)), **values)
+
+
+@settings(max_examples=400, deadline=None)
+@given(requests())
+def test_parse_of_format_is_identity(request):
+    line = format_request(request)
+    assert "\n" not in line
+    assert parse_request(line) == request
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests())
+def test_format_of_parse_is_stable(request):
+    once = format_request(parse_request(format_request(request)))
+    assert format_request(parse_request(once)) == once
