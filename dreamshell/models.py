@@ -59,7 +59,9 @@ class Registry:
             return self.models[name_or_path]
         path = Path(name_or_path).expanduser()
         if path.exists():
-            return spec_for_path(path)
+            spec = spec_for_path(path, name=name_or_path)  # named by the path, so its log lines replay
+            self.models[name_or_path] = spec
+            return spec
         names = ", ".join(self.models)
         raise ModelsFileError(f"no model '{name_or_path}': use a name ({names}) or a path to a "
                               "diffusers folder or a .safetensors/.ckpt file")
@@ -82,7 +84,7 @@ def demo_spec() -> ModelSpec:
                      width=64, height=64, steps=20, cfg_scale=5.0, sampler="k_euler", default=True)
 
 
-def spec_for_path(path: Path) -> ModelSpec:
+def spec_for_path(path: Path, name: str | None = None) -> ModelSpec:
     """A spec for weights given by path, guessing the kind from what is there."""
     kind = "sd1"
     if path.is_dir():
@@ -94,7 +96,7 @@ def spec_for_path(path: Path) -> ModelSpec:
     elif path.stat().st_size > 5_000_000_000:
         kind = "sdxl"
     size = DEFAULT_SIZES[kind]
-    return ModelSpec(path.stem if path.is_file() else path.name, path, kind, f"weights at {path}",
+    return ModelSpec(name or str(path), path, kind, f"weights at {path}",
                      width=size, height=size)
 
 

@@ -1,0 +1,224 @@
+"""Run one line of the shell or of a command file: the `!` command registry and the error boundary.
+
+Every user error becomes one line; an unexpected exception becomes one line plus a traceback in
+the data folder's error log; the session and its model survive both. No torch here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .dreamlog import read_commands
+from .formatter import format_request
+from .models import ModelsFileError
+from .parser import ParseError, parse_line
+from .pngmeta import MetadataError, read_recipe
+from .request import BangCommand, Blank, HelpRequest
+from .session import Session, UserError
+from .switches import SWITCHES
+
+
+def data_dir() -> Path:
+    """Where history and the error log live (platformdirs; DREAMSHELL_DATA_DIR overrides)."""
+    env = os.environ.get("DREAMSHELL_DATA_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+    return Path(platformdirs.user_data_dir("dreamshell", appauthor=False))
+
+
+@dataclass
+class Outcome:
+    prefill: str | None = None   # text for the next input line (!fetch, !N)
+    quit: bool = False
+    interrupted: bool = False
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    syntax: str
+    help: str
+    handler: Callable[[str], Outcome | None]
+    complete: str | None = None   # 'path', 'model', None
+
+
+class Dispatcher:
+    """Per-session registry of `!` commands plus the line executor."""
+
+    def __init__(self, session: Session, echo: Callable[[str], None], error: Callable[[str], None] | None = None,
+                 history: Callable[[], list[str]] | None = None):
+        self.session = session
+        self.echo = echo
+        self.error = error or (lambda text: echo(f"error: {text}"))
+        self.history = history or (lambda: [])
+        self.commands: dict[str, Command] = {}
+        self._replay_depth = 0
+        for cmd in (
+            Command("help", "!help", "this help (also -h on a line)", self._help),
+            Command("fetch", "!fetch PATH", "read the recipe from a PNG (ours, InvokeAI's, A1111's) onto the next "
+                    "input line", self._fetch, "path"),
+            Command("replay", "!replay FILE", "run each line of FILE (a dream_log.txt as it is)", self._replay, "path"),
+            Command("history", "!history", "numbered history", self._history),
+            Command("search", "!search TEXT", "history lines containing TEXT", self._search),
+            Command("N", "!N", "put history line N on the input line", self._nth),
+            Command("models", "!models", "list the models (* = loaded)", self._models),
+            Command("switch", "!switch NAME", "make NAME the resident model", self._switch, "model"),
+        ):
+            self.register(cmd)
+
+    def register(self, command: Command) -> None:
+        self.commands[command.name] = command
+
+    # ----- the boundary
+
+    def execute(self, line: str) -> Outcome:
+        try:
+            return self._execute(line)
+        except (ParseError, UserError, MetadataError, ModelsFileError) as e:
+            self.error(str(e))
+            return Outcome(failed=True)
+        except KeyboardInterrupt:
+            self.echo("stopped")
+            return Outcome(interrupted=True)
+        except Exception as e:  # a bug, not the user's fault: one line here, the details in a file
+            where = self._log_exception(line)
+            self.error(f"unexpected {type(e).__name__}: {e} (traceback in {where}); the shell goes on")
+            return Outcome(failed=True)
+
+    def _log_exception(self, line: str) -> Path:
+        folder = data_dir()
+        path = folder / "errors.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} line: {line}\n")
+                f.write(traceback.format_exc())
+        except OSError:
+            return Path("(unwritable error log)")
+        return path
+
+    def _execute(self, line: str) -> Outcome:
+        stripped = line.strip()
+        if stripped in ("q", "quit", "exit"):
+            return Outcome(quit=True)
+        item = parse_line(stripped)
+        if isinstance(item, Blank):
+            return Outcome()
+        if isinstance(item, HelpRequest):
+            return self._help("")
+        if isinstance(item, BangCommand):
+            name = "N" if item.name.isdigit() else item.name
+            cmd = self.commands.get(name)
+            if cmd is None:
+                names = ", ".join(f"!{c}" for c in self.commands if c != "N")
+                raise UserError(f"unknown command '!{item.name}'; commands: {names}, !N")
+            return cmd.handler(item.args if name != "N" else item.name) or Outcome()
+        result = self.session.run(item)
+        return Outcome(interrupted=result.interrupted)
+
+    # ----- commands
+
+    def help_text(self) -> str:
+        lines = ["Type a prompt with switches, e.g.  a red circle on a blue background -S 42 -n 3 -s 20",
+                 "[words] in the prompt are the negative prompt; a:0.3 b:0.7 blends sub-prompts.", "", "Switches:"]
+        for sw in SWITCHES:
+            names = ", ".join(list(sw.short) + [sw.long])
+            lines.append(f"  {names + ' ' + sw.metavar:34} {sw.help}")
+        lines += ["", "Commands:"]
+        for cmd in self.commands.values():
+            lines.append(f"  {cmd.syntax:34} {cmd.help}")
+        lines.append(f"  {'q, quit, exit, Ctrl-D':34} leave (Ctrl-C clears the line, or stops a generation)")
+        return "\n".join(lines)
+
+    def _help(self, _args: str) -> Outcome:
+        self.echo(self.help_text())
+        return Outcome()
+
+    def _fetch(self, args: str) -> Outcome:
+        if not args:
+            raise UserError("!fetch needs a path: !fetch outputs/000001.42.png")
+        request = read_recipe(Path(_unquote(args)).expanduser())
+        command = format_request(request)
+        self.echo(f"recipe: {command}")
+        return Outcome(prefill=command)
+
+    def _replay(self, args: str) -> Outcome:
+        if not args:
+            raise UserError("!replay needs a file: !replay outputs/dream_log.txt")
+        path = Path(_unquote(args)).expanduser()
+        if not path.is_file():
+            raise UserError(f"!replay {args}: no such file")
+        if self._replay_depth >= 5:
+            raise UserError("!replay is nested 5 deep; a file probably replays itself")
+        self._replay_depth += 1
+        try:
+            return self.run_lines(read_commands(path), label=str(path))
+        finally:
+            self._replay_depth -= 1
+
+    def run_lines(self, lines, label: str) -> Outcome:
+        """Run numbered lines as if typed; one Ctrl-C ends the whole batch."""
+        bad = ran = 0
+        for number, command in lines:
+            self.echo(f"{label}:{number}: {command}")
+            outcome = self.execute(command)
+            if outcome.interrupted:
+                self.echo(f"{label}: batch stopped at line {number}")
+                return Outcome(interrupted=True)
+            if outcome.quit:
+                return outcome
+            bad += outcome.failed
+            ran += 1
+        self.echo(f"{label}: {ran} line(s) run, {bad} with errors")
+        return Outcome(failed=bad > 0)
+
+    def _history(self, _args: str) -> Outcome:
+        for i, text in enumerate(self.history(), 1):
+            self.echo(f"{i:4}  {text}")
+        return Outcome()
+
+    def _search(self, args: str) -> Outcome:
+        if not args:
+            raise UserError("!search needs text: !search lighthouse")
+        hits = [(i, t) for i, t in enumerate(self.history(), 1) if args.lower() in t.lower()]
+        for i, text in hits:
+            self.echo(f"{i:4}  {text}")
+        if not hits:
+            self.echo(f"no history line contains '{args}'")
+        return Outcome()
+
+    def _nth(self, number: str) -> Outcome:
+        items = self.history()
+        n = int(number)
+        if not 1 <= n <= len(items):
+            raise UserError(f"!{number}: history has lines 1 to {len(items)} (!history lists them)")
+        return Outcome(prefill=items[n - 1])
+
+    def _models(self, _args: str) -> Outcome:
+        current = self.session.spec.name if self.session.spec else None
+        for spec in self.session.registry.models.values():
+            mark = "*" if spec.name == current else " "
+            state = "loaded" if mark == "*" else "loading" if self.session.loading == spec else "not loaded"
+            self.echo(f"{mark} {spec.name:20} {spec.kind:5} {state:11} {spec.description}")
+        return Outcome()
+
+    def _switch(self, args: str) -> Outcome:
+        if not args:
+            raise UserError("!switch needs a model name (!models lists them)")
+        spec = self.session.switch(_unquote(args))
+        self.echo(f"model {spec.name} loaded")
+        return Outcome()
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text

@@ -1,0 +1,357 @@
+"""The diffusers generator: one resident Stable Diffusion pipeline, txt2img / img2img / inpainting
+built from the same components, samplers by name, a CPU generator per image. Imports torch.
+
+A generation reads as a script: pick the pipeline, set the sampler, encode the prompt, prepare the
+noise, denoise (with a per-step callback that reports progress and can stop), return the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+from ..hashing import weights_sha256
+from ..models import ModelSpec
+from ..prompt import split_prompt
+from ..request import DreamRequest
+from ..samplers import find_sampler
+from .protocols import GenerationError, Interrupted
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CLIP_CHUNK = 75  # tokens CLIP reads at a time, between its start and end tokens
+_ATTENTION = re.compile(r"[()]|\.(and|blend|swap)\(|[\w)]\+|[\w)]-+(?=[\s,]|$)")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    for name in ("transformers", "diffusers", "compel"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+def pick_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenerationError("--device cuda: this torch sees no CUDA device (is it a CPU build?); "
+                              "use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GenerationError("--device mps: Apple's MPS backend is not available here; use --device auto or cpu")
+    return name
+
+
+def pick_dtype(precision: str, device: str):
+    import torch
+    if precision == "auto":
+        return torch.float16 if device in ("cuda", "mps") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(error, oom)) or "out of memory" in str(error).lower()
+
+
+class DiffusersGenerator:
+    """Holds one model; `generate` makes one image for one resolved, per-image request."""
+
+    def __init__(self, device: str = "auto", precision: str = "auto"):
+        _quiet_libraries()
+        import torch
+        self.torch = torch
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(precision, self.device)
+        self.precision = str(self.dtype).replace("torch.", "")
+        self.spec: ModelSpec | None = None
+        self.model_hash = ""
+        self._pipes: dict = {}
+        self._scheduler_config = None
+        self._compel = None
+
+    # ----- loading
+
+    def load(self, spec: ModelSpec) -> None:
+        """Load spec's weights (offline) and make it the resident model; the old one is released."""
+        self.unload()
+        if not spec.weights.exists():
+            raise GenerationError(f"model '{spec.name}': {spec.weights} does not exist "
+                                  "(fix 'weights' in the models file or pass a path to --model)")
+        cls = self._pipeline_class(spec.kind, "txt2img")
+        try:
+            if spec.is_single_file:
+                config = CONFIGS_DIR / spec.kind
+                if not (config / "model_index.json").exists():
+                    raise GenerationError(f"no shipped config for kind '{spec.kind}' at {config}")
+                pipe = cls.from_single_file(str(spec.weights), config=str(config), local_files_only=True,
+                                            torch_dtype=self.dtype)
+            else:
+                extra = {} if spec.kind == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+                pipe = cls.from_pretrained(str(spec.weights), torch_dtype=self.dtype, local_files_only=True,
+                                           **extra)
+        except GenerationError:
+            raise
+        except Exception as e:  # diffusers raises many kinds; the user needs one line
+            raise GenerationError(self._load_error(spec, e)) from e
+        pipe.set_progress_bar_config(disable=True)
+        if hasattr(pipe, "safety_checker"):
+            pipe.safety_checker = None
+        pipe = pipe.to(self.device)
+        if self.device == "mps":
+            pipe.enable_attention_slicing()  # 8 GB Macs run out of memory without it
+        self._pipes = {"txt2img": pipe}
+        self._scheduler_config = pipe.scheduler.config
+        self.spec = spec
+        self.model_hash = weights_sha256(spec.weights)
+
+    @staticmethod
+    def _load_error(spec: ModelSpec, e: Exception) -> str:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if spec.weights.suffix.lower() == ".ckpt" and ("weights_only" in str(e) or "Unable to load" in str(e)
+                                                        or "Unpickl" in type(e).__name__):
+            return (f"refusing {spec.weights}: it does not load with torch.load(weights_only=True), so it may "
+                    "hold code that would run on load; use a .safetensors file instead")
+        return f"cannot load model '{spec.name}' from {spec.weights}: {text}"
+
+    def unload(self) -> None:
+        self._pipes.clear()
+        self._compel = None
+        self.spec = None
+        import gc
+        gc.collect()
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def _pipeline_class(self, kind: str, mode: str):
+        import diffusers
+        names = {
+            ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+            ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+            ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+            ("sd", "txt2img"): "StableDiffusionPipeline",
+            ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
+            ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
+        }
+        return getattr(diffusers, names[("sdxl" if kind == "sdxl" else "sd", mode)])
+
+    def _pipe(self, mode: str):
+        """The pipeline for a mode, sharing the resident components (no weights loaded or copied)."""
+        if self.spec is None:
+            raise GenerationError("no model is loaded")
+        if mode not in self._pipes:
+            base = self._pipes["txt2img"]
+            pipe = self._pipeline_class(self.spec.kind, mode).from_pipe(base)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[mode] = pipe
+        return self._pipes[mode]
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.spec is not None and self.spec.kind == "sdxl"
+
+    # ----- samplers
+
+    def _scheduler(self, name: str):
+        import diffusers
+        sampler = find_sampler(name)
+        if sampler is None:
+            raise GenerationError(f"unknown sampler '{name}'")
+        if sampler.needs:
+            try:
+                __import__(sampler.needs)
+            except ImportError:
+                raise GenerationError(f"sampler '{sampler.name}' needs the '{sampler.needs}' package: "
+                                      f"pip install {sampler.needs}") from None
+        cls = getattr(diffusers, sampler.scheduler)
+        return cls.from_config(self._scheduler_config, **sampler.options)
+
+    # ----- prompts
+
+    @property
+    def tokenizer(self):
+        return self._pipes["txt2img"].tokenizer
+
+    def _token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """Visible notes about a prompt: long ones are chunked, never silently cut."""
+        notes = []
+        parts = split_prompt(prompt)
+        for text in [t for t, _ in parts.positive] + ([parts.negative] if parts.negative else []):
+            n = self._token_count(text)
+            if n > CLIP_CHUNK:
+                chunks = -(-n // CLIP_CHUNK)
+                notes.append(f"note: '{text[:30]}...' is {n} tokens; CLIP reads {CLIP_CHUNK} at a time, "
+                             f"so it is encoded in {chunks} chunks (nothing is dropped)")
+        return notes
+
+    def tokenization(self, prompt: str) -> str:
+        """The tokens of each part of the prompt, with those past CLIP's limit marked (`-t`)."""
+        lines = []
+        parts = split_prompt(prompt)
+        for label, text in [(f"prompt (weight {w:g})", t) for t, w in parts.positive] + \
+                [("negative", parts.negative)] * bool(parts.negative):
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            toks = [self.tokenizer.convert_ids_to_tokens(i).replace("</w>", " ").strip() for i in ids]
+            shown = " ".join(toks[:CLIP_CHUNK])
+            past = " ".join(toks[CLIP_CHUNK:])
+            lines.append(f"{label}: {len(toks)} tokens: {shown}" + (f" | past {CLIP_CHUNK}: {past}" if past else ""))
+        return "\n".join(lines)
+
+    def _needs_compel(self, texts: list[str]) -> bool:
+        return any(_ATTENTION.search(t) or self._token_count(t) > CLIP_CHUNK for t in texts)
+
+    def _get_compel(self):
+        if self._compel is None:
+            try:
+                from compel import Compel, ReturnedEmbeddingsType
+            except ImportError:
+                raise GenerationError("attention syntax and prompts over 75 tokens need the 'compel' "
+                                      "package: pip install compel") from None
+            pipe = self._pipes["txt2img"]
+            if self.is_sdxl:
+                self._compel = Compel(
+                    tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+                    returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                    requires_pooled=[False, True], truncate_long_prompts=False, device=self.device)
+            else:
+                self._compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                      truncate_long_prompts=False, device=self.device)
+        return self._compel
+
+    def _encode(self, texts: list[str]):
+        """Embeddings for each text, all of one length: [(embeds, pooled or None), ...]."""
+        torch = self.torch
+        pipe = self._pipes["txt2img"]
+        with torch.no_grad():
+            if self._needs_compel(texts):
+                compel = self._get_compel()
+                out = [compel(t) for t in texts]
+                if self.is_sdxl:
+                    embeds = compel.pad_conditioning_tensors_to_same_length([e for e, _ in out])
+                    return list(zip(embeds, [p for _, p in out]))
+                return [(e, None) for e in compel.pad_conditioning_tensors_to_same_length(out)]
+            if self.is_sdxl:
+                result = []
+                for t in texts:
+                    e, _, p, _ = pipe.encode_prompt(prompt=t, device=self.device, num_images_per_prompt=1,
+                                                    do_classifier_free_guidance=False)
+                    result.append((e, p))
+                return result
+            return [(pipe.encode_prompt(t, self.device, 1, False)[0], None) for t in texts]
+
+    def _conditioning(self, request: DreamRequest) -> dict:
+        parts = split_prompt(request.prompt)
+        positives = parts.normalized(request.skip_normalize)
+        encoded = self._encode([t for t, _ in positives] + [parts.negative])
+        cond = sum(w * e for (_, w), (e, _) in zip(positives, encoded[:-1]))
+        kwargs = {"prompt_embeds": cond, "negative_prompt_embeds": encoded[-1][0]}
+        if self.is_sdxl:
+            kwargs["pooled_prompt_embeds"] = sum(w * p for (_, w), (_, p) in zip(positives, encoded[:-1]))
+            kwargs["negative_pooled_prompt_embeds"] = encoded[-1][1]
+        return kwargs
+
+    # ----- noise
+
+    def _noise(self, seed: int, shape) -> "object":
+        gen = self.torch.Generator("cpu").manual_seed(seed)
+        return self.torch.randn(shape, generator=gen, dtype=self.torch.float32)
+
+    def initial_latents(self, request: DreamRequest):
+        """The starting noise: from the seed on the CPU (same on every device), slerped toward each
+        variation seed's noise in turn (`-V seed:weight,...`)."""
+        pipe = self._pipes["txt2img"]
+        factor = pipe.vae_scale_factor
+        shape = (1, pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        latents = self._noise(request.seed, shape)
+        for seed, weight in request.with_variations:
+            latents = slerp(weight, latents, self._noise(seed, shape))
+        return latents.to(self.device, self.dtype)
+
+    # ----- generation
+
+    @contextlib.contextmanager
+    def _seamless(self, on: bool):
+        if not on:
+            yield
+            return
+        pipe = self._pipes["txt2img"]
+        convs = [m for model in (pipe.unet, pipe.vae) for m in model.modules()
+                 if isinstance(m, self.torch.nn.Conv2d)]
+        old = [m.padding_mode for m in convs]
+        for m in convs:
+            m.padding_mode = "circular"
+        try:
+            yield
+        finally:
+            for m, mode in zip(convs, old):
+                m.padding_mode = mode
+
+    def generate(self, request: DreamRequest, *, init_image=None, mask=None, on_step=None, should_stop=None):
+        """One image for a resolved per-image request. Raises Interrupted or GenerationError."""
+        mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
+        pipe = self._pipe(mode)
+        pipe.scheduler = self._scheduler(request.sampler)
+
+        def step_end(_pipe, step, _timestep, kwargs):
+            if should_stop is not None and should_stop():
+                raise Interrupted()
+            if on_step is not None:
+                on_step(step + 1, total)
+            return kwargs
+
+        args = dict(self._conditioning(request), num_inference_steps=request.steps,
+                    guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type="pil",
+                    generator=self.torch.Generator("cpu").manual_seed(request.seed))
+        if mode == "txt2img":
+            total = request.steps
+            args.update(width=request.width, height=request.height, latents=self.initial_latents(request))
+        else:
+            total = max(1, int(request.steps * request.strength))
+            args.update(image=init_image, strength=request.strength)
+            if mode == "inpaint":
+                args.update(mask_image=mask, width=request.width, height=request.height)
+        try:
+            with self.torch.inference_mode(), self._seamless(request.seamless):
+                return pipe(**args).images[0]
+        except Interrupted:
+            raise
+        except Exception as e:
+            if is_out_of_memory(e):
+                if self.device == "cuda":
+                    self.torch.cuda.empty_cache()
+                raise GenerationError(
+                    f"out of memory on {self.device} making a {request.width}x{request.height} image: try a "
+                    "smaller -W/-H, fewer -n, or --precision float16; on a Mac, close other apps") from None
+            raise
+
+
+def slerp(t: float, a, b):
+    """Spherical interpolation between two noise tensors (the original shell's variations)."""
+    import torch
+    af, bf = a.flatten(), b.flatten()
+    dot = torch.clamp((af / af.norm()) @ (bf / bf.norm()), -1.0, 1.0)
+    if abs(float(dot)) > 0.9995:
+        return (1 - t) * a + t * b
+    theta = torch.acos(dot)
+    return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)

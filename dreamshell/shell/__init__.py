@@ -1,0 +1,1 @@
+"""The interactive dream> shell (prompt_toolkit); never imports torch."""

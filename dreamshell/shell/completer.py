@@ -1,0 +1,62 @@
+"""Completion from the switch table: switch names with help, samplers after -A, models after
+--model and !switch, paths after -I, -M, -o and !fetch, !replay, !fix."""
+
+from __future__ import annotations
+
+import shlex
+
+from prompt_toolkit.completion import Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+
+from ..samplers import sampler_names
+from ..switches import BY_SPELLING, SWITCHES
+
+
+class DreamCompleter(Completer):
+    def __init__(self, model_names, command_table):
+        self.model_names = model_names          # callable -> list[str]
+        self.command_table = command_table      # callable -> {name: Command}
+        self.paths = PathCompleter(expanduser=True)
+
+    def _values(self, kind: str, word: str):
+        if kind == "sampler":
+            for name in sampler_names():
+                if name.lower().startswith(word.lower().strip('"')):
+                    text = f'"{name}"' if " " in name else name
+                    yield Completion(text, start_position=-len(word))
+        elif kind == "model":
+            for name in self.model_names():
+                if name.startswith(word):
+                    yield Completion(name, start_position=-len(word))
+        elif kind == "path":
+            sub = Document(word, len(word))
+            yield from self.paths.get_completions(sub, None)
+
+    def get_completions(self, document, complete_event):
+        text = document.text_before_cursor
+        try:
+            tokens = shlex.split(text, posix=True)
+        except ValueError:
+            tokens = text.split()
+        word = "" if text.endswith(" ") or not tokens else tokens[-1]
+        previous = tokens[-1] if text.endswith(" ") and tokens else (tokens[-2] if len(tokens) > 1 else "")
+        if text.startswith("!"):
+            name = tokens[0][1:] if tokens else ""
+            if len(tokens) <= 1 and not text.endswith(" "):
+                for cmd in self.command_table().values():
+                    if cmd.name != "N" and cmd.name.startswith(name):
+                        yield Completion("!" + cmd.name, start_position=-len(text), display_meta=cmd.help)
+                return
+            cmd = self.command_table().get(name)
+            if cmd is not None and cmd.complete:
+                yield from self._values(cmd.complete, word)
+            return
+        sw = BY_SPELLING.get(previous)
+        if sw is not None and sw.complete and not (word.startswith("-") and word != "-"):
+            yield from self._values(sw.complete, word)
+            return
+        if word.startswith("-"):
+            for s in SWITCHES:
+                for spelling in list(s.short) + [s.long]:
+                    if spelling.startswith(word):
+                        yield Completion(spelling, start_position=-len(word), display_meta=s.help)
