@@ -103,7 +103,8 @@ class Session:
             try:
                 if self.generator is None:
                     self.generator = self._generator_factory()
-                self.generator.load(spec)
+                if getattr(self.generator, "spec", None) != spec:
+                    self.generator.load(spec)
             except BaseException as e:  # reported to the waiting request
                 self._load_error = e
             finally:
@@ -225,6 +226,8 @@ class Session:
                 self.progress.stop()
                 raise UserError(str(e)) from None
             self.progress.stop()
+            if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
+                image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
             record = self._save(one, image, outdir, mask is not None)
             result.records.append(record)
             images.append(image)

@@ -1,0 +1,169 @@
+"""Generation on a real (tiny) diffusers pipeline on the CPU: seeds, replay, modes, interrupts."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreamshell.dispatch import Dispatcher
+from dreamshell.dreamlog import read_commands
+from dreamshell.parser import parse_request
+from dreamshell.pngmeta import read_recipe
+from dreamshell.session import UserError
+
+
+def run(session, line):
+    return session.run(parse_request(line))
+
+
+def pixels(path):
+    return Image.open(path).convert("RGB").tobytes()
+
+
+def test_same_line_gives_the_same_bytes(make_session):
+    s = make_session()
+    a = run(s, "a red circle on a blue background -S 42").records[0]
+    b = run(s, "a red circle on a blue background -S 42").records[0]
+    assert a.path != b.path
+    assert Path(a.path).read_bytes() == Path(b.path).read_bytes()
+
+
+def test_iterations_use_consecutive_seeds_and_each_image_can_be_remade_alone(make_session):
+    s = make_session()
+    batch = run(s, "a green square -n 3 -S 7").records
+    assert [r.seed for r in batch] == [7, 8, 9]
+    assert [Path(r.path).name.split(".")[1] for r in batch] == ["7", "8", "9"]
+    alone = run(s, "a green square -S 8").records[0]
+    assert Path(alone.path).read_bytes() == Path(batch[1].path).read_bytes()
+    assert pixels(batch[0].path) != pixels(batch[1].path)
+
+
+def test_every_image_is_logged_with_a_canonical_line_and_echoed(make_session, tmp_path):
+    s = make_session()
+    records = run(s, "a white circle -n 2 -S 3").records
+    log = (tmp_path / "out" / "dream_log.txt").read_text().splitlines()
+    assert len(log) == 2
+    assert log[0].endswith(': "a white circle" -s 4 -S 3 -W 64 -H 64 -C 5 -A k_euler --model tiny')
+    assert "-n" not in log[1] and "-S 4" in log[1]
+    assert s.echoed[0].startswith("[1] ") and s.echoed[1].startswith("[2] ")
+    assert read_recipe(Path(records[1].path)) == parse_request(records[1].command)
+
+
+def test_replaying_the_log_reproduces_every_image_byte_for_byte(make_session, tmp_path):
+    s = make_session(outdir=tmp_path / "first")
+    originals = run(s, "a red circle [green] -n 2 -S 11 -A ddim").records
+    originals += run(s, "a:0.3 blue square:0.7 -S 5 -C 3 -s 6").records
+    s2 = make_session(outdir=tmp_path / "second")
+    d = Dispatcher(s2, echo=lambda _: None)
+    outcome = d.execute(f"!replay {tmp_path / 'first' / 'dream_log.txt'}")
+    assert not outcome.failed
+    replayed = sorted((tmp_path / "second").glob("*.png"))
+    assert len(replayed) == 3
+    for old, new in zip(originals, replayed):
+        assert Path(old.path).read_bytes() == new.read_bytes()
+
+
+def test_seed_minus_one_is_the_last_seed_and_zero_is_a_seed(make_session):
+    s = make_session()
+    run(s, "x -S 0")
+    assert s.seeds == [0]
+    run(s, "x -S 99")
+    assert run(s, "y -S -2").records[0].seed == 0
+    with pytest.raises(UserError, match="refers to the seed 9 image"):
+        run(s, "y -S -9")
+
+
+def test_random_seed_is_recorded(make_session):
+    s = make_session()
+    rec = run(s, "a cat").records[0]
+    assert f"-S {rec.seed} " in rec.command
+
+
+def test_img2img_and_inpainting_run_and_differ_from_txt2img(make_session, tmp_path):
+    s = make_session()
+    base = run(s, "a yellow triangle -S 5").records[0]
+    img2img = run(s, "a yellow triangle -S 5 -I -1 -f 0.5").records[0]
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (64, 64), 0)
+    m.paste(255, (16, 16, 48, 48))
+    m.save(mask)
+    inpaint = run(s, f"a yellow circle -S 5 -I {base.path} -M {mask} -f 1").records[0]
+    assert len({pixels(base.path), pixels(img2img.path), pixels(inpaint.path)}) == 3
+    assert f"-I {base.path} -f 0.5" in img2img.command
+    # inpainting keeps the unmasked corner close to the init image
+    a = Image.open(base.path).convert("RGB").crop((0, 0, 8, 8)).tobytes()
+    b = Image.open(inpaint.path).convert("RGB").crop((0, 0, 8, 8)).tobytes()
+    assert sum(abs(x - y) for x, y in zip(a, b)) / len(a) < 12
+
+
+def test_init_image_of_another_size_needs_fit(make_session, tmp_path):
+    s = make_session()
+    big = tmp_path / "big.png"
+    Image.new("RGB", (128, 96), "red").save(big)
+    with pytest.raises(UserError, match="add --fit"):
+        run(s, f"x -I {big} -W 64 -H 64")
+    rec = run(s, f"x -I {big} -W 64 -H 64 --fit -S 1").records[0]
+    assert Image.open(rec.path).size == (64, 64)
+    rec = run(s, f"x -I {big} -S 1").records[0]
+    assert Image.open(rec.path).size == (128, 96) and "-W 128 -H 96" in rec.command
+
+
+def test_interrupt_keeps_finished_images_and_saves_nothing_partial(make_session, tmp_path):
+    s = make_session()
+    steps_seen = []
+
+    class StopInSecondImage:
+        def start(self, label, total):
+            self.label = label
+
+        def step(self, done, total):
+            steps_seen.append((self.label, done))
+            if self.label.startswith("image 2") and done == 2:
+                s.stop.set()
+
+        def stop(self):
+            pass
+
+    s.progress = StopInSecondImage()
+    result = run(s, "a black square -n 3 -S 1")
+    assert result.interrupted
+    assert [r.seed for r in result.records] == [1]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.1.png"]
+    assert len((tmp_path / "out" / "dream_log.txt").read_text().splitlines()) == 1
+    assert ("image 2/3 seed 2", 3) not in steps_seen
+    # the model stays loaded and the next line runs
+    assert run(s, "a black square -S 2").records
+
+
+def test_switching_models_and_back_gives_the_same_bytes(make_session):
+    s = make_session()
+    a = run(s, "a red circle -S 3").records[0]
+    b = run(s, "a red circle -S 3 --model tiny2").records[0]
+    assert s.spec.name == "tiny2" and "--model tiny2" in b.command
+    c = run(s, "a red circle -S 3 --model tiny").records[0]
+    assert pixels(a.path) != pixels(b.path)
+    assert Path(a.path).read_bytes() == Path(c.path).read_bytes()
+
+
+def test_missing_weights_are_one_clear_line(make_session, tmp_path):
+    from dreamshell.models import ModelSpec
+    s = make_session()
+    s.registry.models["gone"] = ModelSpec("gone", tmp_path / "nowhere", "sd1")
+    with pytest.raises(UserError, match="does not exist"):
+        run(s, "x --model gone")
+
+
+def test_long_prompts_are_chunked_with_a_visible_note(make_session):
+    s = make_session()
+    long_prompt = " ".join(["red circle blue square"] * 30)
+    run(s, f"{long_prompt} -S 1")
+    assert any("tokens; CLIP reads 75 at a time" in line for line in s.echoed)
+    run(s, f"{long_prompt} -S 1 -t")
+    assert any("past 75:" in line for line in s.echoed)
+
+
+def test_replay_of_the_log_reads_back_every_command(make_session, tmp_path):
+    s = make_session()
+    run(s, "a red circle -S 1 -n 2")
+    commands = [c for _, c in read_commands(tmp_path / "out" / "dream_log.txt")]
+    assert [parse_request(c).seed for c in commands] == [1, 2]
