@@ -34,6 +34,7 @@ class ModelSpec:
     cfg_scale: float = 7.5
     sampler: str = "k_lms"
     default: bool = False
+    config: Path | None = None   # diffusers config folder for a single file (default: the shipped one)
 
     @property
     def is_single_file(self) -> bool:
@@ -126,7 +127,8 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                          width=int(entry.get("width", size)), height=int(entry.get("height", size)),
                          steps=int(entry.get("steps", 30)),
                          cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", 7.5))),
-                         sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)))
+                         sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
+                         config=(base / str(entry["config"])) if entry.get("config") else None)
     except (TypeError, ValueError) as e:
         raise ModelsFileError(f"{source}: model '{name}': {e}") from None
 

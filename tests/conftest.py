@@ -20,6 +20,7 @@ def isolated_home(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.setenv("DREAMSHELL_DATA_DIR", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(work)
     return work
 

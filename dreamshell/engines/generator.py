@@ -43,6 +43,32 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 
+def single_file_config(kind: str) -> Path:
+    """A diffusers config folder (JSON + tokenizer files, no weights) for a single-file checkpoint of
+    `kind`, assembled once in the user cache from the configs shipped in the package."""
+    import shutil
+
+    import platformdirs
+
+    from .. import __version__
+    source = CONFIGS_DIR / kind
+    if not (source / "model_index.json").exists():
+        raise GenerationError(f"no shipped config for kind '{kind}' at {source}")
+    target = Path(platformdirs.user_cache_dir("dreamshell", appauthor=False)) / f"configs-{__version__}" / kind
+    if not (target / "model_index.json").exists():
+        tmp = target.with_name(f"{kind}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        for tok in tmp.glob("tokenizer*"):
+            for name in ("vocab.json", "merges.txt"):
+                shutil.copy(CONFIGS_DIR / "clip_tokenizer" / name, tok / name)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def pick_device(name: str) -> str:
     import torch
     if name == "auto":
@@ -99,11 +125,9 @@ class DiffusersGenerator:
         cls = self._pipeline_class(spec.kind, "txt2img")
         try:
             if spec.is_single_file:
-                config = CONFIGS_DIR / spec.kind
-                if not (config / "model_index.json").exists():
-                    raise GenerationError(f"no shipped config for kind '{spec.kind}' at {config}")
-                pipe = cls.from_single_file(str(spec.weights), config=str(config), local_files_only=True,
-                                            torch_dtype=self.dtype)
+                config = spec.config or single_file_config(spec.kind)
+                pipe = cls.from_single_file(str(spec.weights), config=str(config),
+                                            local_files_only=True, torch_dtype=self.dtype)
             else:
                 extra = {} if spec.kind == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
                 pipe = cls.from_pretrained(str(spec.weights), torch_dtype=self.dtype, local_files_only=True,

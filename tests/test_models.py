@@ -1,0 +1,129 @@
+"""Models: the models file, single-file checkpoints offline, the shipped SD configs, .ckpt safety."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from dreamshell.models import ModelSpec, ModelsFileError, Registry, load_registry
+from dreamshell.parser import parse_request
+from dreamshell.resolve import resolve_request
+
+
+def test_models_file_entries_and_defaults(tmp_path):
+    f = tmp_path / "models.yaml"
+    f.write_text("sd15:\n  weights: weights/v1-5.safetensors\n  kind: sd1\n  description: SD 1.5\n"
+                 "  steps: 25\n  cfg: 7\n  sampler: k_euler_a\n  default: true\n"
+                 "xl:\n  weights: /abs/sdxl\n  kind: sdxl\n"
+                 "upscalers:\n  '4': RealESRGAN_x4plus.pth\n")
+    reg = load_registry(f)
+    assert reg.default.name == "sd15"
+    sd15 = reg.models["sd15"]
+    assert sd15.weights == tmp_path / "weights" / "v1-5.safetensors" and sd15.is_single_file
+    assert (sd15.steps, sd15.cfg_scale, sd15.sampler, sd15.width) == (25, 7.0, "k_euler_a", 512)
+    assert reg.models["xl"].width == 1024
+    assert reg.upscalers["4"] == tmp_path / "RealESRGAN_x4plus.pth"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("m:\n  kind: sd1\n", "has no 'weights'"),
+    ("m:\n  weights: x\n  kind: sd9\n", "kinds are sd1, sd2, sdxl"),
+    ("m:\n  weights: x\n  colour: red\n", "unknown keys ['colour']"),
+    ("m: [1, 2\n", "not valid YAML"),
+])
+def test_bad_models_files_are_one_clear_line(tmp_path, text, message):
+    f = tmp_path / "models.yaml"
+    f.write_text(text)
+    with pytest.raises(ModelsFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_registry(f)
+
+
+def test_without_a_models_file_the_demo_model_is_the_default():
+    reg = load_registry(None)
+    assert reg.default.name == "demo" and reg.default.width == 64
+
+
+def test_unknown_model_names_what_there_is():
+    reg = Registry({"a": ModelSpec("a", Path("x"))})
+    with pytest.raises(ModelsFileError, match=r"no model 'b': use a name \(a\)"):
+        reg.get("b")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access is disabled in this test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_single_file_checkpoint_loads_offline_and_matches_its_diffusers_twin(tmp_path, no_network):
+    from tiny_pipeline import make_tiny_sd1_single_file
+
+    from dreamshell.engines.generator import DiffusersGenerator
+    path, config = make_tiny_sd1_single_file(tmp_path)
+    single = ModelSpec("single", path, "sd1", width=64, height=64, steps=3, sampler="ddim", config=config)
+    folder = ModelSpec("folder", tmp_path / "diffusers", "sd1", width=64, height=64, steps=3, sampler="ddim")
+    g = DiffusersGenerator(device="cpu")
+    images = []
+    for spec in (single, folder):
+        g.load(spec)
+        images.append(g.generate(resolve_request(parse_request("a red circle -S 3"), spec, [])).tobytes())
+    assert images[0] == images[1]
+
+
+def test_pickled_code_in_a_ckpt_is_refused(tmp_path):
+    import pickle
+
+    from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.engines.protocols import GenerationError
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran on load",))
+    bad = tmp_path / "evil.ckpt"
+    with open(bad, "wb") as f:
+        pickle.dump({"state_dict": Payload()}, f)
+    g = DiffusersGenerator(device="cpu")
+    with pytest.raises(GenerationError, match="refusing .*evil.ckpt.*weights_only=True"):
+        g.load(ModelSpec("evil", bad, "sd1"))
+
+
+# parameter counts of the public models, which the shipped configs must rebuild exactly
+EXPECTED = {
+    ("sd1", "unet"): 859_520_964, ("sd1", "vae"): 83_653_863, ("sd1", "text_encoder"): 123_060_480,
+    ("sd2", "unet"): 865_910_724, ("sd2", "text_encoder"): 340_387_840,
+    ("sdxl", "unet"): 2_567_463_684, ("sdxl", "text_encoder_2"): 694_659_840,
+}
+
+
+@pytest.mark.parametrize("kind,part", sorted(EXPECTED))
+def test_shipped_configs_rebuild_the_real_architectures(kind, part):
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from dreamshell.engines.generator import single_file_config
+    folder = single_file_config(kind) / part
+    with torch.device("meta"):
+        if part == "unet":
+            model = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
+        elif part == "vae":
+            model = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+        else:
+            cfg = CLIPTextConfig.from_pretrained(folder)
+            cls = CLIPTextModelWithProjection if part == "text_encoder_2" else CLIPTextModel
+            model = cls(cfg)
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED[(kind, part)]
+
+
+def test_shipped_tokenizer_is_clips(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from dreamshell.engines.generator import single_file_config
+    tok = CLIPTokenizer.from_pretrained(single_file_config("sd1") / "tokenizer", local_files_only=True)
+    assert len(tok) == 49408
+    assert tok("a photograph of an astronaut riding a horse").input_ids == \
+        [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
+    tok2 = CLIPTokenizer.from_pretrained(single_file_config("sdxl") / "tokenizer_2", local_files_only=True)
+    assert tok2.pad_token == "!"
