@@ -73,14 +73,15 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple
     return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in rgb)
 
 
-def render(scene: Scene, rng: random.Random | None = None, jitter: int = 8) -> Image.Image:
-    """Draw a scene as a 64x64 RGB image (colours jittered a little when rng is given)."""
+def render(scene: Scene, rng: random.Random | None = None, jitter: int = 8, scale: int = 1) -> Image.Image:
+    """Draw a scene as a 64x64 RGB image (colours jittered a little when rng is given); `scale`
+    draws the same scene at a multiple of that size."""
     amt = jitter if rng is not None else 0
     rng = rng or random.Random(0)
-    img = Image.new("RGB", (SIZE, SIZE), _jitter(COLOURS[scene.background], rng, amt))
+    img = Image.new("RGB", (SIZE * scale, SIZE * scale), _jitter(COLOURS[scene.background], rng, amt))
     draw = ImageDraw.Draw(img)
     fill = _jitter(COLOURS[scene.colour], rng, amt)
-    r, cx, cy = scene.radius, scene.cx, scene.cy
+    r, cx, cy = scene.radius * scale, scene.cx * scale + scale // 2, scene.cy * scale + scale // 2
     box = (cx - r, cy - r, cx + r, cy + r)
     if scene.shape == "circle":
         draw.ellipse(box, fill=fill)
