@@ -169,7 +169,7 @@ class Dispatcher:
         for number, command in lines:
             self.echo(f"{label}:{number}: {command}")
             outcome = self.execute(command)
-            if outcome.interrupted:
+            if outcome.interrupted or self.session.stop.is_set():
                 self.echo(f"{label}: batch stopped at line {number}")
                 return Outcome(interrupted=True)
             if outcome.quit:

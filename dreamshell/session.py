@@ -31,7 +31,8 @@ class UserError(ValueError):
 
 
 class StopFlag:
-    """Set by Ctrl-C (from a signal handler or another thread); checked by the generator each step."""
+    """Set by Ctrl-C (from a signal handler or another thread); checked by the generator each step.
+    Whoever starts a unit of work (a typed line, a batch) clears it first."""
 
     def __init__(self):
         self._event = threading.Event()
@@ -115,11 +116,17 @@ class Session:
         self._load_thread.start()
 
     def wait_until_ready(self, on_wait: Callable[[str], None] | None = None, poll: float = 0.1) -> None:
-        """Block until the model is loaded; raise the load's error as a UserError."""
-        if not self._ready.is_set() and on_wait is not None:
-            on_wait(self.loading.name if self.loading else "model")
-        while not self._ready.wait(poll):
-            pass
+        """Block until the model is loaded (showing a loading bar); raise the load's error as a UserError."""
+        if not self._ready.is_set():
+            name = self.loading.name if self.loading else "model"
+            if on_wait is not None:
+                on_wait(name)
+            self.progress.start(f"loading model {name}", None)
+            try:
+                while not self._ready.wait(poll):
+                    pass
+            finally:
+                self.progress.stop()
         if self._load_error is not None:
             error, self._load_error = self._load_error, None
             if isinstance(error, (GenerationError, OSError, ValueError)):
@@ -194,17 +201,16 @@ class Session:
     def run(self, request: DreamRequest) -> RunResult:
         """Make every image of a line; each is saved and logged the moment it is done."""
         resolved = self.prepare(request)
-        line_size = request.width or (self.defaults.width if self.defaults else None)
-        init, mask, resolved = self._inputs(resolved, explicit_size=bool(line_size or request.height))
+        sized = apply_defaults(request, self.defaults)
+        init, mask, resolved = self._inputs(resolved, explicit_size=bool(sized.width or sized.height))
         if resolved.upscale and self._upscaler_factory is None:
             raise UserError("-U: no upscaler is set up in this dreamshell")
-        if self.log_tokenization_wanted(resolved):
+        if resolved.log_tokenization:
             self.echo(self.generator.tokenization(resolved.prompt))
         for note in self.generator.prompt_notes(resolved.prompt):
             self.echo(note)
         outdir = Path(resolved.outdir).expanduser() if resolved.outdir else self.outdir
         result = RunResult()
-        self.stop.clear()
         images = []
         per_image = image_requests(resolved)
         for index, one in enumerate(per_image):
@@ -214,6 +220,8 @@ class Session:
                                 with_variations=one.with_variations + ((variation_seed, one.variation_amount),))
             self.progress.start(f"image {index + 1}/{len(per_image)} seed {one.seed}", one.steps)
             try:
+                if self.stop.is_set():  # Ctrl-C between two images
+                    raise Interrupted()
                 image = self.generator.generate(one, init_image=init, mask=mask, on_step=self.progress.step,
                                                 should_stop=self.stop.is_set)
             except (Interrupted, KeyboardInterrupt):
@@ -234,10 +242,6 @@ class Session:
         if resolved.grid and len(images) > 1 and result.records:
             result.grid = self._save_grid(images, resolved, Path(result.records[0].path))
         return result
-
-    @staticmethod
-    def log_tokenization_wanted(request: DreamRequest) -> bool:
-        return request.log_tokenization
 
     def _save(self, request: DreamRequest, image: Image.Image, outdir: Path, inpaint: bool) -> ImageRecord:
         postprocessing: list[dict] = []

@@ -14,7 +14,8 @@ class RichProgress:
         self._progress = None
         self._task = None
 
-    def start(self, label: str, total: int) -> None:
+    def start(self, label: str, total: int | None) -> None:
+        """A bar for `total` steps; total None is a pulsing bar (loading)."""
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -42,7 +43,7 @@ class PlainProgress:
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
 
-    def start(self, label: str, total: int) -> None:
+    def start(self, label: str, total: int | None) -> None:
         self.label = label
         self._t0 = time.perf_counter()
 

@@ -83,14 +83,15 @@ def export(out: Path, vae, unet_ema, text_ema, tok_dir: Path, state: dict) -> No
     """Write the diffusers folder (safetensors) that StableDiffusionPipeline.from_pretrained loads."""
     from diffusers import PNDMScheduler
     out.mkdir(parents=True, exist_ok=True)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
-    unet_ema.save_pretrained(out / "unet", safe_serialization=True)
-    text_ema.save_pretrained(out / "text_encoder", safe_serialization=True)
+    # float16 weights keep the whole model near 10 MB; dreamshell loads them in its own precision
+    for module, sub in ((vae, "vae"), (unet_ema, "unet"), (text_ema, "text_encoder")):
+        copy.deepcopy(module).to(torch.float16).save_pretrained(out / sub, safe_serialization=True)
     tok_out = out / "tokenizer"
     tok_out.mkdir(exist_ok=True)
     for f in tok_dir.iterdir():
         (tok_out / f.name).write_bytes(f.read_bytes())
-    PNDMScheduler(skip_prk_steps=True, **SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+    PNDMScheduler(skip_prk_steps=True, **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}
+                  ).save_pretrained(out / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
         "feature_extractor": [None, None], "safety_checker": [None, None],

@@ -58,6 +58,7 @@ def no_network(monkeypatch):
 
 
 def test_single_file_checkpoint_loads_offline_and_matches_its_diffusers_twin(tmp_path, no_network):
+    import numpy as np
     from tiny_pipeline import make_tiny_sd1_single_file
 
     from dreamshell.engines.generator import DiffusersGenerator
@@ -65,11 +66,16 @@ def test_single_file_checkpoint_loads_offline_and_matches_its_diffusers_twin(tmp
     single = ModelSpec("single", path, "sd1", width=64, height=64, steps=3, sampler="ddim", config=config)
     folder = ModelSpec("folder", tmp_path / "diffusers", "sd1", width=64, height=64, steps=3, sampler="ddim")
     g = DiffusersGenerator(device="cpu")
-    images = []
+    images, weights = [], []
     for spec in (single, folder):
         g.load(spec)
-        images.append(g.generate(resolve_request(parse_request("a red circle -S 3"), spec, [])).tobytes())
-    assert images[0] == images[1]
+        pipe = g._pipes["txt2img"]
+        weights.append({f"{name}.{k}": v.clone() for name in ("unet", "vae", "text_encoder")
+                        for k, v in getattr(pipe, name).state_dict().items()})
+        images.append(np.asarray(g.generate(resolve_request(parse_request("a red circle -S 3"), spec, [])), int))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0]), "every weight lands where it belongs"
+    assert np.abs(images[0] - images[1]).max() <= 2  # the two loaders differ only in float rounding
 
 
 def test_pickled_code_in_a_ckpt_is_refused(tmp_path):

@@ -131,7 +131,8 @@ def test_interrupt_keeps_finished_images_and_saves_nothing_partial(make_session,
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.1.png"]
     assert len((tmp_path / "out" / "dream_log.txt").read_text().splitlines()) == 1
     assert ("image 2/3 seed 2", 3) not in steps_seen
-    # the model stays loaded and the next line runs
+    # the model stays loaded and the next line runs (the shell clears the stop flag before each line)
+    s.stop.clear()
     assert run(s, "a black square -S 2").records
 
 
@@ -167,3 +168,28 @@ def test_replay_of_the_log_reads_back_every_command(make_session, tmp_path):
     run(s, "a red circle -S 1 -n 2")
     commands = [c for _, c in read_commands(tmp_path / "out" / "dream_log.txt")]
     assert [parse_request(c).seed for c in commands] == [1, 2]
+
+
+def test_one_ctrl_c_ends_a_whole_batch(make_session, tmp_path):
+    s = make_session()
+    out = []
+    d = Dispatcher(s, echo=out.append)
+
+    class StopInLineTwo:
+        def start(self, label, total):
+            self.label = label
+
+        def step(self, done, total):
+            if "seed 2" in self.label:
+                s.stop.set()
+
+        def stop(self):
+            pass
+
+    s.progress = StopInLineTwo()
+    batch = tmp_path / "batch.txt"
+    batch.write_text("".join(f"a red circle -S {i}\n" for i in range(1, 5)))
+    outcome = d.run_lines(read_commands(batch), label="batch.txt")
+    assert outcome.interrupted
+    assert s.seeds == [1]
+    assert "batch.txt: batch stopped at line 2" in out

@@ -41,6 +41,7 @@ class InterruptibleRun:
         self._old = None
 
     def __enter__(self):
+        self.session.stop.clear()
         if threading.current_thread() is threading.main_thread():
             self._old = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handle)

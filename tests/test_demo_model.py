@@ -1,0 +1,63 @@
+"""The built-in demo model: shipped, found with no models file, and it follows its prompts."""
+
+import json
+
+import pytest
+
+from dreamshell.demo import shapes
+from dreamshell.models import builtin_models_dir, demo_spec, load_registry
+
+
+def test_the_demo_model_ships_and_is_the_default():
+    spec = load_registry(None).default
+    assert spec.name == "demo"
+    assert (spec.weights / "model_index.json").exists()
+    weights = list(spec.weights.rglob("*.safetensors"))
+    assert {p.parent.name for p in weights} == {"unet", "vae", "text_encoder"}
+    assert sum(p.stat().st_size for p in weights) <= 20 * 1024 * 1024
+    card = (spec.weights / "README.md").read_text()
+    assert "colour adherence" in card
+
+
+def test_the_demo_tokenizer_encodes_any_text():
+    from transformers import CLIPTokenizer
+    tok = CLIPTokenizer.from_pretrained(demo_spec().weights / "tokenizer", local_files_only=True)
+    ids = tok("a small red circle on a blue background, top left").input_ids
+    assert len(ids) == 2 + 11, "each caption word is one token"
+    odd = tok("ünïcode ☃ and a cat's hat").input_ids
+    assert tok.unk_token_id not in odd[1:-1], "byte fallback: nothing is unknown"
+
+
+def test_the_shape_reader_on_drawn_scenes():
+    import random
+    rng = random.Random(3)
+    right = {"colour": 0, "shape": 0, "background": 0}
+    for _ in range(60):
+        scene = shapes.random_scene(rng)
+        r = shapes.read_image(shapes.render(scene, rng))
+        right["colour"] += r.colour == scene.colour
+        right["shape"] += r.shape == scene.shape
+        right["background"] += r.background == scene.background
+    assert right["colour"] == right["background"] == 60
+    assert right["shape"] >= 57
+
+
+@pytest.fixture(scope="module")
+def demo_generator():
+    from dreamshell.engines.generator import DiffusersGenerator
+    g = DiffusersGenerator(device="cpu")
+    g.load(demo_spec())
+    return g
+
+
+def test_evaluation_on_a_small_grid(demo_generator):
+    from dreamshell.demo.evaluate import evaluate
+    scores = evaluate(demo_generator, demo_spec(), small=True, seeds=1)
+    print(scores.table())
+    assert scores.colour >= 0.80
+    assert scores.background >= 0.80
+
+
+def test_training_figures_are_recorded():
+    figures = json.loads((builtin_models_dir() / "demo" / "training.json").read_text())
+    assert figures["unet_steps"] > 0 and figures["cpu_minutes"] > 0
