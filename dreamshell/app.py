@@ -59,11 +59,12 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
         progress = NullProgress()
     session = build_session(args, registry, defaults, echo, progress)
     session.on_wait = lambda name: echo(f"loading model {name}... (the line runs when it is ready)")
-    session.start_loading(spec)
     dispatcher = Dispatcher(session, echo, error)
     _register_fix(dispatcher)
 
     from .shell.repl import InterruptibleRun
+    if args.line is not None or args.from_file is not None:
+        session.start_loading(spec)
     if args.line is not None:
         with InterruptibleRun(session):
             outcome = dispatcher.execute(args.line)
@@ -76,7 +77,7 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
             if not Path(source).is_file():
                 error(f"--from_file {source}: no such file")
                 return 2
-            lines = read_commands(Path(source))
+            lines = list(read_commands(Path(source)))  # a snapshot: the log may grow as we run
         with InterruptibleRun(session):
             outcome = dispatcher.run_lines(lines, label=source)
         return 1 if outcome.failed else 130 if outcome.interrupted else 0
@@ -85,7 +86,10 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     history = open_history(args.history_file, echo)
     echo(f"dreamshell: model {spec.name} is loading in the background; type a prompt (!help for help, "
          "Ctrl-D to leave)")
-    return DreamShell(session, dispatcher, history=history, echo=echo).run()
+    # the model starts loading once the prompt is on screen: importing torch in a thread beside the
+    # first draw would hold the GIL and delay the prompt
+    return DreamShell(session, dispatcher, history=history, echo=echo,
+                      on_first_prompt=lambda: session.start_loading(spec)).run()
 
 
 def _register_fix(dispatcher: Dispatcher) -> None:

@@ -159,7 +159,8 @@ class Dispatcher:
             raise UserError("!replay is nested 5 deep; a file probably replays itself")
         self._replay_depth += 1
         try:
-            return self.run_lines(read_commands(path), label=str(path))
+            # read it all first: replaying the log this session appends to must not chase its own tail
+            return self.run_lines(list(read_commands(path)), label=str(path))
         finally:
             self._replay_depth -= 1
 

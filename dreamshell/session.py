@@ -117,6 +117,8 @@ class Session:
 
     def wait_until_ready(self, on_wait: Callable[[str], None] | None = None, poll: float = 0.1) -> None:
         """Block until the model is loaded (showing a loading bar); raise the load's error as a UserError."""
+        if self._load_thread is None:
+            raise UserError("no model is loaded: !models lists them, !switch NAME loads one")
         if not self._ready.is_set():
             name = self.loading.name if self.loading else "model"
             if on_wait is not None:

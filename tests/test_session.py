@@ -193,3 +193,13 @@ def test_one_ctrl_c_ends_a_whole_batch(make_session, tmp_path):
     assert outcome.interrupted
     assert s.seeds == [1]
     assert "batch.txt: batch stopped at line 2" in out
+
+
+def test_replaying_the_log_being_written_runs_each_line_once(make_session, tmp_path):
+    s = make_session()
+    run(s, "a red circle -S 1 -n 2")
+    log = tmp_path / "out" / "dream_log.txt"
+    d = Dispatcher(s, echo=lambda _: None)
+    assert not d.execute(f"!replay {log}").failed
+    assert s.seeds == [1, 2, 1, 2]
+    assert len(log.read_text().splitlines()) == 4

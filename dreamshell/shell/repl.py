@@ -60,8 +60,10 @@ class InterruptibleRun:
 
 class DreamShell:
     def __init__(self, session: Session, dispatcher: Dispatcher, history=None, input=None, output=None,
-                 echo=print):
+                 echo=print, on_first_prompt=None, first_prompt_delay: float = 0.1):
         self.session = session
+        self._on_first_prompt = on_first_prompt
+        self._delay = first_prompt_delay
         self.dispatcher = dispatcher
         self.echo = echo
         self.history = history or InMemoryHistory()
@@ -87,11 +89,19 @@ class DreamShell:
         seed = s.seeds[-1] if s.seeds else "-"
         return f" model: {model} | device: {device} | last seed: {seed} | !help "
 
+    def _first_prompt_shown(self) -> None:
+        """Start the deferred work (loading the model) just after the first prompt is drawn."""
+        if self._on_first_prompt is not None:
+            start, self._on_first_prompt = self._on_first_prompt, None
+            timer = threading.Timer(self._delay, start)
+            timer.daemon = True
+            timer.start()
+
     def run(self) -> int:
         prefill = ""
         while True:
             try:
-                line = self.prompt.prompt(PROMPT, default=prefill)
+                line = self.prompt.prompt(PROMPT, default=prefill, pre_run=self._first_prompt_shown)
             except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line
                 prefill = ""
                 continue
