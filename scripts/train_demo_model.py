@@ -92,6 +92,10 @@ def export(out: Path, vae, unet_ema, text_ema, tok_dir: Path, state: dict) -> No
         (tok_out / f.name).write_bytes(f.read_bytes())
     PNDMScheduler(skip_prk_steps=True, **{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}
                   ).save_pretrained(out / "scheduler")
+    # PNDM has no clip_sample, but the samplers made from this config (DDIM) must not clip: the
+    # latents have unit variance, so clipping x0 to [-1, 1] would wreck them (SD's config says so too)
+    sched_json = out / "scheduler" / "scheduler_config.json"
+    sched_json.write_text(json.dumps(dict(json.loads(sched_json.read_text()), clip_sample=False), indent=2) + "\n")
     index = {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
         "feature_extractor": [None, None], "safety_checker": [None, None],

@@ -61,3 +61,21 @@ def test_evaluation_on_a_small_grid(demo_generator):
 def test_training_figures_are_recorded():
     figures = json.loads((builtin_models_dir() / "demo" / "training.json").read_text())
     assert figures["unet_steps"] > 0 and figures["cpu_minutes"] > 0
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "k_euler", "k_lms"])
+def test_img2img_at_low_strength_keeps_the_picture(demo_generator, sampler):
+    import random
+
+    from dreamshell.parser import parse_request
+    from dreamshell.resolve import resolve_request
+    rng = random.Random(5)
+    kept = 0
+    for i in range(4):
+        scene = shapes.random_scene(rng)
+        init = shapes.render(scene, rng)
+        line = f"{scene.caption()} -S {i} -I init.png -f 0.3 -A {sampler}"
+        r = shapes.read_image(demo_generator.generate(resolve_request(parse_request(line), demo_spec(), []),
+                                                      init_image=init))
+        kept += r.background == scene.background
+    assert kept >= 3

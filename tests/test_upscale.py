@@ -154,3 +154,40 @@ def test_fix_writes_a_new_file_and_never_overwrites(upscaling_session, tmp_path)
     d.execute("!fix nowhere.png -U 2")
     assert errors == ["!fix needs something to do: !fix PATH -U 4 (factor, then an optional strength)",
                       "!fix nowhere.png: no such file"]
+
+
+def test_dash_U_typed_at_the_dream_prompt(upscaling_session, tmp_path):
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from dreamshell.dispatch import Dispatcher
+    from dreamshell.pngmeta import read_chunks
+    from dreamshell.postprocess import register_fix
+    from dreamshell.shell.repl import DreamShell
+    s = upscaling_session()
+    out = []
+    s.echo = out.append
+    d = Dispatcher(s, echo=out.append)
+    register_fix(d)
+    with create_pipe_input() as inp:
+        inp.send_text("a red circle -S 1 -U 2\ra red circle -S 1 -U 4 0.5\r!fix ../out/000000.1.png -U 4\r\x04")
+        assert DreamShell(s, d, input=inp, output=DummyOutput(), echo=out.append).run() == 0
+    first, second = tmp_path / "out" / "000000.1.png", tmp_path / "out" / "000001.1.png"
+    assert Image.open(first).size == (128, 128) and Image.open(second).size == (256, 256)
+    assert read_chunks(second)["Dream"].endswith("-U 4 0.5")
+    assert "Postprocess upscale by: 4" in read_chunks(second)["parameters"]
+    assert Image.open(tmp_path / "out" / "000000.1.upscale.png").size == (512, 512)
+
+
+def test_the_demo_upscaler_beats_bicubic():
+    import importlib.util
+    from safetensors.torch import load_file
+
+    from dreamshell.models import builtin_models_dir
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_upscaler.py"
+    spec = importlib.util.spec_from_file_location("train_demo_upscaler", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = build_from_state_dict(load_file(str(builtin_models_dir() / "upscaler" / "demo-x4.safetensors")))
+    figures = mod.evaluate(model, n=12)
+    assert figures["gain_db"] >= 1.0, figures

@@ -31,6 +31,7 @@ class Scores:
     shape: float
     background: float
     img2img_keeps: float
+    img2img_keeps_other_prompt: float
     inpaint_yellow: float
     inpaint_outside_error: float
     images: int
@@ -41,6 +42,7 @@ class Scores:
                 ("shape adherence", f"{self.shape:.1%}", ">= 80%"),
                 ("background adherence", f"{self.background:.1%}", ">= 90%"),
                 ("img2img -f 0.3 keeps colours", f"{self.img2img_keeps:.1%}", "high"),
+                ("  ... with another scene's prompt", f"{self.img2img_keeps_other_prompt:.1%}", "(reported)"),
                 ("inpaint: masked square yellow", f"{self.inpaint_yellow:.1%}", "high"),
                 ("inpaint: mean error outside mask", f"{self.inpaint_outside_error:.1f}/255", "small")]
         w = max(len(r[0]) for r in rows)
@@ -80,16 +82,22 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
         hits["background"] += r.background == background
         n += 1
 
-    # img2img at low strength keeps the init image's colours
-    keeps = tries = 0
+    # img2img at low strength keeps the init image's colours: with the init's own caption (refining
+    # an image) and, reported beside it, with another scene's caption pulling away from it
+    keeps = keeps_other = tries = 0
     rng = random.Random(1)
     for i in range(6 if small else 20):
         scene = shapes.random_scene(rng)
         init = shapes.render(scene, rng)
         other = shapes.random_scene(rng)
-        img = generator.generate(request(f"{other.caption()} -S {i} -I init.png -f 0.3"), init_image=init)
-        r = shapes.read_image(img)
-        keeps += r.background == scene.background and r.colour == scene.colour
+        for caption, counter in ((scene.caption(), "same"), (other.caption(), "other")):
+            img = generator.generate(request(f"{caption} -S {i} -I init.png -f 0.3"), init_image=init)
+            r = shapes.read_image(img)
+            kept = r.background == scene.background and r.colour == scene.colour
+            if counter == "same":
+                keeps += kept
+            else:
+                keeps_other += kept
         tries += 1
 
     # inpainting a masked square with a yellow circle
@@ -110,7 +118,8 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
         diff = np.abs(np.asarray(img, np.float32) - np.asarray(init, np.float32)).mean(-1)
         outside += float(diff[m].mean())
     return Scores(hits["colour"] / n, hits["shape"] / n, hits["background"] / n, keeps / tries,
-                  yellow / cases, outside / cases, n + tries + cases, time.perf_counter() - t0)
+                  keeps_other / tries, yellow / cases, outside / cases, n + 2 * tries + cases,
+                  time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
