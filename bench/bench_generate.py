@@ -38,7 +38,7 @@ def main() -> int:
     session.start_loading(spec)
     session.wait_until_ready()
 
-    plain = StableDiffusionPipeline.from_pretrained(str(spec.weights), local_files_only=True,
+    plain = StableDiffusionPipeline.from_pretrained(str(spec.weights), local_files_only=True, torch_dtype=torch.float32,
                                                     safety_checker=None, requires_safety_checker=False)
     plain.scheduler = EulerDiscreteScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
