@@ -94,8 +94,5 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
 
 def _register_fix(dispatcher: Dispatcher) -> None:
     """`!fix PATH [switches]`: post-process an existing image (see postprocess.py)."""
-    try:
-        from .postprocess import register_fix
-    except ImportError:
-        return
+    from .postprocess import register_fix
     register_fix(dispatcher)

@@ -43,13 +43,9 @@ def fix_image(session: Session, path: Path, values: dict) -> Path:
     except MetadataError:
         recipe = None
     spec = values["upscale"]
-    if session._upscaler is None:
-        if session._upscaler_factory is None:
-            raise UserError("!fix: no upscaler is set up in this dreamshell")
-        session._upscaler = session._upscaler_factory()
     from .engines.protocols import GenerationError
     try:
-        up = session._upscaler.upscale(image, spec.factor, spec.strength)
+        up = session.upscaler().upscale(image, spec.factor, spec.strength)
     except GenerationError as e:
         raise UserError(f"!fix: {e}") from None
     if recipe is None:

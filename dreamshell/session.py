@@ -266,13 +266,19 @@ class Session:
         self.echo(f"[{self.count}] {path}: {command}")
         return ImageRecord(str(path), request.seed, command, request)
 
+    def upscaler(self):
+        """The upscaler, made on first use (its weights load only when -U or !fix asks)."""
+        if self._upscaler is None:
+            if self._upscaler_factory is None:
+                raise UserError("no upscaler is set up in this dreamshell")
+            self._upscaler = self._upscaler_factory()
+        return self._upscaler
+
     def _upscale(self, image, request: DreamRequest):
         """Upscale, or keep the image as it is and drop -U from its recipe when it cannot be done."""
         try:
-            if self._upscaler is None:
-                self._upscaler = self._upscaler_factory()
             spec = request.upscale
-            up = self._upscaler.upscale(image, spec.factor, spec.strength)
+            up = self.upscaler().upscale(image, spec.factor, spec.strength)
         except (GenerationError, OSError, ValueError) as e:
             self.echo(f"-U: {e}; the image is saved without upscaling")
             return image, request.with_(upscale=None, save_original=False), []
