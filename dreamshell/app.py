@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .dispatch import Dispatcher
 from .dreamlog import read_commands
+from .model_host import ModelHost
 from .models import ModelsFileError, load_registry
 from .request import DreamRequest
-from .session import Session
+from .session import Control, Session
+from .ui import RichProgress, TextListener
 
 
 def _generator_factory(device: str, precision: str):
@@ -26,24 +30,49 @@ def _upscaler_factory(registry, device: str):
     return make
 
 
-def build_session(args, registry, defaults: DreamRequest, echo, progress) -> Session:
-    return Session(registry, _generator_factory(args.device, args.precision), args.outdir,
-                   upscaler_factory=_upscaler_factory(registry, args.device), defaults=defaults,
-                   log=not args.no_log, echo=echo, progress=progress)
+class InterruptibleRun:
+    """A batch or one-shot run: the first Ctrl-C stops at the next step (and ends the batch); a second
+    one forces it."""
+
+    def __init__(self, control: Control):
+        self.control = control
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.control.stop.is_set():
+            raise KeyboardInterrupt
+        self.control.stop.set()
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def build_session(args, registry, defaults: DreamRequest) -> Session:
+    host = ModelHost(_generator_factory(args.device, args.precision), _upscaler_factory(registry, args.device))
+    return Session(registry, host, args.outdir, defaults=defaults, log=not args.no_log)
 
 
 def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def echo(text: str) -> None:
-        console.out(text)
+        console.out(text, highlight=False)
 
     def error(text: str) -> None:
-        err.print(f"[red]error:[/red] {text}", markup=True, highlight=False) if err.is_terminal \
-            else err.out(f"error: {text}")
+        line = Text("error: ", style="red" if err.is_terminal else "") + Text(text)
+        err.print(line, highlight=False)
 
     try:
         registry = load_registry(config)
@@ -51,35 +80,22 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     except ModelsFileError as e:
         error(str(e))
         return 2
-    if console.is_terminal:
-        from .ui import RichProgress
-        progress = RichProgress(console)
-    else:
-        from .session import NullProgress
-        progress = NullProgress()
-    session = build_session(args, registry, defaults, echo, progress)
-    session.on_wait = lambda name: echo(f"loading model {name}... (the line runs when it is ready)")
-    dispatcher = Dispatcher(session, echo, error)
+    session = build_session(args, registry, defaults)
+    session.model = spec
+    progress = RichProgress(console) if console.is_terminal else None
+    dispatcher = Dispatcher(session, echo, error, listener=lambda: TextListener(echo, progress))
     _register_fix(dispatcher)
 
-    from .shell.repl import InterruptibleRun
     if args.line is not None or args.from_file is not None:
-        session.start_loading(spec)
-    if args.line is not None:
-        with InterruptibleRun(session):
-            outcome = dispatcher.execute(args.line)
-        return 1 if outcome.failed else 130 if outcome.interrupted else 0
-    if args.from_file is not None:
-        source = args.from_file
-        if source == "-":
-            lines = ((n, line.strip()) for n, line in enumerate(sys.stdin, 1))
-        else:
-            if not Path(source).is_file():
-                error(f"--from_file {source}: no such file")
-                return 2
-            lines = list(read_commands(Path(source)))  # a snapshot: the log may grow as we run
-        with InterruptibleRun(session):
-            outcome = dispatcher.run_lines(lines, label=source)
+        session.host.preload(spec)
+        control = Control()
+        with InterruptibleRun(control):
+            if args.line is not None:
+                outcome = dispatcher.execute(args.line, control)
+            else:
+                outcome = _run_file(args.from_file, dispatcher, control, error)
+                if outcome is None:
+                    return 2
         return 1 if outcome.failed else 130 if outcome.interrupted else 0
 
     from .shell.repl import DreamShell, open_history
@@ -88,8 +104,20 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
          "Ctrl-D to leave)")
     # the model starts loading once the prompt is on screen: importing torch in a thread beside the
     # first draw would hold the GIL and delay the prompt
-    return DreamShell(session, dispatcher, history=history, echo=echo,
-                      on_first_prompt=lambda: session.start_loading(spec)).run()
+    shell = DreamShell(session, dispatcher, history=history, preview=getattr(args, "preview", "auto"),
+                       on_first_prompt=lambda: session.host.preload(spec))
+    return shell.run()
+
+
+def _run_file(source: str, dispatcher: Dispatcher, control: Control, error):
+    if source == "-":
+        lines = ((n, line.strip()) for n, line in enumerate(sys.stdin, 1))
+    else:
+        if not Path(source).is_file():
+            error(f"--from_file {source}: no such file")
+            return None
+        lines = list(read_commands(Path(source)))  # a snapshot: the log may grow as we run
+    return dispatcher.run_lines(lines, label=source, control=control)
 
 
 def _register_fix(dispatcher: Dispatcher) -> None:

@@ -56,6 +56,9 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--history_file", type=Path, default=None,
                     help="prompt history (default: the user data folder; env DREAMSHELL_HISTORY)")
     ap.add_argument("--no_log", action="store_true", help="do not append to dream_log.txt")
+    ap.add_argument("--preview", choices=("auto", "kitty", "iterm", "sixel", "blocks", "off"), default="auto",
+                    help="thumbnails after each image and a live preview while one draws: the terminal's "
+                         "graphics protocol, 24-bit half-blocks, or off (default: detected)")
     defaults = ap.add_argument_group("prompt switches as session defaults")
     for sw in SWITCHES:
         if sw.field in LAUNCHER_OWNED:

@@ -16,11 +16,13 @@ from typing import Callable
 from .dreamlog import read_commands
 from .formatter import format_request
 from .models import ModelsFileError
+from .output import OutputError
 from .parser import ParseError, parse_line
 from .pngmeta import MetadataError, read_recipe
 from .request import BangCommand, Blank, HelpRequest
-from .session import Session, UserError
+from .session import Control, Listener, Session, UserError
 from .switches import SWITCHES
+from .ui import TextListener, stopped_line
 
 
 def data_dir() -> Path:
@@ -45,20 +47,31 @@ class Command:
     name: str
     syntax: str
     help: str
-    handler: Callable[[str], Outcome | None]
+    handler: Callable[[str], "Outcome | Work | None"]
     complete: str | None = None   # 'path', 'model', None
 
 
+@dataclass(frozen=True)
+class Work:
+    """A line that needs the model: run now (a batch) or queued behind the live prompt (the shell)."""
+
+    label: str
+    run: Callable[[Control, Listener], Outcome]
+
+
 class Dispatcher:
-    """Per-session registry of `!` commands plus the line executor."""
+    """Per-session registry of `!` commands, the line planner and the one error boundary."""
 
     def __init__(self, session: Session, echo: Callable[[str], None], error: Callable[[str], None] | None = None,
-                 history: Callable[[], list[str]] | None = None):
+                 history: Callable[[], list[str]] | None = None,
+                 listener: Callable[[], Listener] | None = None):
         self.session = session
         self.echo = echo
         self.error = error or (lambda text: echo(f"error: {text}"))
         self.history = history or (lambda: [])
+        self.make_listener = listener or (lambda: TextListener(self.echo))
         self.commands: dict[str, Command] = {}
+        self.check_files_now: Callable[[], bool] = lambda: True   # the shell: only while nothing is queued
         self._replay_depth = 0
         for cmd in (
             Command("help", "!help", "this help (also -h on a line)", self._help),
@@ -78,10 +91,11 @@ class Dispatcher:
 
     # ----- the boundary
 
-    def execute(self, line: str) -> Outcome:
+    def guard(self, line: str, fn: Callable[[], "Outcome | Work"]) -> "Outcome | Work":
+        """Run fn; a user error is one line, a bug one line plus a traceback in errors.log."""
         try:
-            return self._execute(line)
-        except (ParseError, UserError, MetadataError, ModelsFileError) as e:
+            return fn()
+        except (ParseError, UserError, MetadataError, ModelsFileError, OutputError) as e:
             self.error(str(e))
             return Outcome(failed=True)
         except KeyboardInterrupt:
@@ -91,6 +105,27 @@ class Dispatcher:
             where = self._log_exception(line)
             self.error(f"unexpected {type(e).__name__}: {e} (traceback in {where}); the shell goes on")
             return Outcome(failed=True)
+
+    def plan(self, line: str) -> "Outcome | Work":
+        """Parse and check a line at once: answer it now, or return the Work it asks of the model."""
+        return self.guard(line, lambda: self._plan(line))
+
+    def run_work(self, work: Work, control: Control | None = None, listener: Listener | None = None) -> Outcome:
+        control = control or Control()
+        listener = listener or self.make_listener()
+        try:
+            return self.guard(work.label, lambda: work.run(control, listener))
+        finally:
+            finish = getattr(listener, "finish", None)
+            if finish is not None:
+                finish()
+
+    def execute(self, line: str, control: Control | None = None, listener: Listener | None = None) -> Outcome:
+        """Run a line to the end, now (batch files, one-shot lines, !replay, tests)."""
+        planned = self.plan(line)
+        if isinstance(planned, Work):
+            return self.run_work(planned, control, listener)
+        return planned
 
     def _log_exception(self, line: str) -> Path:
         folder = data_dir()
@@ -104,7 +139,7 @@ class Dispatcher:
             return Path("(unwritable error log)")
         return path
 
-    def _execute(self, line: str) -> Outcome:
+    def _plan(self, line: str) -> "Outcome | Work":
         stripped = line.strip()
         if stripped in ("q", "quit", "exit"):
             return Outcome(quit=True)
@@ -120,7 +155,13 @@ class Dispatcher:
                 names = ", ".join(f"!{c}" for c in self.commands if c != "N")
                 raise UserError(f"unknown command '!{item.name}'; commands: {names}, !N")
             return cmd.handler(item.args if name != "N" else item.name) or Outcome()
-        result = self.session.run(item)
+        request = self.session.check(item, files=self.check_files_now())
+        return Work(stripped, lambda control, listener: self._dream(request, control, listener))
+
+    def _dream(self, request, control: Control, listener: Listener) -> Outcome:
+        result = self.session.run(request, listener, control)
+        if result.stopped is not None:
+            self.echo(stopped_line(result.stopped))
         return Outcome(interrupted=result.interrupted)
 
     # ----- commands
@@ -157,20 +198,25 @@ class Dispatcher:
             raise UserError(f"!replay {args}: no such file")
         if self._replay_depth >= 5:
             raise UserError("!replay is nested 5 deep; a file probably replays itself")
-        self._replay_depth += 1
-        try:
-            # read it all first: replaying the log this session appends to must not chase its own tail
-            return self.run_lines(list(read_commands(path)), label=str(path))
-        finally:
-            self._replay_depth -= 1
+        # read it all first: replaying the log this session appends to must not chase its own tail
+        lines = list(read_commands(path))
 
-    def run_lines(self, lines, label: str) -> Outcome:
-        """Run numbered lines as if typed; one Ctrl-C ends the whole batch."""
+        def run(control: Control, listener: Listener) -> Outcome:
+            self._replay_depth += 1
+            try:
+                return self.run_lines(lines, label=str(path), control=control)
+            finally:
+                self._replay_depth -= 1
+        return Work(f"!replay {args}", run)
+
+    def run_lines(self, lines, label: str, control: Control | None = None) -> Outcome:
+        """Run numbered lines as if typed, one after another; one Ctrl-C ends the whole batch."""
+        control = control or Control()
         bad = ran = 0
         for number, command in lines:
             self.echo(f"{label}:{number}: {command}")
-            outcome = self.execute(command)
-            if outcome.interrupted or self.session.stop.is_set():
+            outcome = self.execute(command, control)
+            if outcome.interrupted or control.stop.is_set():
                 self.echo(f"{label}: batch stopped at line {number}")
                 return Outcome(interrupted=True)
             if outcome.quit:
@@ -204,18 +250,24 @@ class Dispatcher:
 
     def _models(self, _args: str) -> Outcome:
         current = self.session.spec.name if self.session.spec else None
+        loading = self.session.host.loading
         for spec in self.session.registry.models.values():
             mark = "*" if spec.name == current else " "
-            state = "loaded" if mark == "*" else "loading" if self.session.loading == spec else "not loaded"
+            state = "loaded" if mark == "*" else "loading" if loading == spec else "not loaded"
             self.echo(f"{mark} {spec.name:20} {spec.kind:5} {state:11} {spec.description}")
         return Outcome()
 
-    def _switch(self, args: str) -> Outcome:
+    def _switch(self, args: str) -> Work:
         if not args:
             raise UserError("!switch needs a model name (!models lists them)")
-        spec = self.session.switch(_unquote(args))
-        self.echo(f"model {spec.name} loaded")
-        return Outcome()
+        name = _unquote(args)
+        self.session.lookup(name)  # an unknown name is answered at once
+
+        def run(control: Control, listener: Listener) -> Outcome:
+            spec = self.session.switch(name, listener)
+            self.echo(f"model {spec.name} loaded")
+            return Outcome()
+        return Work(f"!switch {args}", run)
 
 
 def _unquote(text: str) -> str:

@@ -54,25 +54,69 @@ def directory_lock(folder: Path, timeout: float = 30.0):
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line with a single write under a lock, then fsync: no torn or interleaved lines."""
+    """Append one line with a single write under a lock, then fsync: no torn or interleaved lines.
+
+    Whole or nothing: if the write or the fsync fails (a full disk), the file is cut back to its size
+    before the write and the OSError is raised."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         with locked(fd):
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            before = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                    os.fsync(fd)
+                raise
     finally:
         os.close(fd)
+
+
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".part"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def stale_temp_files(folder: Path) -> list[Path]:
+    """Temporary files in folder left by processes that no longer run (a kill -9, a crash)."""
+    stale = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return stale
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            pid = int(name[len(TEMP_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            stale.append(Path(entry.path))
+    return stale
 
 
 def write_new_file(tmp_dir: Path, data: bytes) -> Path:
     """Write data to a fresh temporary file in tmp_dir and fsync it; the caller links it into place."""
     fd = None
     for attempt in range(1000):
-        tmp = tmp_dir / f".tmp-{os.getpid()}-{time.monotonic_ns()}-{attempt}.part"
+        tmp = tmp_dir / f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{attempt}{TEMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             break
@@ -85,8 +129,15 @@ def write_new_file(tmp_dir: Path, data: bytes) -> Path:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        fd = None
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a full disk leaves no empty or partial .part behind
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
     return tmp
 
 

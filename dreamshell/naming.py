@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 from .fileops import directory_lock, place_without_overwrite, write_new_file
 
@@ -27,8 +28,26 @@ def next_number(folder: Path) -> int:
     return highest + 1
 
 
-def save_numbered(folder: Path, seed: int, data: bytes, suffix: str = ".png") -> Path:
-    """Write data as folder/NNNNNN.SEED.png with the next free number; return the path."""
+OnPlaced = Callable[[Path], None]
+
+
+def _placed(final: Path, on_placed: OnPlaced | None) -> Path:
+    """Run on_placed (the log line) while the directory lock is still held; undo the file if it fails."""
+    if on_placed is not None:
+        try:
+            on_placed(final)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    return final
+
+
+def save_numbered(folder: Path, seed: int, data: bytes, suffix: str = ".png",
+                  on_placed: OnPlaced | None = None) -> Path:
+    """Write data as folder/NNNNNN.SEED.png with the next free number; return the path.
+
+    on_placed(path) runs under the directory lock right after the file is in place (the output folder
+    appends the log line there, so no other process ever sees the image without its line)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = write_new_file(folder, data)
     try:
@@ -38,15 +57,17 @@ def save_numbered(folder: Path, seed: int, data: bytes, suffix: str = ".png") ->
                 final = folder / f"{number:06d}.{seed}{suffix}"
                 try:
                     place_without_overwrite(tmp, final)
-                    return final
                 except FileExistsError:
                     number += 1
+                    continue
+                return _placed(final, on_placed)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def save_derived(original: Path, tag: str, data: bytes, folder: Path | None = None) -> Path:
+def save_derived(original: Path, tag: str, data: bytes, folder: Path | None = None,
+                 on_placed: OnPlaced | None = None) -> Path:
     """Write data beside `original` as STEM.TAG.png, then STEM.TAG-01.png, ... never overwriting."""
     folder = folder or original.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,9 +79,9 @@ def save_derived(original: Path, tag: str, data: bytes, folder: Path | None = No
                 name = f"{stem}.{tag}.png" if n == 0 else f"{stem}.{tag}-{n:02d}.png"
                 try:
                     place_without_overwrite(tmp, folder / name)
-                    return folder / name
                 except FileExistsError:
                     continue
+                return _placed(folder / name, on_placed)
         raise FileExistsError(f"no free name for {stem}.{tag}-NN.png in {folder}")
     finally:
         if tmp.exists():

@@ -9,69 +9,45 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from PIL import Image
 
-from . import __version__
-from .dispatch import Command, Dispatcher, Outcome
-from .dreamlog import LOG_NAME, append_log_line
-from .formatter import format_request
-from .naming import save_derived
+from .dispatch import Command, Dispatcher, Outcome, Work
 from .parser import ParseError, parse_switches
-from .pngmeta import ImageMeta, MetadataError, png_bytes, read_recipe
+from .pngmeta import MetadataError, read_recipe
 from .request import DreamRequest
-from .session import Session, UserError
+from .session import Control, Listener, Session, UserError
 
 FIX_SWITCHES = {"upscale"}
 
 
-def fix_image(session: Session, path: Path, values: dict) -> Path:
-    """Upscale the image at path as `values` say; return the new file's path."""
+def check_fix(path: Path, values: dict, files: bool = True) -> None:
+    """Refuse at once what !fix cannot do (nothing to do, other switches, no such file)."""
     if "upscale" not in values:
         raise UserError("!fix needs something to do: !fix PATH -U 4 (factor, then an optional strength)")
     extra = set(values) - FIX_SWITCHES
     if extra:
         raise UserError(f"!fix takes only -U; {', '.join(sorted(extra))} belong on a prompt line")
-    try:
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(f"!fix {path}: no such file") from None
-    except OSError as e:
-        raise UserError(f"!fix {path}: not a readable image ({e})") from None
+    if files and not path.is_file():
+        raise UserError(f"!fix {path}: no such file")
+
+
+def fix_image(session: Session, path: Path, values: dict, echo) -> Path:
+    """Upscale the image at path as `values` say; return the new file's path."""
+    check_fix(path, values)
     try:
         recipe: DreamRequest | None = read_recipe(path)
     except MetadataError:
         recipe = None
     spec = values["upscale"]
-    from .engines.protocols import GenerationError
-    try:
-        up = session.upscaler().upscale(image, spec.factor, spec.strength)
-    except GenerationError as e:
-        raise UserError(f"!fix: {e}") from None
+    record = session.upscale_file(path, spec, recipe)
     if recipe is None:
-        out = save_derived(path, "upscale", _plain_png(up))
-        session.echo(f"{out}: upscaled x{spec.factor:g} (the original has no recipe, so none is written)")
-        return out
-    request = recipe.with_(upscale=spec)
-    post = ({"type": "esrgan", "scale": spec.factor, "strength": spec.strength, "source": str(path)},)
-    model_hash = getattr(session.generator, "model_hash", "") if session.generator else ""
-    out = save_derived(path, "upscale", png_bytes(up, ImageMeta(request, model_hash, __version__, post)))
-    command = format_request(request)
-    if session.log_enabled:
-        append_log_line(path.parent / LOG_NAME, out, command)
-    session.echo(f"{out}: {command}")
-    return out
-
-
-def _plain_png(image: Image.Image) -> bytes:
-    import io
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
+        echo(f"{record.path}: upscaled x{spec.factor:g} (the original has no recipe, so none is written)")
+    else:
+        echo(f"{record.path}: {record.command}")
+    return Path(record.path)
 
 
 def register_fix(dispatcher: Dispatcher) -> None:
-    def handler(args: str) -> Outcome:
+    def handler(args: str) -> Work:
         try:
             tokens = shlex.split(args)
         except ValueError as e:
@@ -82,8 +58,13 @@ def register_fix(dispatcher: Dispatcher) -> None:
             values, _ = parse_switches(tokens[1:])
         except ParseError as e:
             raise UserError(f"!fix: {e}") from None
-        fix_image(dispatcher.session, Path(tokens[0]).expanduser(), values)
-        return Outcome()
+        path = Path(tokens[0]).expanduser()
+        check_fix(path, values, files=dispatcher.check_files_now())
+
+        def run(control: Control, listener: Listener) -> Outcome:
+            fix_image(dispatcher.session, path, values, dispatcher.echo)
+            return Outcome()
+        return Work(f"!fix {args}", run)
 
     dispatcher.register(Command("fix", "!fix PATH -U F [S]", "upscale an existing image into NNNNNN.SEED.upscale.png "
                                 "(never overwrites)", handler, "path"))

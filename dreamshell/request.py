@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -74,4 +74,4 @@ class ImageRecord:
     path: str
     seed: int
     command: str
-    request: DreamRequest = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    number: int = 0   # the session's count of images, shown as [N]; 0 for a !fix result

@@ -59,7 +59,15 @@ def resolve_request(request: DreamRequest, spec: ModelSpec, earlier_seeds: list[
     )
 
 
-def image_requests(resolved: DreamRequest) -> list[DreamRequest]:
-    """One request per image of `-n N`: image i gets seed S+i (A1111's rule), each remakeable alone."""
+def image_requests(resolved: DreamRequest, rng: random.Random | None = None) -> list[DreamRequest]:
+    """One request per image of `-n N`. Image i gets seed S+i (A1111's rule), so each can be remade
+    alone; with `-v A` every image is a variation of the one seed S, each with its own variation seed,
+    written as `-S S -V seed:A` (the original shell's VARIATIONS.md)."""
+    if resolved.variation_amount:
+        rng = rng or random.SystemRandom()
+        return [resolved.with_(iterations=1, grid=False, variation_amount=0.0,
+                               with_variations=resolved.with_variations
+                               + ((rng.randint(0, MAX_SEED), resolved.variation_amount),))
+                for _ in range(resolved.iterations)]
     return [resolved.with_(seed=(resolved.seed + i) % (MAX_SEED + 1), iterations=1, grid=False)
             for i in range(resolved.iterations)]

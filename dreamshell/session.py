@@ -1,7 +1,8 @@
-"""One resident model and the requests run on it: validate -> generate -> upscale -> save -> log.
+"""One request at a time: validate -> resolve -> generate -> upscale -> save. Returns data, prints nothing.
 
-No torch here: the generator and upscaler are handed in (engines/), so the shell starts at once
-and the model loads in a background thread while the user types.
+No torch here: the model is reached through the model host (model_host.py), files through the
+output folder (output.py). What happens while a line runs is told to a Listener as events (an image
+saved, a note, a step); only the shell and the batch runner turn events and results into text.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from typing import Callable
 from PIL import Image
 
 from . import __version__
-from .dreamlog import LOG_NAME, append_comment, append_log_line
 from .engines.protocols import GenerationError, Interrupted
 from .formatter import format_request
-from .models import ModelSpec, Registry
-from .naming import save_derived, save_numbered
-from .pngmeta import ImageMeta, png_bytes
+from .model_host import LoadError, ModelHost
+from .models import ModelSpec, ModelsFileError, Registry
+from .output import OutputFolder
+from .pngmeta import ImageMeta
 from .request import DreamRequest, ImageRecord
 from .resolve import ResolveError, apply_defaults, image_requests, resolve_request
-from .switches import MAX_SEED
 
 
 class UserError(ValueError):
@@ -31,8 +31,7 @@ class UserError(ValueError):
 
 
 class StopFlag:
-    """Set by Ctrl-C (from a signal handler or another thread); checked by the generator each step.
-    Whoever starts a unit of work (a typed line, a batch) clears it first."""
+    """Set by Ctrl-C (a signal handler or a key binding); checked by the generator each step."""
 
     def __init__(self):
         self._event = threading.Event()
@@ -47,129 +46,177 @@ class StopFlag:
         return self._event.is_set()
 
 
-class NullProgress:
-    """Progress display that shows nothing (tests, --from_file without a terminal)."""
+class Control:
+    """How a running line is steered from outside: stop (Ctrl-C) and pause between images (!pause)."""
 
-    def start(self, label: str, total: int) -> None: ...
+    def __init__(self, stop: StopFlag | None = None, gate: Callable[[], None] | None = None):
+        self.stop = stop or StopFlag()
+        self._gate = gate
+
+    def before_image(self) -> None:
+        """Wait here while the queue is paused (returns at once when stopped)."""
+        if self._gate is not None:
+            self._gate()
+
+
+class Listener:
+    """What a running line tells as it goes; every method may be left as it is (nothing shown)."""
+
+    def waiting_for_model(self, name: str) -> None: ...
+    def image_started(self, index: int, total: int, seed: int, steps: int) -> None: ...
     def step(self, done: int, total: int) -> None: ...
-    def stop(self) -> None: ...
+    def preview(self, done: int, total: int, image) -> None: ...
+    def image_saved(self, record: ImageRecord, image) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A line stopped by the user: image `index` of `total` was not finished; `kept` were saved."""
+
+    index: int
+    total: int
+    kept: int
 
 
 @dataclass
 class RunResult:
     records: list[ImageRecord] = field(default_factory=list)
-    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+    stopped: Stopped | None = None
     grid: Path | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped is not None
 
 
 class Session:
-    def __init__(self, registry: Registry, generator_factory: Callable[[], object], outdir: Path,
-                 upscaler_factory: Callable[[], object] | None = None, defaults: DreamRequest | None = None,
-                 log: bool = True, echo: Callable[[str], None] = print, progress=None,
-                 rng: random.Random | None = None):
+    def __init__(self, registry: Registry, host: ModelHost, outdir: Path,
+                 defaults: DreamRequest | None = None, log: bool = True, rng: random.Random | None = None):
         self.registry = registry
-        self._generator_factory = generator_factory
-        self._upscaler_factory = upscaler_factory
-        self._upscaler = None
-        self.generator = None
+        self.host = host
         self.outdir = Path(outdir)
         self.defaults = defaults
         self.log_enabled = log
-        self.echo = echo
-        self.progress = progress or NullProgress()
         self.rng = rng or random.SystemRandom()
-        self.stop = StopFlag()
+        self.model: ModelSpec = registry.default   # the model lines run on (the queue's view)
         self.seeds: list[int] = []       # seeds of the images made, oldest first (-S -1 is the last)
         self.images: list[Path] = []     # images made (-I -1 is the last)
         self.count = 0
-        self.loading: ModelSpec | None = None
-        self.on_wait: Callable[[str], None] | None = None   # told when a line waits for the model
-        self._ready = threading.Event()
-        self._load_error: BaseException | None = None
-        self._load_thread: threading.Thread | None = None
-
-    # ----- the resident model
+        self._folders: dict[Path, OutputFolder] = {}
 
     @property
     def spec(self) -> ModelSpec | None:
-        return getattr(self.generator, "spec", None) if self._ready.is_set() else None
+        """The resident model (None until its first load has finished)."""
+        return self.host.spec
 
-    def start_loading(self, spec: ModelSpec) -> None:
-        """Load spec in a background thread; requests wait for it."""
-        self._ready.clear()
-        self._load_error = None
-        self.loading = spec
+    def folder(self, path: Path | str | None = None) -> OutputFolder:
+        """The output folder for -o path (default: the session's); opened, and repaired, on first use."""
+        key = Path(path).expanduser() if path else self.outdir
+        if key not in self._folders:
+            self._folders[key] = OutputFolder(key, log=self.log_enabled)
+        return self._folders[key]
 
-        def work():
-            try:
-                if self.generator is None:
-                    self.generator = self._generator_factory()
-                if getattr(self.generator, "spec", None) != spec:
-                    self.generator.load(spec)
-            except BaseException as e:  # reported to the waiting request
-                self._load_error = e
-            finally:
-                self.loading = None
-                self._ready.set()
+    # ----- checks at submit time (nothing loaded, nothing resolved)
 
-        self._load_thread = threading.Thread(target=work, name="model-loader", daemon=True)
-        self._load_thread.start()
+    def check(self, request: DreamRequest, files: bool = True) -> DreamRequest:
+        """Refuse at once what can be known wrong before the line runs (a model name; a missing file
+        when `files`: a queued line's files are looked for when it runs, since lines before it may
+        make them)."""
+        request = apply_defaults(request, self.defaults)
+        if request.model is not None:
+            self.lookup(request.model)
+        for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")) if files else ():
+            if path and path != "-1" and not Path(path).expanduser().is_file():
+                raise UserError(f"{what} {path}: no such file")
+        return request
 
-    def wait_until_ready(self, on_wait: Callable[[str], None] | None = None, poll: float = 0.1) -> None:
-        """Block until the model is loaded (showing a loading bar); raise the load's error as a UserError."""
-        if self._load_thread is None:
-            raise UserError("no model is loaded: !models lists them, !switch NAME loads one")
-        if not self._ready.is_set():
-            name = self.loading.name if self.loading else "model"
-            if on_wait is not None:
-                on_wait(name)
-            self.progress.start(f"loading model {name}", None)
-            try:
-                while not self._ready.wait(poll):
-                    pass
-            finally:
-                self.progress.stop()
-        if self._load_error is not None:
-            error, self._load_error = self._load_error, None
-            if isinstance(error, (GenerationError, OSError, ValueError)):
-                raise UserError(str(error)) from None
-            raise error
-
-    @property
-    def is_ready(self) -> bool:
-        return self._ready.is_set() and self._load_error is None and self.spec is not None
-
-    def switch(self, name: str) -> ModelSpec:
-        """Make `name` the resident model (a name from the models file or a path); blocks until loaded."""
+    def lookup(self, name: str) -> ModelSpec:
         try:
-            spec = self.registry.get(name)
-        except ValueError as e:
+            return self.registry.get(name)
+        except ModelsFileError as e:
             raise UserError(str(e)) from None
-        if self.spec is not None and self.spec == spec:
-            return spec
-        self.start_loading(spec)
-        self.wait_until_ready()
+
+    # ----- the model
+
+    def switch(self, name: str, listener: Listener | None = None) -> ModelSpec:
+        """Make `name` the model lines run on; blocks until it is loaded (a failed load keeps the old)."""
+        spec = self.lookup(name)
+        self._ensure(spec, listener or Listener())
+        self.model = spec
         return spec
+
+    def _ensure(self, spec: ModelSpec, listener: Listener) -> None:
+        try:
+            self.host.ensure(spec, on_wait=listener.waiting_for_model)
+        except LoadError as e:
+            raise UserError(str(e)) from None
 
     # ----- one request
 
-    def prepare(self, request: DreamRequest) -> DreamRequest:
-        """Apply session defaults, switch model if the line names another, fill open values."""
+    def prepare(self, request: DreamRequest, listener: Listener | None = None) -> DreamRequest:
+        """Defaults, the model (switched if the line names another), seeds and -I -1 resolved."""
         request = apply_defaults(request, self.defaults)
-        self.wait_until_ready(self.on_wait)
-        if request.model is not None:
-            self.switch(request.model)
-        if self.spec is None:
-            raise UserError("no model is loaded: !models lists them, !switch NAME loads one")
+        spec = self.lookup(request.model) if request.model is not None else self.model
+        self._ensure(spec, listener or Listener())
+        self.model = spec
         try:
-            resolved = resolve_request(request, self.spec, self.seeds, self.rng)
+            resolved = resolve_request(request, spec, self.seeds, self.rng)
         except ResolveError as e:
             raise UserError(str(e)) from None
         if resolved.init_img == "-1":
             if not self.images:
                 raise UserError("-I -1 means the last image made, but none was made yet in this session")
             resolved = resolved.with_(init_img=str(self.images[-1]))
-        return resolved.with_(model=self.spec.name)
+        return resolved.with_(model=spec.name)
+
+    def run(self, request: DreamRequest, listener: Listener | None = None,
+            control: Control | None = None) -> RunResult:
+        """Make every image of a line; each is saved and logged the moment it is done."""
+        listener = listener or Listener()
+        control = control or Control()
+        result = RunResult()
+        resolved = self.prepare(request, listener)
+        sized = apply_defaults(request, self.defaults)
+        init, mask, resolved = self._inputs(resolved, explicit_size=bool(sized.width or sized.height))
+        folder = self.folder(resolved.outdir)
+        for note in folder.open():
+            self._note(result, listener, note)
+        generator = self.host.generator
+        if resolved.log_tokenization:
+            self._note(result, listener, self.host.call(lambda: generator.tokenization(resolved.prompt)))
+        for note in self.host.call(lambda: generator.prompt_notes(resolved.prompt)):
+            self._note(result, listener, note)
+        images = []
+        per_image = image_requests(resolved, self.rng)
+        for index, one in enumerate(per_image):
+            control.before_image()
+            listener.image_started(index + 1, len(per_image), one.seed, one.steps)
+            try:
+                if control.stop.is_set():  # Ctrl-C between two images
+                    raise Interrupted()
+                image = self.host.call(lambda: generator.generate(
+                    one, init_image=init, mask=mask, on_step=listener.step, should_stop=control.stop.is_set))
+            except (Interrupted, KeyboardInterrupt):
+                result.stopped = Stopped(index + 1, len(per_image), len(result.records))
+                break
+            except GenerationError as e:
+                raise UserError(str(e)) from None
+            if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
+                image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
+            record, saved = self._save(one, image, folder, "inpaint" if mask is not None else None, result,
+                                       listener)
+            result.records.append(record)
+            images.append(image)
+            listener.image_saved(record, saved)
+        if resolved.grid and len(images) > 1 and result.records:
+            result.grid = self._save_grid(images, resolved, folder, Path(result.records[0].path))
+        return result
+
+    def _note(self, result: RunResult, listener: Listener, text: str) -> None:
+        result.notes.append(text)
+        listener.note(text)
 
     def _load_image(self, path: str, what: str, mode: str) -> Image.Image:
         try:
@@ -177,7 +224,7 @@ class Session:
                 return img.convert(mode)
         except FileNotFoundError:
             raise UserError(f"{what} {path}: no such file") from None
-        except OSError as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{what} {path}: not a readable image ({e})") from None
 
     def _inputs(self, request: DreamRequest, explicit_size: bool):
@@ -200,101 +247,59 @@ class Session:
                 mask = mask.resize(init.size, Image.NEAREST)
         return init, mask, request
 
-    def run(self, request: DreamRequest) -> RunResult:
-        """Make every image of a line; each is saved and logged the moment it is done."""
-        resolved = self.prepare(request)
-        sized = apply_defaults(request, self.defaults)
-        init, mask, resolved = self._inputs(resolved, explicit_size=bool(sized.width or sized.height))
-        if resolved.upscale and self._upscaler_factory is None:
-            raise UserError("-U: no upscaler is set up in this dreamshell")
-        if resolved.log_tokenization:
-            self.echo(self.generator.tokenization(resolved.prompt))
-        for note in self.generator.prompt_notes(resolved.prompt):
-            self.echo(note)
-        outdir = Path(resolved.outdir).expanduser() if resolved.outdir else self.outdir
-        result = RunResult()
-        images = []
-        per_image = image_requests(resolved)
-        for index, one in enumerate(per_image):
-            if one.variation_amount:
-                variation_seed = self.rng.randint(0, MAX_SEED)
-                one = one.with_(variation_amount=0.0,
-                                with_variations=one.with_variations + ((variation_seed, one.variation_amount),))
-            self.progress.start(f"image {index + 1}/{len(per_image)} seed {one.seed}", one.steps)
-            try:
-                if self.stop.is_set():  # Ctrl-C between two images
-                    raise Interrupted()
-                image = self.generator.generate(one, init_image=init, mask=mask, on_step=self.progress.step,
-                                                should_stop=self.stop.is_set)
-            except (Interrupted, KeyboardInterrupt):
-                self.progress.stop()
-                result.interrupted = True
-                self.echo(f"stopped: image {index + 1} of {len(per_image)} was not finished and is not saved; "
-                          f"{len(result.records)} finished image(s) kept")
-                break
-            except GenerationError as e:
-                self.progress.stop()
-                raise UserError(str(e)) from None
-            self.progress.stop()
-            if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
-                image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
-            record = self._save(one, image, outdir, mask is not None)
-            result.records.append(record)
-            images.append(image)
-        if resolved.grid and len(images) > 1 and result.records:
-            result.grid = self._save_grid(images, resolved, Path(result.records[0].path))
-        return result
+    def _meta(self, request: DreamRequest, image_type: str, postprocessing=()) -> ImageMeta:
+        model_hash = getattr(self.host.generator, "model_hash", "") or ""
+        return ImageMeta(request, model_hash, __version__, tuple(postprocessing), image_type)
 
-    def _save(self, request: DreamRequest, image: Image.Image, outdir: Path, inpaint: bool) -> ImageRecord:
-        postprocessing: list[dict] = []
+    def _save(self, request: DreamRequest, image, folder: OutputFolder, image_type: str | None,
+              result: RunResult, listener: Listener):
         original = image
+        postprocessing: list[dict] = []
         if request.upscale:
-            image, request, postprocessing = self._upscale(image, request)
-        image_type = "inpaint" if inpaint else "img2img" if request.init_img else "txt2img"
-        command = format_request(request)
-        meta = ImageMeta(request, self.generator.model_hash, __version__, tuple(postprocessing), image_type)
-        path = save_numbered(outdir, request.seed, png_bytes(image, meta))
+            image, request, postprocessing = self._upscale(image, request, result, listener)
+        image_type = image_type or ("img2img" if request.init_img else "txt2img")
+        path = folder.save_image(image, self._meta(request, image_type, postprocessing))
         if request.upscale and request.save_original:
             plain = request.with_(upscale=None, save_original=False)
-            save_derived(path, "original", png_bytes(original, ImageMeta(plain, self.generator.model_hash,
-                                                                         __version__, (), image_type)))
-        if self.log_enabled:
-            append_log_line(outdir / LOG_NAME, path, command)
+            folder.save_original(path, original, self._meta(plain, image_type))
         self.seeds.append(request.seed)
         self.images.append(path)
         self.count += 1
-        self.echo(f"[{self.count}] {path}: {command}")
-        return ImageRecord(str(path), request.seed, command, request)
+        return ImageRecord(str(path), request.seed, format_request(request), self.count), image
 
-    def upscaler(self):
-        """The upscaler, made on first use (its weights load only when -U or !fix asks)."""
-        if self._upscaler is None:
-            if self._upscaler_factory is None:
-                raise UserError("no upscaler is set up in this dreamshell")
-            self._upscaler = self._upscaler_factory()
-        return self._upscaler
-
-    def _upscale(self, image, request: DreamRequest):
+    def _upscale(self, image, request: DreamRequest, result: RunResult, listener: Listener):
         """Upscale, or keep the image as it is and drop -U from its recipe when it cannot be done."""
+        spec = request.upscale
         try:
-            spec = request.upscale
-            up = self.upscaler().upscale(image, spec.factor, spec.strength)
-        except (GenerationError, OSError, ValueError) as e:
-            self.echo(f"-U: {e}; the image is saved without upscaling")
+            up = self.host.call(lambda: self.host.upscaler().upscale(image, spec.factor, spec.strength))
+        except (GenerationError, LoadError, OSError, ValueError) as e:
+            self._note(result, listener, f"-U: {e}; the image is saved without upscaling")
             return image, request.with_(upscale=None, save_original=False), []
-        done = [{"type": "esrgan", "scale": request.upscale.factor, "strength": request.upscale.strength}]
-        return up, request, done
+        return up, request, [{"type": "esrgan", "scale": spec.factor, "strength": spec.strength}]
 
-    def _save_grid(self, images: list[Image.Image], request: DreamRequest, first: Path) -> Path:
+    def _save_grid(self, images: list, request: DreamRequest, folder: OutputFolder, first: Path) -> Path:
         cols = int(len(images) ** 0.5 + 0.999)
         rows = -(-len(images) // cols)
         w, h = images[0].size
         grid = Image.new("RGB", (cols * w, rows * h), "black")
         for i, img in enumerate(images):
             grid.paste(img, ((i % cols) * w, (i // cols) * h))
-        meta = ImageMeta(request.with_(grid=False), self.generator.model_hash, __version__, (), "grid")
-        path = save_derived(first, "grid", png_bytes(grid, meta))
-        if self.log_enabled:
-            append_comment(first.parent / LOG_NAME, f"grid {path} of {len(images)} images: {format_request(request)}")
-        self.echo(f"grid: {path}")
-        return path
+        return folder.save_grid(first, grid, self._meta(request.with_(grid=False), "grid"), len(images))
+
+    # ----- post-processing (!fix)
+
+    def upscale_file(self, path: Path, spec, recipe: DreamRequest | None) -> ImageRecord:
+        """Upscale an existing image into STEM.upscale[-NN].png beside it, never overwriting."""
+        image = self._load_image(str(path), "!fix", "RGB")
+        try:
+            up = self.host.call(lambda: self.host.upscaler().upscale(image, spec.factor, spec.strength))
+        except (GenerationError, LoadError) as e:
+            raise UserError(f"!fix: {e}") from None
+        folder = OutputFolder(path.parent, log=self.log_enabled)
+        if recipe is None:
+            out = folder.save_fix(path, up, None)
+            return ImageRecord(str(out), -1, "", 0)
+        request = recipe.with_(upscale=spec)
+        post = ({"type": "esrgan", "scale": spec.factor, "strength": spec.strength, "source": str(path)},)
+        out = folder.save_fix(path, up, self._meta(request, "txt2img", post))
+        return ImageRecord(str(out), request.seed, format_request(request), 0)

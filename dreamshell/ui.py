@@ -1,9 +1,55 @@
-"""What the user sees while images are made: a rich progress bar per image, and plain output."""
+"""Turning what a line did into text: image lines, notes, the stopped line, and a rich progress bar."""
 
 from __future__ import annotations
 
-import sys
 import time
+from typing import Callable
+
+from .request import ImageRecord
+from .session import Listener, Stopped
+
+
+def record_line(record: ImageRecord) -> str:
+    """`[N] path: command`, the line shown for every image made."""
+    return f"[{record.number}] {record.path}: {record.command}"
+
+
+def stopped_line(stopped: Stopped) -> str:
+    return (f"stopped: image {stopped.index} of {stopped.total} was not finished and is not saved; "
+            f"{stopped.kept} finished image(s) kept")
+
+
+class TextListener(Listener):
+    """Events as lines of text, with an optional progress display (start/step/stop)."""
+
+    def __init__(self, echo: Callable[[str], None], progress=None):
+        self.echo = echo
+        self.progress = progress
+
+    def waiting_for_model(self, name: str) -> None:
+        self.echo(f"loading model {name}... (the line runs when it is ready)")
+        if self.progress is not None:
+            self.progress.start(f"loading model {name}", None)
+
+    def image_started(self, index: int, total: int, seed: int, steps: int) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress.start(f"image {index}/{total} seed {seed}", steps)
+
+    def step(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.step(done, total)
+
+    def image_saved(self, record: ImageRecord, image) -> None:
+        self.finish()
+        self.echo(record_line(record))
+
+    def note(self, text: str) -> None:
+        self.echo(text)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 class RichProgress:
@@ -18,9 +64,10 @@ class RichProgress:
         """A bar for `total` steps; total None is a pulsing bar (loading)."""
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                  TimeRemainingColumn(), console=self._console, transient=True)
+        self.stop()
+        self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                  TextColumn("ETA"), TimeRemainingColumn(), console=self._console, transient=True)
         self._progress.start()
         self._task = self._progress.add_task(label, total=total, rate="")
         self._t0 = time.perf_counter()
@@ -35,25 +82,3 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-class PlainProgress:
-    """A single updating text line, for terminals where rich is unwanted (and for no terminal: nothing)."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-
-    def start(self, label: str, total: int | None) -> None:
-        self.label = label
-        self._t0 = time.perf_counter()
-
-    def step(self, done: int, total: int) -> None:
-        if self.stream.isatty():
-            rate = done / max(1e-9, time.perf_counter() - self._t0)
-            self.stream.write(f"\r{self.label}: {done}/{total} {rate:.1f} it/s")
-            self.stream.flush()
-
-    def stop(self) -> None:
-        if self.stream.isatty():
-            self.stream.write("\r\033[K")
-            self.stream.flush()

@@ -52,14 +52,91 @@ def shared_generator():
 
 @pytest.fixture
 def make_session(tiny_models, shared_generator, tmp_path):
+    """A Session on the tiny models with its own model host; `session.echoed` collects what a
+    TextListener would print (run lines with `run_line`)."""
+    from dreamshell.model_host import ModelHost
     from dreamshell.session import Session
 
-    def make(outdir=None, echo=None, **kw):
+    def make(outdir=None, upscaler_factory=None, **kw):
         registry = tiny_models()
-        lines = []
-        session = Session(registry, lambda: shared_generator, outdir or tmp_path / "out",
-                          echo=echo or lines.append, **kw)
-        session.echoed = lines
-        session.start_loading(registry.default)
+        host = ModelHost(lambda: shared_generator, upscaler_factory)
+        session = Session(registry, host, outdir or tmp_path / "out", **kw)
+        session.echoed = []
         return session
     return make
+
+
+def run_line(session, line, control=None, listener=None):
+    """Run one prompt line on a session as a batch would, collecting its text in session.echoed."""
+    from dreamshell.parser import parse_request
+    from dreamshell.ui import TextListener
+    return session.run(parse_request(line), listener or TextListener(session.echoed.append), control)
+
+
+class ShellDriver:
+    """The dream> shell on a pipe, running in a thread, typed into like a person would."""
+
+    def __init__(self, session, dispatcher=None, register=None, **kw):
+        import threading
+
+        from prompt_toolkit.input import create_pipe_input
+        from prompt_toolkit.output import DummyOutput
+
+        from dreamshell.dispatch import Dispatcher
+        from dreamshell.shell.repl import DreamShell
+
+        self.session = session
+        self.out: list[str] = []
+        self.dispatcher = dispatcher or Dispatcher(session, echo=self.out.append)
+        if register is not None:
+            register(self.dispatcher)
+        self._pipe = create_pipe_input()
+        self.inp = self._pipe.__enter__()
+        self.shell = DreamShell(session, self.dispatcher, input=self.inp, output=DummyOutput(),
+                                echo=self.out.append, **kw)
+        self.code = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.code = self.shell.run()
+
+    def type(self, text: str) -> None:
+        self.inp.send_text(text)
+
+    def wait_for(self, condition, timeout: float = 60.0, what: str = "") -> None:
+        import time
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or condition}; output: {self.out[-10:]}")
+            time.sleep(0.02)
+
+    def wait_output(self, text: str, timeout: float = 60.0) -> str:
+        self.wait_for(lambda: any(text in line for line in self.out), timeout, repr(text))
+        return next(line for line in self.out if text in line)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        """Wait until the queue is idle, then Ctrl-D; return the exit code."""
+        self.wait_for(lambda: not self.shell.jobs.busy(), timeout, "the queue to empty")
+        self.type("\x04")
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the shell did not leave; output: {self.out[-10:]}"
+        self._pipe.__exit__(None, None, None)
+        return self.code
+
+
+@pytest.fixture
+def drive_shell(make_session):
+    drivers = []
+
+    def start(session=None, **kw):
+        driver = ShellDriver(session or make_session(), **kw)
+        drivers.append(driver)
+        return driver
+    yield start
+    for d in drivers:
+        if d.thread.is_alive():
+            d.shell.jobs.close()
+            d.type("\x04\x04")
+            d.thread.join(10)

@@ -5,15 +5,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import run_line as run
 from dreamshell.dispatch import Dispatcher
 from dreamshell.dreamlog import read_commands
 from dreamshell.parser import parse_request
 from dreamshell.pngmeta import read_recipe
-from dreamshell.session import UserError
-
-
-def run(session, line):
-    return session.run(parse_request(line))
+from dreamshell.session import Control, Listener, UserError
 
 
 def pixels(path):
@@ -45,7 +42,8 @@ def test_every_image_is_logged_with_a_canonical_line_and_echoed(make_session, tm
     assert len(log) == 2
     assert log[0].endswith(': "a white circle" -s 4 -S 3 -W 64 -H 64 -C 5 -A k_euler --model tiny')
     assert "-n" not in log[1] and "-S 4" in log[1]
-    assert s.echoed[0].startswith("[1] ") and s.echoed[1].startswith("[2] ")
+    shown = [line for line in s.echoed if line.startswith("[")]
+    assert shown[0].startswith("[1] ") and shown[1].startswith("[2] ")
     assert read_recipe(Path(records[1].path)) == parse_request(records[1].command)
 
 
@@ -90,10 +88,11 @@ def test_img2img_and_inpainting_run_and_differ_from_txt2img(make_session, tmp_pa
     inpaint = run(s, f"a yellow circle -S 5 -I {base.path} -M {mask} -f 1").records[0]
     assert len({pixels(base.path), pixels(img2img.path), pixels(inpaint.path)}) == 3
     assert f"-I {base.path} -f 0.5" in img2img.command
-    # inpainting keeps the unmasked corner close to the init image
-    a = Image.open(base.path).convert("RGB").crop((0, 0, 8, 8)).tobytes()
-    b = Image.open(inpaint.path).convert("RGB").crop((0, 0, 8, 8)).tobytes()
-    assert sum(abs(x - y) for x, y in zip(a, b)) / len(a) < 12
+    # inpainting keeps every unmasked pixel exactly (the mask covers 16..48 only)
+    a, b = Image.open(base.path).convert("RGB"), Image.open(inpaint.path).convert("RGB")
+    for box in ((0, 0, 64, 16), (0, 48, 64, 64), (0, 0, 16, 64), (48, 0, 64, 64)):
+        assert a.crop(box).tobytes() == b.crop(box).tobytes()
+    assert a.crop((16, 16, 48, 48)).tobytes() != b.crop((16, 16, 48, 48)).tobytes()
 
 
 def test_init_image_of_another_size_needs_fit(make_session, tmp_path):
@@ -108,31 +107,34 @@ def test_init_image_of_another_size_needs_fit(make_session, tmp_path):
     assert Image.open(rec.path).size == (128, 96) and "-W 128 -H 96" in rec.command
 
 
+class StopAt(Listener):
+    """Presses Ctrl-C (sets the stop flag) at a given step of a given image; records the steps seen."""
+
+    def __init__(self, control, image, step):
+        self.control, self.image, self.at_step = control, image, step
+        self.steps_seen = []
+
+    def image_started(self, index, total, seed, steps):
+        self.index = index
+
+    def step(self, done, total):
+        self.steps_seen.append((self.index, done))
+        if self.index == self.image and done == self.at_step:
+            self.control.stop.set()
+
+
 def test_interrupt_keeps_finished_images_and_saves_nothing_partial(make_session, tmp_path):
     s = make_session()
-    steps_seen = []
-
-    class StopInSecondImage:
-        def start(self, label, total):
-            self.label = label
-
-        def step(self, done, total):
-            steps_seen.append((self.label, done))
-            if self.label.startswith("image 2") and done == 2:
-                s.stop.set()
-
-        def stop(self):
-            pass
-
-    s.progress = StopInSecondImage()
-    result = run(s, "a black square -n 3 -S 1")
-    assert result.interrupted
+    control = Control()
+    listener = StopAt(control, image=2, step=2)
+    result = run(s, "a black square -n 3 -S 1", control=control, listener=listener)
+    assert result.stopped is not None and (result.stopped.index, result.stopped.kept) == (2, 1)
     assert [r.seed for r in result.records] == [1]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.1.png"]
     assert len((tmp_path / "out" / "dream_log.txt").read_text().splitlines()) == 1
-    assert ("image 2/3 seed 2", 3) not in steps_seen
-    # the model stays loaded and the next line runs (the shell clears the stop flag before each line)
-    s.stop.clear()
+    assert (2, 2) in listener.steps_seen and (2, 3) not in listener.steps_seen
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".part")]
+    # the model stays loaded and the next line runs
     assert run(s, "a black square -S 2").records
 
 
@@ -173,23 +175,17 @@ def test_replay_of_the_log_reads_back_every_command(make_session, tmp_path):
 def test_one_ctrl_c_ends_a_whole_batch(make_session, tmp_path):
     s = make_session()
     out = []
-    d = Dispatcher(s, echo=out.append)
+    control = Control()
 
-    class StopInLineTwo:
-        def start(self, label, total):
-            self.label = label
+    class StopInLineTwo(Listener):
+        def image_started(self, index, total, seed, steps):
+            if seed == 2:
+                control.stop.set()
 
-        def step(self, done, total):
-            if "seed 2" in self.label:
-                s.stop.set()
-
-        def stop(self):
-            pass
-
-    s.progress = StopInLineTwo()
+    d = Dispatcher(s, echo=out.append, listener=StopInLineTwo)
     batch = tmp_path / "batch.txt"
     batch.write_text("".join(f"a red circle -S {i}\n" for i in range(1, 5)))
-    outcome = d.run_lines(read_commands(batch), label="batch.txt")
+    outcome = d.run_lines(read_commands(batch), label="batch.txt", control=control)
     assert outcome.interrupted
     assert s.seeds == [1]
     assert "batch.txt: batch stopped at line 2" in out

@@ -1,77 +1,88 @@
-"""The dream> shell driven through prompt_toolkit's pipe input: a whole session in one pipe."""
+"""The dream> shell driven through prompt_toolkit's pipe input, typed into while jobs run."""
 
 import pytest
-from prompt_toolkit.input import create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from fake_generator import FakeGenerator
 
 from dreamshell.dispatch import Dispatcher
-from dreamshell.shell.repl import DreamShell
+from dreamshell.model_host import ModelHost
+from dreamshell.models import ModelSpec, Registry
+from dreamshell.session import Session
 
 
 @pytest.fixture
-def shell_run(make_session):
-    def run(keys: str):
-        session = make_session()
-        out = []
-        dispatcher = Dispatcher(session, echo=out.append)
-        session.echo = out.append
-        with create_pipe_input() as inp:
-            inp.send_text(keys)
-            shell = DreamShell(session, dispatcher, input=inp, output=DummyOutput(), echo=out.append)
-            code = shell.run()
-        return code, out, session
-    return run
+def fake_session(tmp_path):
+    """A session on the fake generator; `session.fake` is the generator (gates for steps and loads)."""
+    def make(step_delay=0.0):
+        weights = tmp_path / "weights"
+        weights.mkdir(exist_ok=True)
+        specs = {n: ModelSpec(n, weights, "sd1", width=64, height=64, steps=3, cfg_scale=5.0, sampler="k_euler",
+                              default=(n == "fake")) for n in ("fake", "other")}
+        gen = FakeGenerator(step_delay)
+        session = Session(Registry(specs), ModelHost(lambda: gen), tmp_path / "out")
+        session.fake = gen
+        return session
+    return make
 
 
-def test_a_whole_session(shell_run, tmp_path):
-    keys = ("a red circle on a blue background -S 5\r"
-            "a cat -s abc\r"          # a bad line: one error, the shell goes on
-            "half typed line\x03"     # Ctrl-C at the prompt clears the line
-            "a blue square -S -1\r"   # the last seed
-            "!history\r"
-            "!bogus\r"
-            "\x04")                   # Ctrl-D leaves
-    code, out, session = shell_run(keys)
-    assert code == 0
-    text = "\n".join(out)
-    assert "[1] " in text and "[2] " in text
-    assert "error: -s: 'abc' is not a whole number; steps are a whole number >= 1" in out
+def image_lines(out):
+    return [line for line in out if line.startswith("[")]
+
+
+def test_a_whole_session(drive_shell, tmp_path):
+    d = drive_shell()
+    d.type("a red circle on a blue background -S 5\r")
+    d.wait_output("[1] ")
+    d.type("a cat -s abc\r")          # a bad line: one error, the shell goes on
+    d.type("half typed line\x03")     # Ctrl-C at the prompt clears the line
+    d.type("a blue square -S -1\r")   # the last seed
+    d.wait_output("[2] ")
+    d.type("!history\r!bogus\r")
+    d.wait_output("unknown command")
+    assert d.finish() == 0
+    text = "\n".join(d.out)
+    assert "error: -s: 'abc' is not a whole number; steps are a whole number >= 1" in d.out
     assert "half typed line" not in text
-    assert session.seeds == [5, 5]
-    history = [line for line in out if line[:4].strip().isdigit()]
+    assert d.session.seeds == [5, 5]
+    history = [line for line in d.out if line[:4].strip().isdigit()]
     assert [h.split(None, 1)[1] for h in history] == [
         "a red circle on a blue background -S 5", "a cat -s abc", "a blue square -S -1", "!history"]
-    assert any(line.startswith("error: unknown command '!bogus'") for line in out)
-    assert out[-1] == "bye"
-    log = (tmp_path / "out" / "dream_log.txt").read_text().splitlines()
-    assert len(log) == 2
+    assert any(line.startswith("error: unknown command '!bogus'") for line in d.out)
+    assert d.out[-1] == "bye"
+    assert len((tmp_path / "out" / "dream_log.txt").read_text().splitlines()) == 2
 
 
-def test_fetch_puts_the_recipe_on_the_next_input_line(shell_run, tmp_path):
-    keys = "a white triangle -S 9\r!fetch ../out/000000.9.png\r -n 2\r\x04"
-    code, out, session = shell_run(keys)
+def test_fetch_puts_the_recipe_on_the_next_input_line(drive_shell):
+    d = drive_shell()
+    d.type("a white triangle -S 9\r")
+    d.wait_output("[1] ")
+    d.type("!fetch ../out/000000.9.png\r -n 2\r")
+    d.wait_for(lambda: len(d.session.seeds) == 3)
+    d.finish()
     # the fetched command came back as the next line's text; " -n 2" was typed after it
-    assert session.seeds == [9, 9, 10]
+    assert d.session.seeds == [9, 9, 10]
 
 
-def test_quit_words_leave(shell_run):
+def test_quit_words_leave(drive_shell):
     for word in ("q", "quit", "exit"):
-        code, out, _ = shell_run(f"{word}\r")
-        assert code == 0 and out[-1] == "bye"
+        d = drive_shell()
+        d.type(f"{word}\r")
+        d.thread.join(30)
+        assert d.code == 0 and d.out[-1] == "bye"
 
 
-def test_unexpected_errors_are_one_line_and_a_logged_traceback(shell_run, monkeypatch, tmp_path):
-    from dreamshell.session import Session
-
-    def boom(self, request):
+def test_unexpected_errors_are_one_line_and_a_logged_traceback(drive_shell, monkeypatch, tmp_path):
+    def boom(self, request, listener=None, control=None):
         raise RuntimeError("kaboom")
     monkeypatch.setattr(Session, "run", boom)
-    code, out, _ = shell_run("a red circle\r!help\r\x04")
-    line = next(line for line in out if "kaboom" in line)
+    d = drive_shell()
+    d.type("a red circle\r")
+    line = d.wait_output("kaboom")
+    d.type("!help\r")
+    d.wait_output("Switches:")
+    d.finish()
     assert line.startswith("error: unexpected RuntimeError: kaboom (traceback in ")
     log = tmp_path / "home" / "errors.log"
     assert "Traceback" in log.read_text() and "kaboom" in log.read_text()
-    assert any("Switches:" in line for line in out), "the shell went on to the next line"
 
 
 def test_help_comes_from_the_switch_table(make_session):
@@ -82,3 +93,140 @@ def test_help_comes_from_the_switch_table(make_session):
         assert sw.long in text and sw.help in text
     for name in ("!fetch", "!replay", "!history", "!search", "!models", "!switch"):
         assert name in text
+
+
+# ----- the queue behind the live prompt (issue 8)
+
+def test_lines_typed_while_a_job_runs_are_queued_and_run_in_order(drive_shell, fake_session):
+    s = fake_session()
+    s.fake.gate.clear()                           # the first image holds at its first step
+    d = drive_shell(s)
+    d.type("a red circle -S 1 -n 2\r")
+    d.wait_for(lambda: d.shell.jobs.running is not None, what="job 1 to start")
+    d.type("a blue square -S 20\r")
+    d.type("a cat -s abc\r")                      # a bad line is answered at once, queued nowhere
+    d.type("a green triangle -S -1\r")            # looks back in queue order: the seed before it
+    d.wait_output("'abc' is not a whole number")
+    d.type("!queue\r")
+    d.wait_output("waiting #3")
+    assert s.seeds == [] and s.fake.generated == [], "nothing ran past the gate yet"
+    assert [line for line in d.out if line.startswith(("running", "waiting"))] == [
+        "running #1: a red circle -S 1 -n 2", "waiting #2: a blue square -S 20",
+        "waiting #3: a green triangle -S -1"]
+    s.fake.gate.set()
+    assert d.finish() == 0
+    assert s.seeds == [1, 2, 20, 20]
+    assert [line.split()[0] for line in image_lines(d.out)] == ["[1]", "[2]", "[3]", "[4]"]
+    assert image_lines(d.out)[2].endswith("-S 20 -W 64 -H 64 -C 5 -A k_euler --model fake")
+
+
+def test_cancel_next_pause_and_resume(drive_shell, fake_session):
+    s = fake_session()
+    s.fake.gate.clear()
+    d = drive_shell(s)
+    d.type("first -S 1 -n 3\r")
+    d.wait_for(lambda: d.shell.jobs.running is not None)
+    for seed in (10, 20, 30, 40):
+        d.type(f"line -S {seed}\r")
+    d.wait_for(lambda: len(d.shell.jobs.waiting()) == 4)
+    d.type("!next 5\r")       # #5 (seed 40) to the front
+    d.type("!cancel 3\r")     # drop seed 20
+    d.type("!cancel 9\r")     # not a waiting job: one line
+    d.type("!pause\r")        # the running job stops after its current image
+    d.wait_output("paused:")
+    d.wait_output("no waiting job #9")
+    assert [j.number for j in d.shell.jobs.waiting()] == [5, 2, 4]
+    s.fake.gate.set()
+    d.wait_for(lambda: s.seeds == [1], what="the current image to finish")
+    import time
+    time.sleep(0.3)
+    assert s.seeds == [1], "paused after the current image"
+    d.type("!resume\r")
+    d.wait_for(lambda: len(s.seeds) == 6)
+    assert d.finish() == 0
+    assert s.seeds == [1, 2, 3, 40, 10, 30]
+    d2 = drive_shell(fake_session())
+    d2.type("!cancel all\r!cancel x\r")
+    d2.wait_output("!cancel takes a job number")
+    assert "no job is waiting" in d2.out
+    d2.finish()
+
+
+def test_ctrl_c_stops_only_the_running_image(drive_shell, fake_session, tmp_path):
+    s = fake_session()
+    s.fake.gate.clear()
+    d = drive_shell(s)
+    d.type("stopped line -S 1 -n 3\r")
+    d.wait_for(lambda: d.shell.jobs.running is not None)
+    d.type("next line -S 7\r")
+    d.wait_for(lambda: len(d.shell.jobs.waiting()) == 1)
+    d.type("typed but not sent")
+    d.type("\x03")
+    line = d.wait_output("stopping #1")
+    assert "1 waiting job(s) go on" in line and "!cancel all" in line
+    d.wait_output("stopped: image 1 of 3 was not finished")
+    s.fake.gate.set()
+    d.wait_for(lambda: s.seeds == [7], what="the waiting job to run")
+    d.type("\x15")            # clear what was typed
+    assert d.finish() == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.7.png"]
+
+
+def test_ctrl_d_with_jobs_waiting_asks_first(drive_shell, fake_session):
+    s = fake_session()
+    s.fake.gate.clear()
+    d = drive_shell(s)
+    d.type("one -S 1\r")
+    d.wait_for(lambda: d.shell.jobs.running is not None)
+    d.type("two -S 2\r")
+    d.wait_for(lambda: len(d.shell.jobs.waiting()) == 1)
+    d.type("\x04")
+    d.wait_output("Ctrl-D again leaves")
+    assert d.thread.is_alive(), "the first Ctrl-D did not leave"
+    d.type("\x04")
+    d.thread.join(30)
+    assert d.code == 0 and d.out[-1] == "bye"
+    assert 2 not in s.fake.generated
+
+
+def test_switch_typed_while_the_model_loads_loads_once(drive_shell, fake_session):
+    s = fake_session()
+    s.fake.load_gate.clear()                 # the first load holds
+    FakeGenerator.built = 0
+    d = drive_shell(s)
+    s.host.preload(s.model)
+    d.wait_for(lambda: s.host.loading is not None, what="the load to start")
+    d.type("!switch fake\r")
+    d.type("a line -S 3\r")
+    d.type("!switch other\r!switch other\r")
+    d.wait_for(lambda: len(d.shell.jobs.waiting()) >= 3)
+    s.fake.load_gate.set()
+    d.wait_for(lambda: len([o for o in d.out if o == "model other loaded"]) == 2)
+    assert d.finish() == 0
+    assert s.fake.loads == ["fake", "other"], "each model loaded once"
+    assert s.host.loads == 2 and FakeGenerator.built == 0, "one generator, built before the shell"
+    assert s.seeds == [3]
+
+
+def test_a_failed_switch_keeps_the_model_that_was_loaded(drive_shell, fake_session, tmp_path):
+    s = fake_session()
+    s.registry.models["gone"] = ModelSpec("gone", tmp_path / "nowhere", "sd1")
+    d = drive_shell(s)
+    d.type("one -S 1\r")
+    d.wait_output("[1] ")
+    d.type("!switch gone\r")
+    line = d.wait_output("does not exist")
+    d.type("two -S 2\r")
+    d.wait_output("[2] ")
+    assert d.finish() == 0
+    assert "fake is still the loaded model" in line
+    assert s.spec.name == "fake" and s.seeds == [1, 2]
+
+
+def test_a_line_typed_before_the_model_loads_waits_for_it(drive_shell, fake_session):
+    s = fake_session()
+    d = drive_shell(s, first_prompt_delay=5)   # the background load has not even started
+    d.type("at once -S 4\r")
+    d.wait_output("[1] ")
+    assert d.finish() == 0
+    assert not any("no model is loaded" in line for line in d.out)

@@ -106,14 +106,14 @@ def upscaling_session(make_session, tmp_path):
 
 
 def test_dash_U_through_the_session(upscaling_session, tmp_path):
-    from dreamshell.parser import parse_request
+    from conftest import run_line
     from dreamshell.pngmeta import read_chunks, read_recipe
     s = upscaling_session()
-    r2 = s.run(parse_request("a red circle -S 1 -U 2")).records[0]
+    r2 = run_line(s, "a red circle -S 1 -U 2").records[0]
     assert Image.open(r2.path).size == (128, 128)
     assert r2.command.endswith("-U 2") and read_recipe(Path(r2.path)).upscale.factor == 2
     assert '"postprocessing": [{"type": "esrgan", "scale": 2.0' in read_chunks(Path(r2.path))["sd-metadata"]
-    r4 = s.run(parse_request("a red circle -S 1 -U 4 0.5 --save_original")).records[0]
+    r4 = run_line(s, "a red circle -S 1 -U 4 0.5 --save_original").records[0]
     assert Image.open(r4.path).size == (256, 256)
     assert "-U 4 0.5 --save_original" in r4.command
     original = Path(r4.path).with_name(Path(r4.path).name[:-4] + ".original.png")
@@ -121,21 +121,24 @@ def test_dash_U_through_the_session(upscaling_session, tmp_path):
 
 
 def test_missing_upscaler_weights_still_save_the_image(upscaling_session, tmp_path):
-    from dreamshell.parser import parse_request
+    from conftest import run_line
     s = upscaling_session(weights_ok=False)
-    rec = s.run(parse_request("a red circle -S 1 -U 4")).records[0]
+    result = run_line(s, "a red circle -S 1 -U 4")
+    rec = result.records[0]
     assert Image.open(rec.path).size == (64, 64)
     assert "-U" not in rec.command
-    assert any("missing.pth do not exist" in line and "saved without upscaling" in line for line in s.echoed)
+    assert any("missing.pth do not exist" in line and "saved without upscaling" in line for line in result.notes)
+    assert any("saved without upscaling" in line for line in s.echoed)
 
 
 def test_fix_writes_a_new_file_and_never_overwrites(upscaling_session, tmp_path):
+    from conftest import run_line
     from dreamshell.dispatch import Dispatcher
     from dreamshell.parser import parse_request
     from dreamshell.postprocess import register_fix
     from dreamshell.pngmeta import read_recipe
     s = upscaling_session()
-    rec = s.run(parse_request("a blue square -S 4")).records[0]
+    rec = run_line(s, "a blue square -S 4").records[0]
     before = Path(rec.path).read_bytes()
     d = Dispatcher(s, echo=s.echoed.append)
     register_fix(d)
@@ -156,22 +159,14 @@ def test_fix_writes_a_new_file_and_never_overwrites(upscaling_session, tmp_path)
                       "!fix nowhere.png: no such file"]
 
 
-def test_dash_U_typed_at_the_dream_prompt(upscaling_session, tmp_path):
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
-    from dreamshell.dispatch import Dispatcher
+def test_dash_U_typed_at_the_dream_prompt(upscaling_session, drive_shell, tmp_path):
     from dreamshell.pngmeta import read_chunks
     from dreamshell.postprocess import register_fix
-    from dreamshell.shell.repl import DreamShell
     s = upscaling_session()
-    out = []
-    s.echo = out.append
-    d = Dispatcher(s, echo=out.append)
-    register_fix(d)
-    with create_pipe_input() as inp:
-        inp.send_text("a red circle -S 1 -U 2\ra red circle -S 1 -U 4 0.5\r!fix ../out/000000.1.png -U 4\r\x04")
-        assert DreamShell(s, d, input=inp, output=DummyOutput(), echo=out.append).run() == 0
+    d = drive_shell(s, register=register_fix)
+    d.type("a red circle -S 1 -U 2\ra red circle -S 1 -U 4 0.5\r!fix ../out/000000.1.png -U 4\r")
+    d.wait_output("000000.1.upscale.png")
+    assert d.finish() == 0
     first, second = tmp_path / "out" / "000000.1.png", tmp_path / "out" / "000001.1.png"
     assert Image.open(first).size == (128, 128) and Image.open(second).size == (256, 256)
     assert read_chunks(second)["Dream"].endswith("-U 4 0.5")

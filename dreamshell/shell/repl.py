@@ -1,22 +1,49 @@
-"""The dream> prompt loop: one PromptSession, history, completion, a toolbar, Ctrl-C and Ctrl-D."""
+"""The dream> prompt: live while images draw. Lines become numbered jobs run one at a time by the
+job queue; everything a job says appears above the prompt (patch_stdout), the toolbar shows the
+running job, a thumbnail follows each image and a live preview shows while one denoises."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.patch_stdout import patch_stdout
 
-from ..dispatch import Dispatcher, data_dir
-from ..session import Session
+from ..dispatch import Command, Dispatcher, Outcome, Work, data_dir
+from ..jobs import Job, JobQueue
+from ..request import ImageRecord
+from ..session import Session, UserError
+from ..ui import TextListener, record_line
 from .completer import DreamCompleter
 
 PROMPT = "dream> "
+PREVIEW_MODES = ("auto", "kitty", "iterm", "sixel", "blocks", "off")
+
+
+class QuietFileHistory(FileHistory):
+    """FileHistory that warns once, instead of a traceback, when the file stops being writable."""
+
+    def __init__(self, filename: str, warn):
+        super().__init__(filename)
+        self._warn = warn
+        self._warned = False
+
+    def store_string(self, string: str) -> None:
+        try:
+            super().store_string(string)
+        except OSError as e:
+            if not self._warned:
+                self._warned = True
+                self._warn(f"warning: history is no longer saved ({self.filename}: {e.strerror})")
 
 
 def open_history(path: Path | None, warn) -> object:
@@ -27,67 +54,203 @@ def open_history(path: Path | None, warn) -> object:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8"):
             pass
-        return FileHistory(str(path))
+        return QuietFileHistory(str(path), warn)
     except OSError as e:
         warn(f"warning: history is not saved ({path}: {e.strerror})")
         return InMemoryHistory()
 
 
-class InterruptibleRun:
-    """During a generation, the first Ctrl-C asks it to stop at the next step; a second one forces it."""
+class JobListener(TextListener):
+    """A queued job's events: lines above the prompt, progress into the job for the toolbar, a
+    thumbnail after each image and the live preview while one denoises."""
 
-    def __init__(self, session: Session):
-        self.session = session
-        self._old = None
+    def __init__(self, shell: "DreamShell", job: Job):
+        super().__init__(shell.echo)
+        self.shell = shell
+        self.job = job
 
-    def __enter__(self):
-        self.session.stop.clear()
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
+    def image_started(self, index: int, total: int, seed: int, steps: int) -> None:
+        job = self.job
+        job.image, job.images, job.step, job.steps, job.step_times = index, total, 0, steps, []
+        self.shell.live_preview = None
 
-    def _handle(self, signum, frame):
-        if self.session.stop.is_set():
-            raise KeyboardInterrupt
-        self.session.stop.set()
+    def step(self, done: int, total: int) -> None:
+        self.job.step, self.job.steps = done, total
+        self.job.step_times.append(time.monotonic())
+        del self.job.step_times[:-20]
 
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
+    def preview(self, done: int, total: int, image) -> None:
+        self.shell.live_preview = image
+
+    def image_saved(self, record: ImageRecord, image) -> None:
+        self.shell.live_preview = None
+        self.echo(record_line(record))
+        self.shell.show_thumbnail(image)
 
 
 class DreamShell:
     def __init__(self, session: Session, dispatcher: Dispatcher, history=None, input=None, output=None,
-                 echo=print, on_first_prompt=None, first_prompt_delay: float = 0.1):
+                 echo=None, on_first_prompt=None, first_prompt_delay: float = 0.1, preview: str = "auto"):
         self.session = session
+        self.dispatcher = dispatcher
         self._on_first_prompt = on_first_prompt
         self._delay = first_prompt_delay
-        self.dispatcher = dispatcher
-        self.echo = echo
+        self._patch = echo is None          # a real terminal: print above the prompt
+        self.echo = echo or print
+        dispatcher.echo = self.echo
         self.history = history or InMemoryHistory()
         dispatcher.history = self.history_lines
+        self.jobs = JobQueue(on_error=self._job_crashed)
+        dispatcher.check_files_now = lambda: not self.jobs.busy()
+        self.live_preview = None
+        self.preview_mode = preview
+        self._leave_asked = False
+        self._register_queue_commands()
         completer = DreamCompleter(lambda: list(session.registry.models), lambda: dispatcher.commands)
         self.prompt = PromptSession(history=self.history, auto_suggest=AutoSuggestFromHistory(),
                                     completer=completer, complete_while_typing=False,
-                                    bottom_toolbar=self.toolbar, input=input, output=output)
+                                    bottom_toolbar=self.toolbar, input=input, output=output,
+                                    key_bindings=self._key_bindings(), refresh_interval=0.25)
 
     def history_lines(self) -> list[str]:
         return list(self.history.get_strings())  # oldest first
 
+    # ----- what the user sees
+
     def toolbar(self) -> str:
         s = self.session
-        if s.loading is not None:
-            model = f"{s.loading.name} (loading...)"
+        loading = s.host.loading
+        if loading is not None:
+            model = f"{loading.name} (loading...)"
         elif s.spec is not None:
             model = s.spec.name
         else:
-            model = "none (!models, !switch NAME)"
-        gen = s.generator
-        device = f"{gen.device} {gen.precision}" if gen is not None and hasattr(gen, "device") else "-"
-        seed = s.seeds[-1] if s.seeds else "-"
-        return f" model: {model} | device: {device} | last seed: {seed} | !help "
+            model = f"{s.model.name} (not loaded yet)"
+        parts = [f"model: {model}", f"device: {s.host.device_label}"]
+        job = self.jobs.running
+        if job is not None:
+            state = f"#{job.number}"
+            if job.images:
+                state += f" image {job.image}/{job.images} step {job.step}/{job.steps}"
+                eta = job.eta()
+                if eta is not None:
+                    state += f" ETA {eta:.0f}s"
+            parts.append(state)
+        waiting = len(self.jobs.waiting())
+        if waiting or self.jobs.paused:
+            parts.append(f"{waiting} waiting" + (" (paused: !resume)" if self.jobs.paused else ""))
+        parts.append(f"last seed: {s.seeds[-1] if s.seeds else '-'}")
+        return " " + " | ".join(parts) + " | !help "
+
+    def show_thumbnail(self, image) -> None:
+        """A thumbnail of a finished image above the prompt (filled in with the preview encoders)."""
+
+    def _job_crashed(self, job: Job, error: BaseException) -> None:
+        self.dispatcher.error(f"job #{job.number} ended unexpectedly: {type(error).__name__}: {error}")
+
+    # ----- keys
+
+    def _key_bindings(self) -> KeyBindings:
+        kb = KeyBindings()
+
+        @kb.add("c-c", filter=Condition(lambda: self.jobs.running is not None))
+        def _(event):
+            job = self.jobs.stop_running()
+            if job is None:
+                return
+            waiting = len(self.jobs.waiting())
+            tail = (f"; {waiting} waiting job(s) go on (!queue lists them, !cancel all drops them)"
+                    if waiting else "")
+            self.echo(f"stopping #{job.number} within a step{tail}")
+        return kb
+
+    # ----- the queue commands
+
+    def _register_queue_commands(self) -> None:
+        for cmd in (
+            Command("queue", "!queue", "list the waiting jobs", self._queue),
+            Command("cancel", "!cancel N|all", "drop waiting job N, or all of them", self._cancel),
+            Command("pause", "!pause", "stop after the current image until !resume", self._pause),
+            Command("resume", "!resume", "go on after !pause", self._resume),
+            Command("next", "!next N", "move waiting job N to the front", self._next),
+        ):
+            self.dispatcher.register(cmd)
+
+    def _queue(self, _args: str) -> Outcome:
+        job = self.jobs.running
+        if job is not None:
+            self.echo(f"running #{job.number}: {job.label}")
+        waiting = self.jobs.waiting()
+        for w in waiting:
+            self.echo(f"waiting #{w.number}: {w.label}")
+        if job is None and not waiting:
+            self.echo("the queue is empty")
+        elif self.jobs.paused:
+            self.echo("the queue is paused: !resume goes on")
+        return Outcome()
+
+    def _job_number(self, args: str, command: str) -> int:
+        text = args.strip().lstrip("#")
+        if not text.isdigit():
+            raise UserError(f"!{command} takes a job number from !queue, e.g. !{command} 3")
+        return int(text)
+
+    def _cancel(self, args: str) -> Outcome:
+        if args.strip() == "all":
+            dropped = self.jobs.cancel_all()
+            self.echo(f"cancelled {len(dropped)} waiting job(s)" if dropped else "no job is waiting")
+            return Outcome()
+        number = self._job_number(args, "cancel")
+        try:
+            job = self.jobs.cancel(number)
+        except KeyError:
+            raise UserError(self._not_waiting(number, "cancel")) from None
+        self.echo(f"cancelled #{job.number}: {job.label}")
+        return Outcome()
+
+    def _not_waiting(self, number: int, command: str) -> str:
+        running = self.jobs.running
+        if running is not None and running.number == number:
+            return f"#{number} is running, not waiting: Ctrl-C stops it"
+        return f"no waiting job #{number} (!queue lists them)"
+
+    def _next(self, args: str) -> Outcome:
+        number = self._job_number(args, "next")
+        try:
+            job = self.jobs.move_to_front(number)
+        except KeyError:
+            raise UserError(self._not_waiting(number, "next")) from None
+        self.echo(f"#{job.number} runs next: {job.label}")
+        return Outcome()
+
+    def _pause(self, _args: str) -> Outcome:
+        self.jobs.pause()
+        running = self.jobs.running
+        self.echo("paused: " + (f"#{running.number} stops after its current image; " if running else "")
+                  + "!resume goes on")
+        return Outcome()
+
+    def _resume(self, _args: str) -> Outcome:
+        self.jobs.resume()
+        self.echo("resumed")
+        return Outcome()
+
+    # ----- the loop
+
+    def submit(self, line: str) -> Outcome:
+        """Answer a line at once, or queue it as a job."""
+        planned = self.dispatcher.plan(line)
+        if not isinstance(planned, Work):
+            return planned
+        busy = self.jobs.busy()
+        job = self.jobs.submit(planned.label, lambda job: self._run_job(job, planned))
+        if busy:
+            ahead = len(self.jobs.waiting()) - 1 + (self.jobs.running is not None)
+            self.echo(f"#{job.number} queued ({ahead} ahead)")
+        return Outcome()
+
+    def _run_job(self, job: Job, work: Work) -> None:
+        self.dispatcher.run_work(work, job.control, JobListener(self, job))
 
     def _first_prompt_shown(self) -> None:
         """Start the deferred work (loading the model) just after the first prompt is drawn."""
@@ -97,22 +260,49 @@ class DreamShell:
             timer.daemon = True
             timer.start()
 
-    def run(self) -> int:
+    def _may_leave(self) -> bool:
+        """Leave at once when nothing is queued; otherwise say what would be dropped and ask again."""
+        if not self.jobs.busy() or self._leave_asked:
+            return True
+        self._leave_asked = True
+        waiting = len(self.jobs.waiting())
+        running = self.jobs.running
+        what = (f"#{running.number} is running" if running else "") + \
+               (" and " if running and waiting else "") + (f"{waiting} job(s) wait" if waiting else "")
+        self.echo(f"{what}: Ctrl-D again leaves and drops them (or !cancel all, then Ctrl-D)")
+        return False
+
+    async def _loop(self) -> int:
         prefill = ""
         while True:
             try:
-                line = self.prompt.prompt(PROMPT, default=prefill, pre_run=self._first_prompt_shown)
-            except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line
+                line = await self.prompt.prompt_async(PROMPT, default=prefill, pre_run=self._first_prompt_shown)
+            except KeyboardInterrupt:  # Ctrl-C at the prompt (no job running) clears the line
                 prefill = ""
                 continue
             except EOFError:            # Ctrl-D leaves
-                self.echo("bye")
-                return 0
+                if self._may_leave():
+                    return 0
+                continue
             prefill = ""
-            with InterruptibleRun(self.session):
-                outcome = self.dispatcher.execute(line)
+            self._leave_asked = False
+            outcome = self.submit(line)
             if outcome.quit:
-                self.echo("bye")
-                return 0
+                if self._may_leave():
+                    return 0
+                continue
             if outcome.prefill:
                 prefill = outcome.prefill
+
+    def run(self) -> int:
+        try:
+            if self._patch:
+                with patch_stdout(raw=True):
+                    code = asyncio.run(self._loop())
+            else:
+                code = asyncio.run(self._loop())
+        finally:
+            self.jobs.close()
+            self.jobs.wait_idle(timeout=30)
+        self.echo("bye")
+        return code
