@@ -26,6 +26,8 @@ def meta(seed=7):
 
 
 def logged_names(folder: Path) -> list[str]:
+    if not (folder / "dream_log.txt").exists():
+        return []
     return [os.path.basename(line.split(": ", 1)[0])
             for line in (folder / "dream_log.txt").read_text().splitlines() if not line.startswith("#")]
 
@@ -110,7 +112,7 @@ def test_kill_9_at_random_moments_leaves_no_png_without_its_log_line(tmp_path):
         pngs = sorted(p.name for p in folder.glob("*.png"))
         assert sorted(logged_names(folder)) == pngs, f"trial {trial}"
         assert not list(folder.glob("*.part")), f"trial {trial}: a temporary file is left"
-        for _, command in read_commands(folder / "dream_log.txt"):
+        for _, command in read_commands(folder / "dream_log.txt") if pngs else ():
             parse_request(command)   # every line whole
     assert kills >= 10, "most runs were killed mid-way"
     assert len(list(folder.glob("*.png"))) > 0
