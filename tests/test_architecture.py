@@ -1,19 +1,46 @@
-"""The parser, formats and shell never import torch; only the engines do."""
+"""Only dreamshell/engines/ imports torch: every other module imports without it (the prompt and the
+parser appear at once, and the model loads while the user types)."""
 
+import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
-LIGHT = ["dreamshell.cli", "dreamshell.parser", "dreamshell.formatter", "dreamshell.dreamlog",
-         "dreamshell.pngmeta", "dreamshell.naming", "dreamshell.models", "dreamshell.dryrun",
-         "dreamshell.switches", "dreamshell.samplers", "dreamshell.resolve"]
+import dreamshell
+
+PACKAGE = Path(dreamshell.__file__).resolve().parent
 
 
-def test_light_modules_do_not_import_torch():
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in LIGHT) +
-            "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
-            "print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+def modules_outside_engines() -> list[str]:
+    names = []
+    for info in pkgutil.walk_packages([str(PACKAGE)], prefix="dreamshell."):
+        if info.name in ("dreamshell.engines", "dreamshell.__main__") or info.name.startswith("dreamshell.engines."):
+            continue
+        names.append(info.name)
+    return names
+
+
+def heavy_imports(modules: list[str]) -> str:
+    """Import each module in a fresh interpreter; name the first that pulls in torch/diffusers/transformers."""
+    code = ("import sys, importlib\n"
+            f"for m in {modules!r}:\n"
+            "    importlib.import_module(m)\n"
+            "    heavy = [h for h in ('torch', 'diffusers', 'transformers') if h in sys.modules]\n"
+            "    if heavy:\n"
+            "        print(m, 'imported', ','.join(heavy)); break\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_every_module_outside_engines_imports_without_torch():
+    modules = modules_outside_engines()
+    assert {"dreamshell.session", "dreamshell.jobs", "dreamshell.model_host", "dreamshell.output",
+            "dreamshell.shell.repl", "dreamshell.dispatch", "dreamshell.app", "dreamshell.parser"} <= set(modules)
+    assert heavy_imports(modules) == ""
+
+
+def test_the_check_catches_a_module_that_imports_torch():
+    assert heavy_imports(["dreamshell.parser", "dreamshell.engines.upscaler"]).startswith(
+        "dreamshell.engines.upscaler imported torch")
 
 
 def test_dry_run_does_not_import_torch(tmp_path):
