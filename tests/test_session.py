@@ -199,3 +199,31 @@ def test_replaying_the_log_being_written_runs_each_line_once(make_session, tmp_p
     assert not d.execute(f"!replay {log}").failed
     assert s.seeds == [1, 2, 1, 2]
     assert len(log.read_text().splitlines()) == 4
+
+
+def test_variations_with_n_are_variations_of_the_one_seed(make_session):
+    s = make_session()
+    result = run(s, "a red circle -S 5 -n 3 -v 0.3")
+    assert [r.seed for r in result.records] == [5, 5, 5]
+    variation_seeds = []
+    for r in result.records:
+        assert "-S 5 " in r.command and "-v" not in r.command
+        request = parse_request(r.command)
+        [(vseed, weight)] = request.with_variations
+        assert weight == 0.3
+        variation_seeds.append(vseed)
+    assert len(set(variation_seeds)) == 3
+    again = run(s, result.records[1].command).records[0]
+    assert Path(again.path).read_bytes() == Path(result.records[1].path).read_bytes()
+    assert pixels(result.records[0].path) != pixels(result.records[1].path)
+
+
+def test_a_corrupt_model_file_keeps_the_loaded_model(make_session, tmp_path):
+    s = make_session()
+    run(s, "a red circle -S 1")
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(UserError, match="tiny is still the loaded model"):
+        run(s, f"a red circle -S 1 --model {bad}")
+    assert s.spec.name == "tiny"
+    assert run(s, "a red circle -S 2").records[0].command.endswith("--model tiny")

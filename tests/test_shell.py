@@ -230,3 +230,22 @@ def test_a_line_typed_before_the_model_loads_waits_for_it(drive_shell, fake_sess
     d.wait_output("[1] ")
     assert d.finish() == 0
     assert not any("no model is loaded" in line for line in d.out)
+
+
+def test_an_unwritable_history_file_is_one_warning(drive_shell, fake_session, tmp_path):
+    from dreamshell.shell.repl import open_history
+    warnings = []
+    path = tmp_path / "hist" / "history"
+    history = open_history(path, warnings.append)
+    d = drive_shell(fake_session(), history=history)
+    d.type("one -S 1\r")
+    d.wait_output("[1] ")
+    path.unlink()
+    path.mkdir()                      # the history file can no longer be written
+    d.type("two -S 2\r")
+    d.wait_output("[2] ")
+    d.type("three -S 3\r")
+    d.wait_output("[3] ")
+    assert d.finish() == 0
+    assert len(warnings) == 1 and warnings[0].startswith("warning: history is no longer saved")
+    assert not any("Traceback" in line for line in d.out)
