@@ -62,6 +62,8 @@ class Control:
 class Listener:
     """What a running line tells as it goes; every method may be left as it is (nothing shown)."""
 
+    wants_preview = False   # True: preview() gets a small picture of the image as it denoises
+
     def waiting_for_model(self, name: str) -> None: ...
     def image_started(self, index: int, total: int, seed: int, steps: int) -> None: ...
     def step(self, done: int, total: int) -> None: ...
@@ -196,8 +198,10 @@ class Session:
             try:
                 if control.stop.is_set():  # Ctrl-C between two images
                     raise Interrupted()
+                previews = {"on_preview": listener.preview} if listener.wants_preview else {}
                 image = self.host.call(lambda: generator.generate(
-                    one, init_image=init, mask=mask, on_step=listener.step, should_stop=control.stop.is_set))
+                    one, init_image=init, mask=mask, on_step=listener.step, should_stop=control.stop.is_set,
+                    **previews))
             except (Interrupted, KeyboardInterrupt):
                 result.stopped = Stopped(index + 1, len(per_image), len(result.records))
                 break

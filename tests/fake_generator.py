@@ -41,7 +41,8 @@ class FakeGenerator:
     def prompt_notes(self, prompt: str) -> list[str]:
         return []
 
-    def generate(self, request, *, init_image=None, mask=None, on_step=None, should_stop=None, **_):
+    def generate(self, request, *, init_image=None, mask=None, on_step=None, should_stop=None, on_preview=None,
+                 **_):
         for step in range(request.steps):
             while not self.gate.wait(0.01):
                 if should_stop is not None and should_stop():
@@ -52,6 +53,11 @@ class FakeGenerator:
                 raise Interrupted()
             if on_step is not None:
                 on_step(step + 1, request.steps)
+            if on_preview is not None:
+                on_preview(step + 1, request.steps, Image.new("RGB", (8, 8), self.colour(request.seed)))
         self.generated.append(request.seed)
-        colour = (request.seed * 37 % 256, request.seed * 91 % 256, request.seed * 53 % 256)
-        return Image.new("RGB", (request.width, request.height), colour)
+        return Image.new("RGB", (request.width, request.height), self.colour(request.seed))
+
+    @staticmethod
+    def colour(seed: int) -> tuple[int, int, int]:
+        return (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)

@@ -2,6 +2,7 @@
 
 import pytest
 from fake_generator import FakeGenerator
+from PIL import Image
 
 from dreamshell.dispatch import Dispatcher
 from dreamshell.model_host import ModelHost
@@ -249,3 +250,38 @@ def test_an_unwritable_history_file_is_one_warning(drive_shell, fake_session, tm
     assert d.finish() == 0
     assert len(warnings) == 1 and warnings[0].startswith("warning: history is no longer saved")
     assert not any("Traceback" in line for line in d.out)
+
+
+def test_thumbnails_follow_each_image_and_the_toolbar_shows_the_live_preview(drive_shell, fake_session):
+    s = fake_session()
+    s.fake.gate.clear()
+    d = drive_shell(s, preview="blocks")
+    d.type("a shape -S 3\r")
+    d.wait_for(lambda: d.shell.jobs.running is not None and d.shell.jobs.running.step == 0)
+    s.fake.gate.set()
+    d.wait_output("[1] ")
+    r, g, b = FakeGenerator.colour(3)
+    thumbnail = d.out[d.out.index(next(o for o in d.out if o.startswith("[1] "))) + 1]
+    assert thumbnail.count("\n") == 12 - 1 and "\u2580" in thumbnail
+    assert f"\x1b[38;2;{r};{g};{b};48;2;{r};{g};{b}m" in thumbnail
+    # while an image draws, the toolbar carries the picture above its status line
+    d.shell.live_preview = Image.new("RGB", (8, 8), (10, 20, 30))
+    d.shell.jobs.running = object.__new__(type("J", (), {"number": 1, "images": 0}))
+    fragments = d.shell.toolbar()
+    d.shell.jobs.running = None
+    assert ("noreverse fg:#0a141e bg:#0a141e", "\u2580" * 16) in fragments
+    assert sum(text.count("\n") for _, text in fragments) == 8
+    d.type("!preview off\r")
+    d.wait_output("preview: off")
+    d.type("another -S 4\r")
+    d.wait_output("[2] ")
+    assert d.finish() == 0
+    assert d.out[-2].startswith("[2] ") or not any("\u2580" in o for o in d.out[d.out.index(d.wait_output("[2] ")):])
+
+
+def test_no_pictures_when_the_output_is_not_a_terminal(drive_shell, fake_session):
+    d = drive_shell(fake_session())          # preview auto, output is not a terminal
+    d.type("a shape -S 3\r")
+    d.wait_output("[1] ")
+    assert d.finish() == 0
+    assert d.shell.protocol == "off" and not any("\x1b" in o for o in d.out)

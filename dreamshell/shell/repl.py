@@ -24,9 +24,12 @@ from ..request import ImageRecord
 from ..session import Session, UserError
 from ..ui import TextListener, record_line
 from .completer import DreamCompleter
+from .thumbnails import PROTOCOLS, block_fragments, detect_protocol, render
 
 PROMPT = "dream> "
-PREVIEW_MODES = ("auto", "kitty", "iterm", "sixel", "blocks", "off")
+PREVIEW_MODES = ("auto",) + PROTOCOLS
+THUMBNAIL_ROWS = 12
+LIVE_ROWS = 8
 
 
 class QuietFileHistory(FileHistory):
@@ -68,6 +71,7 @@ class JobListener(TextListener):
         super().__init__(shell.echo)
         self.shell = shell
         self.job = job
+        self.wants_preview = shell.protocol != "off"
 
     def image_started(self, index: int, total: int, seed: int, steps: int) -> None:
         job = self.job
@@ -103,7 +107,7 @@ class DreamShell:
         self.jobs = JobQueue(on_error=self._job_crashed)
         dispatcher.check_files_now = lambda: not self.jobs.busy()
         self.live_preview = None
-        self.preview_mode = preview
+        self.protocol = self._pick_protocol(preview)
         self._leave_asked = False
         self._register_queue_commands()
         completer = DreamCompleter(lambda: list(session.registry.models), lambda: dispatcher.commands)
@@ -117,7 +121,27 @@ class DreamShell:
 
     # ----- what the user sees
 
-    def toolbar(self) -> str:
+    def _pick_protocol(self, mode: str) -> str:
+        """The picture protocol for a --preview/!preview mode; auto asks the terminal (never in tests,
+        where output is not a terminal, and nothing is shown)."""
+        if mode not in PREVIEW_MODES:
+            raise UserError(f"unknown preview mode '{mode}'; modes: {', '.join(PREVIEW_MODES)}")
+        if mode != "auto":
+            return mode
+        return detect_protocol(query_sixel=True) if self._patch else "off"
+
+    def toolbar(self):
+        """The live preview of the image being drawn (half-blocks), above one line of status."""
+        status = self._status()
+        preview = self.live_preview
+        if preview is None or self.protocol == "off" or self.jobs.running is None:
+            return status
+        # the toolbar's style is reversed: the picture's own colours must not be
+        picture = [(f"noreverse {style}" if style else "", text) for style, text in
+                   block_fragments(preview, rows=LIVE_ROWS)]
+        return picture + [("", "\n"), ("class:bottom-toolbar.text", status)]
+
+    def _status(self) -> str:
         s = self.session
         loading = s.host.loading
         if loading is not None:
@@ -143,7 +167,9 @@ class DreamShell:
         return " " + " | ".join(parts) + " | !help "
 
     def show_thumbnail(self, image) -> None:
-        """A thumbnail of a finished image above the prompt (filled in with the preview encoders)."""
+        """A thumbnail of a finished image above the prompt, in the terminal's picture protocol."""
+        if self.protocol != "off" and image is not None:
+            self.echo(render(image, self.protocol, rows=THUMBNAIL_ROWS).rstrip("\n"))
 
     def _job_crashed(self, job: Job, error: BaseException) -> None:
         self.dispatcher.error(f"job #{job.number} ended unexpectedly: {type(error).__name__}: {error}")
@@ -173,6 +199,8 @@ class DreamShell:
             Command("pause", "!pause", "stop after the current image until !resume", self._pause),
             Command("resume", "!resume", "go on after !pause", self._resume),
             Command("next", "!next N", "move waiting job N to the front", self._next),
+            Command("preview", "!preview [MODE]", "thumbnails and live previews: " + "|".join(PREVIEW_MODES),
+                    self._preview),
         ):
             self.dispatcher.register(cmd)
 
@@ -228,6 +256,13 @@ class DreamShell:
         running = self.jobs.running
         self.echo("paused: " + (f"#{running.number} stops after its current image; " if running else "")
                   + "!resume goes on")
+        return Outcome()
+
+    def _preview(self, args: str) -> Outcome:
+        if args.strip():
+            self.protocol = self._pick_protocol(args.strip())
+        self.echo(f"preview: {self.protocol}" + (" (this output is not a terminal)"
+                                                 if self.protocol == "off" and not self._patch else ""))
         return Outcome()
 
     def _resume(self, _args: str) -> Outcome:
