@@ -19,6 +19,7 @@ from ..models import ModelSpec
 from ..prompt import split_prompt
 from ..request import DreamRequest
 from ..samplers import find_sampler
+from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -189,6 +190,11 @@ class DiffusersGenerator:
         return self._pipes[mode]
 
     @property
+    def latent_rgb(self) -> LatentRGB | None:
+        """The live-preview projection for the loaded model: its folder's latent_rgb.json, else by kind."""
+        return projection_for(self.spec) if self.spec is not None else None
+
+    @property
     def is_sdxl(self) -> bool:
         return self.spec is not None and self.spec.kind == "sdxl"
 
@@ -331,17 +337,25 @@ class DiffusersGenerator:
             for m, mode in zip(convs, old):
                 m.padding_mode = mode
 
-    def generate(self, request: DreamRequest, *, init_image=None, mask=None, on_step=None, should_stop=None):
-        """One image for a resolved per-image request. Raises Interrupted or GenerationError."""
+    def generate(self, request: DreamRequest, *, init_image=None, mask=None, on_step=None, should_stop=None,
+                 on_preview=None, preview_every: int = 1):
+        """One image for a resolved per-image request. Raises Interrupted or GenerationError.
+
+        on_preview(step, steps, image), if given, gets a small RGB image (latent size, w/8 x h/8) of the
+        predicted clean image every `preview_every` model evaluations and at the last one, on this
+        thread; `steps` counts model evaluations (Heun and DPM2 make about two per step)."""
         mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
         pipe = self._pipe(mode)
         pipe.scheduler = self._scheduler(request.sampler)
+        tap = PreviewTap(self.latent_rgb, on_preview, preview_every) if on_preview is not None else None
 
         def step_end(_pipe, step, _timestep, kwargs):
             if should_stop is not None and should_stop():
                 raise Interrupted()
             if on_step is not None:
                 on_step(step + 1, total)
+            if tap is not None:
+                tap(step + 1, _pipe.num_timesteps, kwargs["latents"])
             return kwargs
 
         args = dict(self._conditioning(request), num_inference_steps=request.steps,
@@ -356,7 +370,8 @@ class DiffusersGenerator:
             if mode == "inpaint":
                 args.update(mask_image=mask, width=request.width, height=request.height)
         try:
-            with self.torch.inference_mode(), self._seamless(request.seamless):
+            with self.torch.inference_mode(), self._seamless(request.seamless), \
+                    (tap.attached(pipe.scheduler) if tap else contextlib.nullcontext()):
                 return pipe(**args).images[0]
         except Interrupted:
             raise

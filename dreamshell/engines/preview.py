@@ -1,0 +1,126 @@
+"""Live previews: a denoising latent mapped to RGB by a linear 4->3 projection ("approx cheap").
+
+The projection works on the latent the UNet sees (VAE latent times its scaling factor) and gives RGB in
+[-1, 1]: rgb = latent . factors + bias. It costs one 4x3 matrix product on a (h/8 x w/8) latent, so it
+can run at every step. `PreviewTap` catches the scheduler's prediction of the clean latent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+FILE_NAME = "latent_rgb.json"   # a model folder's own fit (the demo model ships one)
+
+
+@dataclass(frozen=True)
+class LatentRGB:
+    """A linear map from 4 latent channels to RGB in [-1, 1]; `source` says where the numbers are from."""
+
+    factors: tuple[tuple[float, float, float], ...]   # one (R, G, B) row per latent channel
+    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    source: str = ""
+
+    @classmethod
+    def from_file(cls, path: Path) -> "LatentRGB":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        factors = tuple(tuple(float(v) for v in row) for row in data["factors"])
+        if len(factors) != 4 or any(len(row) != 3 for row in factors) or len(data.get("bias", [0] * 3)) != 3:
+            raise ValueError(f"{path}: 'factors' must be 4 rows of 3 numbers and 'bias' 3 numbers")
+        return cls(factors, tuple(float(v) for v in data.get("bias", (0, 0, 0))), data.get("source", str(path)))
+
+
+# SD 1.x (and 2.x, same VAE): ComfyUI comfy/latent_formats.py class SD15 (used by ComfyUI for SD2 too).
+# A1111's modules/sd_vae_approx.py cheap_approximation and InvokeAI's step_callback.py
+# SD1_5_LATENT_RGB_FACTORS are close variants of the same least-squares fit.
+SD1 = LatentRGB(((0.3512, 0.2297, 0.3227),
+                 (0.3250, 0.4974, 0.2350),
+                 (-0.2829, 0.1762, 0.2721),
+                 (-0.2120, -0.2616, -0.7177)),
+                source="ComfyUI comfy/latent_formats.py SD15")
+
+# SDXL: ComfyUI comfy/latent_formats.py class SDXL (factors and bias). InvokeAI's
+# SDXL_LATENT_RGB_FACTORS is another fit of the same VAE.
+SDXL = LatentRGB(((0.3651, 0.4232, 0.4341),
+                  (-0.2533, -0.0042, 0.1068),
+                  (0.1076, 0.1111, -0.0362),
+                  (-0.3165, -0.2492, -0.2188)),
+                 bias=(0.1084, -0.0175, -0.0011),
+                 source="ComfyUI comfy/latent_formats.py SDXL")
+
+
+def projection_for(spec) -> LatentRGB:
+    """The projection for a model spec: a latent_rgb.json in its folder wins, else by spec.kind."""
+    weights = Path(spec.weights)
+    if weights.is_dir() and (weights / FILE_NAME).exists():
+        return LatentRGB.from_file(weights / FILE_NAME)
+    return SDXL if spec.kind == "sdxl" else SD1
+
+
+def latent_to_image(latent, projection: LatentRGB, size: tuple[int, int] | None = None,
+                    resample: int = Image.Resampling.BILINEAR) -> Image.Image:
+    """A (1, 4, h, w) latent as an RGB image of w x h pixels (or resized to `size`, (width, height))."""
+    import torch
+    x = latent[0].detach()
+    m = torch.tensor(projection.factors, dtype=x.dtype, device=x.device)
+    b = torch.tensor(projection.bias, dtype=x.dtype, device=x.device)
+    rgb = torch.einsum("chw,cr->hwr", x, m) + b
+    pixels = ((rgb.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(pixels, "RGB")
+    return image if size is None or image.size == tuple(size) else image.resize(tuple(size), resample)
+
+
+class PreviewTap:
+    """For one generation: remembers the scheduler's latest predicted clean latent
+    (`pred_original_sample` where the scheduler returns it, the x0 model output of the DPM-Solver and
+    UniPC families) and turns it, or else the current latents, into preview images every few steps."""
+
+    def __init__(self, projection: LatentRGB, on_preview, every: int = 1):
+        if every < 1:
+            raise ValueError(f"preview_every must be 1 or more, not {every}")
+        self.projection, self.on_preview, self.every = projection, on_preview, every
+        self.predicted = None
+
+    @contextlib.contextmanager
+    def attached(self, scheduler):
+        """Wrap scheduler.step for the duration of the block; the original is restored afterwards."""
+        original, had_own = scheduler.step, "step" in vars(scheduler)
+        tap = self
+
+        def step(*args, return_dict: bool = True, **kwargs):
+            out = original(*args, return_dict=True, **kwargs)
+            tap.predicted = getattr(out, "pred_original_sample", None)
+            if tap.predicted is None and _predicts_x0(scheduler) and getattr(scheduler, "model_outputs", None):
+                tap.predicted = scheduler.model_outputs[-1]
+            return out if return_dict else out.to_tuple()
+
+        scheduler.step = step
+        try:
+            yield self
+        finally:
+            if had_own:
+                scheduler.step = original
+            else:
+                del scheduler.step  # back to the class's method
+
+    def __call__(self, step: int, total: int, latents) -> None:
+        """After model evaluation `step` (1-based) of `total`: a preview every `every` steps and at the last."""
+        if step % self.every and step != total:
+            return
+        latent = self.predicted if self.predicted is not None else latents
+        if latent is None or latent.ndim != 4 or latent.shape[1] != len(self.projection.factors):
+            return
+        self.on_preview(step, total, latent_to_image(latent, self.projection))
+
+
+def _predicts_x0(scheduler) -> bool:
+    """DPM-Solver(++)/UniPC keep their converted model output in model_outputs; it is x0 only for
+    the data-prediction variants."""
+    config = scheduler.config
+    if "algorithm_type" in config:
+        return config["algorithm_type"] in ("dpmsolver++", "sde-dpmsolver++")
+    return bool(config.get("predict_x0", False))
