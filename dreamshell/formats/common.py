@@ -40,12 +40,13 @@ class Recipe:
     source: str = ""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_RUN = re.compile(r"\s*[\x00-\x1f\x7f-\x9f\u2028\u2029][\s\x00-\x1f\x7f-\x9f\u2028\u2029]*")
 
 
 def one_line(text: str) -> str:
     """Newlines, tabs and other control characters become spaces: a command is one plain line."""
-    return _CONTROL.sub(" ", text).strip()
+    return _CONTROL_RUN.sub(" ", text).strip()
 
 
 def short(value, limit: int = 60) -> str:

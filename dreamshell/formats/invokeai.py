@@ -114,12 +114,21 @@ _SD_KNOWN = {"type", "prompt", "seed", "steps", "cfg_scale", "sampler", "width",
 
 
 def _sd_prompt(prompt) -> str:
-    if isinstance(prompt, list):
-        if len(prompt) == 1 and isinstance(prompt[0], dict):
-            return str(prompt[0].get("prompt", ""))
-        return " ".join(f"{_escape_colons(one_line(str(p.get('prompt', ''))))}:{p.get('weight', 1)}"
-                        for p in prompt if isinstance(p, dict))
-    return str(prompt or "")
+    """The prompt of sd-metadata: a string, or [{prompt, weight}] sub-prompts (their [negatives] moved last)."""
+    if not isinstance(prompt, list):
+        return str(prompt or "")
+    parts = [p for p in prompt if isinstance(p, dict)]
+    if len(parts) == 1:
+        return str(parts[0].get("prompt", ""))
+    texts, negatives = [], []
+    for p in parts:
+        try:
+            text, negative = extract_negative(one_line(str(p.get("prompt", ""))))
+        except PromptError:
+            text, negative = one_line(str(p.get("prompt", ""))), ""
+        texts.append(f"{_escape_colons(text)}:{p.get('weight', 1)}")
+        negatives += [negative] if negative else []
+    return " ".join(texts) + "".join(f" [{n}]" for n in negatives)
 
 
 def _sd_postprocessing(b: Builder, image: dict) -> None:
