@@ -93,11 +93,17 @@ SCHEDULES: tuple[Schedule, ...] = (
     Schedule("beta", "Beta", {"use_beta_sigmas": True}),
 )
 
-# diffusers schedulers that take use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (0.42)
-_SIGMA_OPTIONS = {"LMSDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
-                  "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "UniPCMultistepScheduler",
-                  "DEISMultistepScheduler"}
+# the schedule options each diffusers scheduler's __init__ takes (diffusers 0.42; from_config ignores others)
+_SPACING = frozenset({"timestep_spacing", "steps_offset"})
+_ALL = _SPACING | {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"}
+_TAKES: dict[str, frozenset] = {
+    "DDIMScheduler": _SPACING, "PNDMScheduler": _SPACING, "EulerAncestralDiscreteScheduler": _SPACING,
+    "LCMScheduler": _SPACING, "DPMSolverSinglestepScheduler": _ALL - _SPACING,
+    **{name: _ALL for name in ("LMSDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                               "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                               "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "UniPCMultistepScheduler",
+                               "DEISMultistepScheduler")},
+}
 
 _SCHEDULE_BY_NAME: dict[str, Schedule] = {}
 for _sc in SCHEDULES:
@@ -191,10 +197,10 @@ def plan(sampler_name: str, schedule: str | None = None) -> Plan:
         if sched.options is None:
             raise SamplerError(f"the '{sched.a1111}' schedule has no diffusers equivalent; schedules that run: "
                                + ", ".join(s.name for s in SCHEDULES if s.options is not None))
-        sigma_keys = [k for k in sched.options if k.startswith("use_")]
-        if sigma_keys and sampler.scheduler not in _SIGMA_OPTIONS:
+        missing = [k for k in sched.options if k not in _TAKES.get(sampler.scheduler, frozenset())]
+        if missing:
             raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
-                               f"{sampler.scheduler} has no {sigma_keys[0]}")
+                               f"{sampler.scheduler} has no {missing[0]}")
         options.update(sched.options)
     return Plan(sampler.scheduler, options, sampler.needs)
 
