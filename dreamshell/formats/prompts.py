@@ -49,33 +49,36 @@ def _edit(content: str, notes: list[str]) -> str | None:
 
 
 def _attention(text: str) -> list[tuple[str, float]]:
-    """A1111's emphasis: runs of (text, weight); unmatched brackets close at the end, as A1111 does."""
-    runs: list[tuple[str, float]] = []
-    stack: list[tuple[str, int]] = []   # (bracket, index into runs where it opened)
-    pos = 0
+    """A1111's emphasis: runs of (text, weight). Round and square brackets nest independently and
+    unmatched ones close at the end, as A1111 reads them; an unmatched closer is literal text."""
+    runs: list[list] = []
+    rounds: list[int] = []
+    squares: list[int] = []
     token = re.compile(r"\(|\[|:" + _NUMBER + r"\)|\)|\]|[^()\[\]:]+|:")
-    while pos < len(text):
-        m = token.match(text, pos)
-        pos = m.end()
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+    for m in token.finditer(text):
         tok = m.group(0)
-        if tok in ("(", "["):
-            stack.append((tok, len(runs)))
-        elif tok.startswith(":") and m.group(1) is not None and stack and stack[-1][0] == "(":
-            _, start = stack.pop()
-            runs[start:] = [(t, w * float(m.group(1))) for t, w in runs[start:]]
-        elif tok == ")" and stack and stack[-1][0] == "(":
-            _, start = stack.pop()
-            runs[start:] = [(t, w * 1.1) for t, w in runs[start:]]
-        elif tok == "]" and stack and stack[-1][0] == "[":
-            _, start = stack.pop()
-            runs[start:] = [(t, w / 1.1) for t, w in runs[start:]]
+        if tok == "(":
+            rounds.append(len(runs))
+        elif tok == "[":
+            squares.append(len(runs))
+        elif m.group(1) is not None and rounds:
+            scale(rounds.pop(), float(m.group(1)))
+        elif tok == ")" and rounds:
+            scale(rounds.pop(), 1.1)
+        elif tok == "]" and squares:
+            scale(squares.pop(), 1 / 1.1)
         elif tok in (")", "]"):
-            runs.append(("\ue001" if tok == ")" else "\ue003", 1.0))   # unmatched: literal, as in A1111
+            runs.append(["\ue001" if tok == ")" else "\ue003", 1.0])
         else:
-            runs.append((tok, 1.0))
-    for bracket, start in reversed(stack):
-        factor = 1.1 if bracket == "(" else 1 / 1.1
-        runs[start:] = [(t, w * factor) for t, w in runs[start:]]
+            runs.append([tok, 1.0])
+    for start in rounds:
+        scale(start, 1.1)
+    for start in squares:
+        scale(start, 1 / 1.1)
     merged: list[tuple[str, float]] = []
     for t, w in runs:
         if merged and abs(merged[-1][1] - w) < 1e-9:
@@ -88,6 +91,7 @@ def _attention(text: str) -> list[tuple[str, float]]:
 def _compel(runs: list[tuple[str, float]]) -> str:
     out = []
     for text, w in runs:
+        text = text.replace("(", "\\(").replace(")", "\\)").replace("[", "\\(").replace("]", "\\)")
         text = text.replace(":", "\\:")
         if abs(w - 1) < 1e-9 or not text.strip():
             out.append(text)
