@@ -152,19 +152,21 @@ def test_invokeai_1_x_dream_forms(tmp_path):
 
 
 def test_invokeai_2_dream_with_switches_we_lack_keeps_the_rest(tmp_path):
-    dream = ('"a photo of an astronaut:0.7 a horse:0.3" -s 50 -S 2891425233 -W 512 -H 512 -C 7.5 -I init.png '
-             '-A k_dpmpp_2_a --fit -f 0.9 -G 0.8 -ft gfpgan -U 2 0.6 --embiggen 2 0.75 --hires_fix')
+    dream = ('"a photo of an astronaut:0.7 a horse:0.3" -s 20 -S 2891425233 -W 512 -H 512 -C 7.5 -I init.png '
+             '-A k_dpmpp_2_a -T -f 0.9 -G 0.8 -ft gfpgan -U 2 0.6 --embiggen 2 0.75 --hires_fix --karras_max 10 -b 2')
     meta = {"model": "stable diffusion", "model_id": "stable-diffusion-1.5", "app_id": "invoke-ai/InvokeAI",
             "app_version": "2.2.4", "image": {"prompt": [{"prompt": "other", "weight": 1}], "seed": 1}}
     recipe = fetch_recipe(png(tmp_path, {"Dream": dream, "sd-metadata": json.dumps(meta)}))
     assert recipe.request == DreamRequest(
-        "a photo of an astronaut:0.7 a horse:0.3", steps=50, seed=2891425233, width=512, height=512, cfg_scale=7.5,
-        init_img="init.png", sampler="k_dpmpp_2_a", fit=True, strength=0.9, upscale=UpscaleSpec(2.0, 0.6),
+        "a photo of an astronaut:0.7 a horse:0.3", steps=20, seed=2891425233, width=512, height=512, cfg_scale=7.5,
+        init_img="init.png", sampler="k_dpmpp_2_a", schedule="uniform", fit=True, strength=0.9, upscale=UpscaleSpec(2.0, 0.6),
         model="stable-diffusion-1.5")
-    assert recipe.source == "Dream (InvokeAI 1.x/2.x or dreamshell)"
+    assert recipe.source == "Dream (invoke-ai/InvokeAI 2.2.4)"
     assert recipe.notes == (
+        "--schedule uniform: InvokeAI 2.2.4 ran k_dpmpp_2_a on the model's own sigmas at 20 steps (Karras below 10)",
         NOT_CARRIED + "-G 0.8 (face restoration (GFPGAN)); -ft gfpgan (face restoration); --embiggen 2 0.75 "
-        "(embiggen); --hires_fix (the high-resolution fix)",
+        "(embiggen); --hires_fix (the high-resolution fix); --karras_max 10 (karras_max); -b 2 (batch size (each "
+        "image is made on its own; -b1 is accepted))",
         "cannot run here as it is: sampler 'k_dpmpp_2_a' (A1111 'DPM++ 2S a'), ancestral, has no diffusers "
         "scheduler, so dreamshell cannot run it; try k_euler_a or k_dpm_2_a (ancestral), or dpmpp_2s (diffusers' "
         "DPMSolverSinglestepScheduler, not ancestral, which dreamshell ran for this name before)")
@@ -175,7 +177,7 @@ INVOKEAI_2_SD_METADATA = {
     "app_id": "invoke-ai/InvokeAI", "app_version": "2.2.5",
     "image": {"prompt": [{"prompt": "a tabby cat [blurry]", "weight": 0.5}, {"prompt": "a duck\\: yellow",
                                                                           "weight": 0.5}],
-              "steps": 30, "cfg_scale": 7.5, "threshold": 0, "perlin": 0, "height": 512, "width": 576,
+              "steps": 20, "cfg_scale": 7.5, "threshold": 0, "perlin": 0, "height": 512, "width": 576,
               "seed": 1287512637, "seamless": False, "hires_fix": False, "type": "img2img",
               "postprocessing": [{"type": "gfpgan", "strength": 0.8}, {"type": "esrgan", "scale": 4,
                                                                         "strength": 0.75}],
@@ -186,11 +188,15 @@ INVOKEAI_2_SD_METADATA = {
 def test_invokeai_2_sd_metadata(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"sd-metadata": json.dumps(INVOKEAI_2_SD_METADATA)}))
     assert recipe.request == DreamRequest(
-        "a tabby cat:0.5 a duck\\: yellow:0.5 [blurry]", steps=30, seed=1287512637, width=576, height=512,
-        cfg_scale=7.5, sampler="k_euler_a", init_img="outputs/init.png", strength=0.6,
+        "a tabby cat:0.5 a duck\\: yellow:0.5 [blurry]", steps=20, seed=1287512637, width=576, height=512,
+        cfg_scale=7.5, sampler="k_euler_a", schedule="karras", init_img="outputs/init.png", strength=0.6,
         with_variations=((42, 0.1),), upscale=UpscaleSpec(4.0, 0.75), model="stable-diffusion-1.5")
     assert recipe.source == "sd-metadata (invoke-ai/InvokeAI 2.2.5)"
-    assert recipe.notes == (NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)',)
+    assert recipe.notes == (
+        "--schedule karras: InvokeAI 2.2.5 ran k_euler_a on Karras sigmas at 20 steps (Karras below 30)",
+        NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)',
+        "cannot run here as it is: sampler 'k_euler_a' cannot run with the 'Karras' schedule: diffusers' "
+        "EulerAncestralDiscreteScheduler has no use_karras_sigmas")
 
 
 def test_invokeai_1_x_sd_metadata_with_a_string_prompt(tmp_path):

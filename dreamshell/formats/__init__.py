@@ -38,6 +38,17 @@ def _with_model(recipe: Recipe, texts: dict[str, str]) -> Recipe:
     return Recipe(recipe.request.with_(model=model), recipe.notes, recipe.source) if model else recipe
 
 
+def _app(texts: dict[str, str]) -> tuple[str, str]:
+    """(app_id, app_version) of the file's sd-metadata, or empty strings."""
+    try:
+        data = json.loads(texts.get("sd-metadata", "{}"))
+    except ValueError:
+        return "", ""
+    if not isinstance(data, dict):
+        return "", ""
+    return str(data.get("app_id") or ""), str(data.get("app_version") or "")
+
+
 def _readers(kind: str, texts: dict[str, str]):
     """(chunk, reader) pairs in the order they are trusted."""
     if kind != "PNG":
@@ -46,7 +57,9 @@ def _readers(kind: str, texts: dict[str, str]):
                 ("comment", lambda t: read_a1111(t, f"A1111 parameters ({kind} comment)"))]
     own = "parameters" in texts and "\nSteps: " in "\n" + texts["parameters"] and "Dreamshell: " in texts["parameters"]
     pairs = [("parameters", read_a1111)] if own else []
-    pairs += [("Dream", lambda t: _with_model(read_dream(t, "Dream (InvokeAI 1.x/2.x or dreamshell)"), texts)),
+    app = _app(texts)
+    source = f"Dream ({app[0]} {app[1]})" if app[0] else "Dream (InvokeAI 1.x/2.x or dreamshell)"
+    pairs += [("Dream", lambda t: _with_model(read_dream(t, source, app), texts)),
               ("sd-metadata", read_sd_metadata), ("parameters", read_a1111),
               ("invokeai_metadata", read_invokeai_metadata), ("prompt", read_comfyui)]
     return pairs

@@ -67,32 +67,59 @@ def _is_switch(token: str) -> bool:
     return len(token) > 1 and token[0] == "-" and (token[1].isalpha() or token[1] == "-")
 
 
+_ALIASES = {"-T": "--fit", "-fit": "--fit", "-save_orig": "--save_original"}   # InvokeAI 2.2's spellings
+
+
 def _split_known(tokens: list[str], b: Builder) -> list[str]:
     """The tokens dreamshell reads; each unsupported switch is dropped by name with its values."""
     kept: list[str] = []
     i = 0
     while i < len(tokens):
-        token = tokens[i]
+        token = _ALIASES.get(tokens[i], tokens[i])
         i += 1
-        values = []
-        if _is_switch(token) and token not in ("-h", "--help"):
-            sw, _, spelling = _lookup(token)
-            if sw is not None or token == "-b1" or token in ("-b", "--batch_size"):
-                kept.append(token)
-                continue
-            while i < len(tokens) and not _is_switch(tokens[i]):
-                values.append(tokens[i])
-                i += 1
-            name = token.split("=", 1)[0]
-            what = next((w for s, w in UNSUPPORTED.items() if name == s), "not a dreamshell switch")
-            b.drop(" ".join([name, *values]) + f" ({what})")
+        if not _is_switch(token) or token in ("-h", "--help", "-b1"):
+            kept.append(token)
             continue
-        kept.append(token)
+        batch_of_one = token in ("-b", "--batch_size") and tokens[i:i + 1] == ["1"]
+        if _lookup(token)[0] is not None or batch_of_one:
+            kept.append(token)
+            continue
+        values = []
+        while i < len(tokens) and not _is_switch(tokens[i]):
+            values.append(tokens[i])
+            i += 1
+        name = token.split("=", 1)[0]
+        if name == "--karras_max" and values and values[0].isdigit():
+            b.karras_max = int(values[0])
+        what = next((w for s, w in UNSUPPORTED.items() if name == s), "not a dreamshell switch")
+        b.drop(" ".join([name, *values]) + f" ({what})")
     return kept
 
 
-def read_dream(text: str, source: str = "Dream") -> Recipe:
-    """An InvokeAI 1.x/2.x (or dreamshell) `Dream` line; switches dreamshell lacks are named, the rest kept."""
+def _version(text) -> tuple[int, int] | None:
+    found = re.search(r"(\d+)\.(\d+)", str(text or ""))
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def anchor_schedule(b: Builder, app_id: str, app_version: str) -> None:
+    """InvokeAI 2.1-2.2 ran its k_ samplers on Karras sigmas below `--karras_max` steps (default 30) and
+    on the model's own (uniform) sigmas from there (InvokeAI 2.2 `ldm/models/diffusion/ksampler.py`)."""
+    version = _version(app_version)
+    sampler = b.values.get("sampler") or ""
+    if "invoke" not in app_id.lower() or not version or not (2, 1) <= version < (3, 0) \
+            or not sampler.startswith("k_") or b.values.get("schedule"):
+        return
+    limit = getattr(b, "karras_max", 30)
+    steps = b.values.get("steps", 50)
+    b.values["schedule"] = "karras" if steps < limit else "uniform"
+    b.note(f"--schedule {b.values['schedule']}: InvokeAI {app_version} ran {sampler} on "
+           f"{'Karras' if steps < limit else 'the model' + chr(39) + 's own'} sigmas at {steps} steps "
+           f"(Karras below {limit})")
+
+
+def read_dream(text: str, source: str = "Dream", app: tuple[str, str] = ("", "")) -> Recipe:
+    """An InvokeAI 1.x/2.x (or dreamshell) `Dream` line; switches dreamshell lacks are named, the rest kept.
+    `app` is (app_id, app_version) from the file's sd-metadata, when it has one."""
     b = Builder(source)
     try:
         prompt, tokens = split_line(strip_log_prefix(text.strip()).replace("\n", " "))
@@ -102,7 +129,7 @@ def read_dream(text: str, source: str = "Dream") -> Recipe:
     if any(c in text.strip() for c in "\r\n"):
         b.note("line breaks in the prompt became spaces (a command is one line)")
     b.values.update(values)
-    b.values.pop("init_img", None) if values.get("init_img") == "-1" else None
+    anchor_schedule(b, *app)
     return b.build(prompt)
 
 
@@ -199,6 +226,7 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
         pairs = ",".join(f"{v.get('seed')}:{v.get('weight')}" for v in variations if isinstance(v, dict))
         b.set("-V", pairs, "variations")
     _sd_postprocessing(b, image)
+    anchor_schedule(b, app, str(data.get("app_version") or ""))
     if len(images) > 1:
         _grid(b, images)
     if data.get("model_id"):
