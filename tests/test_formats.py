@@ -353,3 +353,21 @@ def test_newlines_and_control_characters_never_reach_the_line(tmp_path):
     with pytest.raises(MetadataError) as e:   # a terminal-retitling OSC sequence: one plain line
         read_recipe(png(tmp_path, {"Dream": '"a\x1b]0;pwned\x07" -S 3'}, "osc.png"))
     assert not any(ord(c) < 32 for c in str(e.value))
+
+
+def test_dry_run_fetch_prints_the_notes_and_one_line_for_a_huge_chunk(tmp_path, capsys):
+    from dreamshell.cli import main
+    good = png(tmp_path, {"parameters": A1111_V1_6.replace("Size: 512x768", "Size: 510x768")}, "good.png")
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_with_chunk(b"tEXt", b"parameters\0" + b"x" * 5_000_000))
+    commands = tmp_path / "cmds.txt"
+    commands.write_text(f"!fetch {good}\n!fetch {big}\n")
+    assert main(["--dry_run", "--from_file", str(commands)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f'line 1: !fetch {good} -> "portrait of a knight, style\\\\: oil painting" -s 30 -S 1234 -W 512 -H 768 -C 6.5 '
+        '-A k_dpmpp_2 --schedule karras --model v1-5-pruned-emaonly',
+        "line 1:   note: size 510x768 rounded to 512x768 (dreamshell sizes are multiples of 8 from 64 to 8192)",
+        f"line 2: error: {big}: its recipe cannot be read (the 'parameters' text chunk (4.8 MB, over the 1.0 MB "
+        "limit))",
+        "1 bad line(s)"]
