@@ -13,7 +13,7 @@ from typing import TextIO
 from .formatter import format_request
 from .models import ModelsFileError, load_registry
 from .parser import ParseError, parse_line
-from .pngmeta import MetadataError, read_recipe
+from .pngmeta import MetadataError, fetch_recipe
 from .request import BangCommand, Blank, DreamRequest, HelpRequest
 from .resolve import apply_defaults, resolve_request
 
@@ -49,8 +49,10 @@ def dry_run(source: str, config: Path | None, defaults: DreamRequest, out: TextI
                 continue
             if isinstance(item, BangCommand):
                 if item.name == "fetch":
-                    recovered = read_recipe(Path(item.args))
-                    print(f"line {number}: !fetch {item.args} -> {format_request(recovered)}", file=out)
+                    recipe = fetch_recipe(Path(item.args))
+                    print(f"line {number}: !fetch {item.args} -> {format_request(recipe.request)}", file=out)
+                    for note in recipe.notes:
+                        print(f"line {number}:   note: {note}", file=out)
                 else:
                     print(f"line {number}: !{item.name} {item.args}".rstrip() + " (shell command)", file=out)
                 continue

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import fields
 
 from .prompt import PromptError, split_prompt
+from .samplers import find_sampler
 from .request import Blank, BangCommand, DreamRequest, HelpRequest
 from .switches import BY_SPELLING, HELP_SPELLINGS, UNSUPPORTED, Switch, SwitchError, all_spellings
 
@@ -173,6 +174,9 @@ def parse_request(line: str) -> DreamRequest | HelpRequest:
         raise ParseError(f"prompt: {e}") from None
     if "upscale" not in values and values.get("save_original"):
         raise ParseError("--save_original keeps the un-upscaled image, so it needs -U")
+    if values.get("schedule") and values.get("sampler") and find_sampler(values["sampler"]).schedule:
+        raise ParseError(f"-A {values['sampler']} already names its schedule; give --schedule with the plain "
+                         "sampler name instead")
     if values.get("init_mask") and not values.get("init_img"):
         raise ParseError("-M (inpainting mask) needs -I (the image to paint into)")
     return DreamRequest(prompt=prompt, **values)

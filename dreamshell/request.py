@@ -25,6 +25,7 @@ class DreamRequest:
     height: int | None = None
     cfg_scale: float | None = None
     sampler: str | None = None
+    schedule: str | None = None     # noise schedule (A1111's Schedule type); None: the model's own
     init_img: str | None = None
     strength: float | None = None
     init_mask: str | None = None

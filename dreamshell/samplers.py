@@ -1,56 +1,154 @@
-"""Sampler names (the original shell's and A1111's) and the diffusers schedulers behind them.
+"""Sampler and schedule names (the original shell's, A1111's, InvokeAI's, ComfyUI's) and the diffusers
+schedulers behind them.
 
-stdlib only: the generator engine turns a `Sampler` into a scheduler. REFERENCE.md section 5.
+stdlib only: the generator engine turns a `plan(sampler, schedule)` into a scheduler. REFERENCE.md
+section 5; A1111 `modules/sd_samplers_kdiffusion.py`, `modules/sd_schedulers.py`; diffusers
+`docs/source/en/api/schedulers/overview.md`. A name diffusers cannot run is kept (a recipe stays
+what it was) and refused by name when it is about to run; it is never swapped for a look-alike.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+
+class SamplerError(ValueError):
+    """A sampler/schedule pair that cannot run here; str() is the one line for the user."""
 
 
 @dataclass(frozen=True)
 class Sampler:
-    name: str                 # canonical name written to logs (the anchor's when it has one)
-    a1111: str | None         # AUTOMATIC1111's display name
-    scheduler: str            # diffusers scheduler class
+    name: str                     # canonical name written to logs (the anchor's when it has one)
+    a1111: str | None             # AUTOMATIC1111's name (without a schedule suffix)
+    scheduler: str | None         # diffusers scheduler class; None: diffusers has none
     options: dict = field(default_factory=dict)
-    needs: str | None = None  # an extra package the scheduler imports
+    auto: str | None = None       # A1111's "Automatic" schedule for it (karras, exponential; None: uniform)
+    ancestral: bool = False
+    needs: str | None = None      # an extra package the scheduler imports
+    aliases: tuple[str, ...] = ()  # A1111's aliases, ComfyUI's and InvokeAI 3's names
+    timesteps: bool = False       # A1111 runs it on timesteps: it ignores the schedule type
+    instead: str = ""             # for scheduler None: what to use instead
+    schedule: str | None = None   # set on a combined name such as "DPM++ 2M Karras"
 
 
 SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("ddim", "DDIM", "DDIMScheduler"),
-    Sampler("plms", "PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
-    Sampler("k_lms", "LMS", "LMSDiscreteScheduler"),
-    Sampler("k_euler", "Euler", "EulerDiscreteScheduler"),
-    Sampler("k_euler_a", "Euler a", "EulerAncestralDiscreteScheduler"),
-    Sampler("k_heun", "Heun", "HeunDiscreteScheduler"),
-    Sampler("k_dpm_2", "DPM2", "KDPM2DiscreteScheduler"),
-    Sampler("k_dpm_2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler"),
-    Sampler("k_dpmpp_2", "DPM++ 2M", "DPMSolverMultistepScheduler"),
-    Sampler("k_dpmpp_2_a", "DPM++ 2S a", "DPMSolverSinglestepScheduler"),
-    Sampler("DPM++ 2M Karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    Sampler("DPM++ SDE Karras", "DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True},
-            needs="torchsde"),
-    Sampler("UniPC", "UniPC", "UniPCMultistepScheduler"),
+    Sampler("ddim", "DDIM", "DDIMScheduler", timesteps=True),
+    Sampler("plms", "PLMS", "PNDMScheduler", {"skip_prk_steps": True}, timesteps=True, aliases=("pndm",)),
+    Sampler("k_lms", "LMS", "LMSDiscreteScheduler", aliases=("lms",)),
+    Sampler("k_euler", "Euler", "EulerDiscreteScheduler", aliases=("euler",)),
+    Sampler("k_euler_a", "Euler a", "EulerAncestralDiscreteScheduler", ancestral=True,
+            aliases=("k_euler_ancestral", "euler_ancestral", "euler_a")),
+    Sampler("k_heun", "Heun", "HeunDiscreteScheduler", aliases=("heun",)),
+    Sampler("k_dpm_2", "DPM2", "KDPM2DiscreteScheduler", auto="karras", aliases=("dpm_2", "kdpm_2")),
+    Sampler("k_dpm_2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler", auto="karras", ancestral=True,
+            aliases=("dpm_2_ancestral", "kdpm_2_a")),
+    Sampler("k_dpmpp_2", "DPM++ 2M", "DPMSolverMultistepScheduler", auto="karras", aliases=("k_dpmpp_2m", "dpmpp_2m")),
+    Sampler("k_dpmpp_2_a", "DPM++ 2S a", None, auto="karras", ancestral=True,
+            aliases=("k_dpmpp_2s_a", "dpmpp_2s_ancestral"),
+            instead="try k_euler_a or k_dpm_2_a (ancestral), or dpmpp_2s (diffusers' DPMSolverSinglestepScheduler, "
+                    "not ancestral, which dreamshell ran for this name before)"),
+    Sampler("dpmpp_2s", None, "DPMSolverSinglestepScheduler"),
+    Sampler("DPM++ SDE", "DPM++ SDE", "DPMSolverSDEScheduler", auto="karras", needs="torchsde",
+            aliases=("k_dpmpp_sde", "dpmpp_sde", "dpmpp_sde_gpu")),
+    Sampler("DPM++ 2M SDE", "DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"},
+            auto="exponential", aliases=("k_dpmpp_2m_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu")),
+    Sampler("DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}, auto="exponential",
+            aliases=("k_dpmpp_2m_sde_heun",)),
+    Sampler("DPM++ 3M SDE", "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, auto="exponential",
+            aliases=("k_dpmpp_3m_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu")),
+    Sampler("DPM fast", "DPM fast", None, aliases=("k_dpm_fast", "dpm_fast"), instead="try k_dpmpp_2 or UniPC"),
+    Sampler("DPM adaptive", "DPM adaptive", None, aliases=("k_dpm_ad", "dpm_adaptive"),
+            instead="try k_dpmpp_2 or UniPC"),
+    Sampler("Restart", "Restart", None, auto="karras", aliases=("restart",), instead="try k_heun or k_dpmpp_2"),
+    Sampler("DDIM CFG++", "DDIM CFG++", None, timesteps=True, aliases=("ddim_cfgpp",), instead="try ddim"),
+    Sampler("UniPC", "UniPC", "UniPCMultistepScheduler", timesteps=True, aliases=("unipc", "uni_pc")),
+    Sampler("LCM", "LCM", "LCMScheduler", timesteps=True, aliases=("k_lcm", "lcm")),
+    Sampler("deis", None, "DEISMultistepScheduler"),
 )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str                 # canonical name (A1111's internal one)
+    a1111: str                # A1111's label, written as `Schedule type:`
+    options: dict | None      # diffusers scheduler options; None: diffusers cannot make it
+    aliases: tuple[str, ...] = ()
+
+
+SCHEDULES: tuple[Schedule, ...] = (
+    Schedule("automatic", "Automatic", {}),    # A1111: the sampler's own default (Sampler.auto)
+    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}),
+    Schedule("karras", "Karras", {"use_karras_sigmas": True}),
+    Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}),
+    Schedule("polyexponential", "Polyexponential", None),
+    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, ("SGMUniform",)),
+    Schedule("kl_optimal", "KL Optimal", None),
+    Schedule("align_your_steps", "Align Your Steps", None),
+    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}),
+    Schedule("normal", "Normal", {"timestep_spacing": "linspace"}),
+    Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",)),
+    Schedule("beta", "Beta", {"use_beta_sigmas": True}),
+)
+
+# the schedule options each diffusers scheduler's __init__ takes (diffusers 0.42; from_config ignores others)
+_SPACING = frozenset({"timestep_spacing", "steps_offset"})
+_ALL = _SPACING | {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"}
+_TAKES: dict[str, frozenset] = {
+    "DDIMScheduler": _SPACING, "PNDMScheduler": _SPACING, "EulerAncestralDiscreteScheduler": _SPACING,
+    "LCMScheduler": _SPACING, "DPMSolverSinglestepScheduler": _ALL - _SPACING,
+    **{name: _ALL for name in ("LMSDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                               "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                               "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "UniPCMultistepScheduler",
+                               "DEISMultistepScheduler")},
+}
+
+_SCHEDULE_BY_NAME: dict[str, Schedule] = {}
+for _sc in SCHEDULES:
+    for _n in (_sc.name, _sc.a1111, *_sc.aliases):
+        _SCHEDULE_BY_NAME[_n.lower()] = _sc
 
 _BY_NAME: dict[str, Sampler] = {}
 for _s in SAMPLERS:
-    for _n in (_s.name, _s.a1111):
+    for _n in (_s.name, _s.a1111, *_s.aliases):
         if _n:
-            _BY_NAME[_n.lower()] = _s
+            _BY_NAME.setdefault(_n.lower(), _s)
+
+
+def find_schedule(name: str) -> Schedule | None:
+    """The schedule called `name` (A1111's label or internal name, ComfyUI's, any case), or None."""
+    return _SCHEDULE_BY_NAME.get(name.strip().lower())
 
 
 def find_sampler(name: str) -> Sampler | None:
-    """The sampler called `name` (anchor or A1111 spelling, any case), or None."""
-    return _BY_NAME.get(name.strip().lower())
+    """The sampler called `name` (anchor, A1111, ComfyUI or InvokeAI spelling, any case), or None.
+
+    A1111's combined names ("DPM++ 2M Karras", "Euler a SGM Uniform") give the sampler with its
+    `schedule` set, named "<A1111 sampler> <A1111 schedule>"."""
+    key = name.strip().lower()
+    if key in _BY_NAME:
+        return _BY_NAME[key]
+    for sc in SCHEDULES[1:]:
+        for suffix in (sc.a1111, sc.name, *sc.aliases):
+            if key.endswith(" " + suffix.lower()):
+                base = _BY_NAME.get(key[: -len(suffix) - 1].strip())
+                if base is not None:
+                    return replace(base, name=f"{base.a1111 or base.name} {sc.a1111}", schedule=sc.name)
+    return None
+
+
+def schedule_names() -> list[str]:
+    """Accepted schedule names (for help and completion)."""
+    return [s.name for s in SCHEDULES]
 
 
 def sampler_names() -> list[str]:
     """All accepted names, canonical ones first (for help and completion)."""
     names = [s.name for s in SAMPLERS]
     names += [s.a1111 for s in SAMPLERS if s.a1111 and s.a1111 not in names]
+    names += ["DPM++ 2M Karras", "DPM++ SDE Karras", "DPM2 Karras", "DPM2 a Karras", "LMS Karras"]
     return names
 
 
@@ -59,3 +157,60 @@ def nearest_sampler(name: str) -> str | None:
     lowered = {n.lower(): n for n in sampler_names()}
     hit = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
     return lowered[hit[0]] if hit else None
+
+
+def effective_schedule(sampler: Sampler, schedule: str | None) -> Schedule | None:
+    """The schedule that runs: the line's, else the combined name's; `automatic` is A1111's meaning
+    (the sampler's own: Karras for DPM2, DPM2 a, DPM++ 2M, DPM++ 2S a, DPM++ SDE, Restart; Exponential
+    for the 2M/3M SDE ones; Uniform for the rest). None: the model's own scheduler config."""
+    name = schedule or sampler.schedule
+    if name is None:
+        return None
+    found = find_schedule(name)
+    if found is not None and found.name == "automatic":
+        return find_schedule(sampler.auto or "uniform")
+    return found
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`."""
+
+    scheduler: str
+    options: dict
+    needs: str | None
+
+
+def plan(sampler_name: str, schedule: str | None = None) -> Plan:
+    """The diffusers scheduler for a sampler and schedule, or SamplerError naming what cannot run."""
+    sampler = find_sampler(sampler_name)
+    if sampler is None:
+        raise SamplerError(f"unknown sampler '{sampler_name}'")
+    label = sampler.a1111 and sampler.a1111 != sampler.name and f" (A1111 '{sampler.a1111}')" or ""
+    if sampler.scheduler is None:
+        kind = ", ancestral," if sampler.ancestral else ""
+        raise SamplerError(f"sampler '{sampler.name}'{label}{kind} has no diffusers scheduler, so dreamshell "
+                           f"cannot run it; {sampler.instead}")
+    options = dict(sampler.options)
+    sched = effective_schedule(sampler, schedule)
+    if sched is not None:
+        if sched.options is None:
+            raise SamplerError(f"the '{sched.a1111}' schedule has no diffusers equivalent; schedules that run: "
+                               + ", ".join(s.name for s in SCHEDULES if s.options is not None))
+        missing = [k for k in sched.options if k not in _TAKES.get(sampler.scheduler, frozenset())]
+        if missing:
+            raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
+                               f"{sampler.scheduler} has no {missing[0]}")
+        options.update(sched.options)
+    return Plan(sampler.scheduler, options, sampler.needs)
+
+
+def cannot_run(sampler_name: str | None, schedule: str | None = None) -> str | None:
+    """Why this sampler/schedule cannot run here, or None when it can (checked without torch)."""
+    if not sampler_name:
+        return None
+    try:
+        plan(sampler_name, schedule)
+    except SamplerError as e:
+        return str(e)
+    return None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .request import UpscaleSpec
-from .samplers import find_sampler, nearest_sampler, sampler_names
+from .samplers import find_sampler, find_schedule, nearest_sampler, sampler_names, schedule_names
 
 MAX_SEED = 2**32 - 1
 
@@ -76,6 +76,13 @@ def sampler(token: str) -> str:
         near = nearest_sampler(token)
         hint = f"did you mean '{near}'? " if near else ""
         raise SwitchError(f"unknown sampler '{token}'; {hint}samplers: {', '.join(sampler_names()[:10])}, ...")
+    return found.name
+
+
+def schedule(token: str) -> str:
+    found = find_schedule(token)
+    if found is None:
+        raise SwitchError(f"unknown schedule '{token}'; schedules: {', '.join(schedule_names())}")
     return found.name
 
 
@@ -162,7 +169,7 @@ def _flag(field: str, long: str, short: tuple[str, ...], help: str) -> Switch:
     return Switch(field, long, short, None, help, nargs=(0, 0))
 
 
-# Order is the order of canonical lines: prompt, -s, -S, -W, -H, -C, -A, --model first (REFERENCE 3).
+# Order is the order of canonical lines: prompt, -s, -S, -W, -H, -C, -A, [--schedule], --model first (REFERENCE 3).
 SWITCHES: tuple[Switch, ...] = (
     Switch("steps", "--steps", ("-s",), positive_int("steps are a whole number >= 1"),
            "sampling steps", "N"),
@@ -173,6 +180,9 @@ SWITCHES: tuple[Switch, ...] = (
            "classifier-free guidance scale", "SCALE"),
     Switch("sampler", "--sampler", ("-A", "-m"), sampler, "sampler (k_lms, ddim, \"Euler a\", ...)", "NAME",
            complete="sampler"),
+    Switch("schedule", "--schedule", (), schedule,
+           "noise schedule (A1111's Schedule type): karras, exponential, sgm_uniform, automatic, ...", "NAME",
+           complete="schedule"),
     Switch("model", "--model", (), text("--model takes a model name from !models or a path"),
            "model for this line (switches the resident model)", "NAME", complete="model"),
     Switch("iterations", "--iterations", ("-n",), positive_int("the count is a whole number >= 1"),

@@ -1,4 +1,4 @@
-"""The three PNG chunks: written on every image, read back from ours, InvokeAI's and A1111's."""
+"""Our three PNG chunks: what each holds, and that each gives the recipe back (REFERENCE.md 3)."""
 
 import io
 import json
@@ -8,15 +8,17 @@ from PIL import Image, PngImagePlugin
 
 from dreamshell.formatter import format_request
 from dreamshell.parser import parse_request
-from dreamshell.pngmeta import (ImageMeta, MetadataError, a1111_parameters, parse_a1111, png_bytes,
+from dreamshell.pngmeta import (ImageMeta, MetadataError, a1111_parameters, fetch_recipe, parse_a1111, png_bytes,
                                 read_chunks, read_recipe)
-from dreamshell.request import DreamRequest
 
 RESOLVED = parse_request('"a fantastic alien landscape, 8k [blurry, dark]" -s 60 -S 3355519391 -W 576 -H 512 '
                          '-C 7.5 -A k_lms --model demo')
+FULL = parse_request('"a (red)1.3 circle+ on style\\: flat:0.7 a square:0.3 [blurry]" -s 20 -S 7 -W 64 -H 64 -C 5 '
+                     '-A k_dpmpp_2 --schedule karras --model demo -I in.png -f 0.6 --fit -U 2 0.5 '
+                     '-V 3:0.2 --seamless')
 
 
-def _png(chunks: dict[str, str]) -> Image.Image:
+def png_with(chunks: dict[str, str]) -> bytes:
     info = PngImagePlugin.PngInfo()
     for k, v in chunks.items():
         info.add_text(k, v)
@@ -31,11 +33,16 @@ def _write(tmp_path, data: bytes, name="img.png"):
     return p
 
 
+def _chunks(tmp_path, request, **meta):
+    return read_chunks(_write(tmp_path, png_bytes(Image.new("RGB", (8, 8)), ImageMeta(request, **meta)), "c.png"))
+
+
 def test_all_three_chunks_are_written_as_text(tmp_path):
     data = png_bytes(Image.new("RGB", (8, 8)), ImageMeta(RESOLVED, model_hash="ab" * 32, app_version="0.1.0"))
     assert b"tEXtDream" in data and b"tEXtsd-metadata" in data and b"tEXtparameters" in data
     chunks = read_chunks(_write(tmp_path, data))
-    assert chunks["Dream"] == format_request(RESOLVED)
+    # InvokeAI 2.x's invoke> parser rejects --model: the model is in sd-metadata and Model: instead
+    assert chunks["Dream"] == format_request(RESOLVED.with_(model=None))
     meta = json.loads(chunks["sd-metadata"])
     assert meta["model_id"] == "demo" and meta["model_hash"] == "ab" * 32 and meta["app_id"] == "dreamshell"
     image = meta["image"]
@@ -45,43 +52,77 @@ def test_all_three_chunks_are_written_as_text(tmp_path):
     params = chunks["parameters"].splitlines()
     assert params[0] == "a fantastic alien landscape, 8k"
     assert params[1] == "Negative prompt: blurry, dark"
-    assert params[2].startswith("Steps: 60, Sampler: LMS, CFG scale: 7.5, Seed: 3355519391, Size: 576x512, "
-                                "Model hash: ababababab, Model: demo")
+    assert params[2].startswith("Steps: 60, Sampler: LMS, Schedule type: DDIM, CFG scale: 7.5, Seed: 3355519391, "
+                                "Size: 576x512, Model hash: ababababab, Model: demo, Dreamshell: ")
 
 
-@pytest.mark.parametrize("keep", ["Dream", "sd-metadata", "parameters"])
-def test_each_chunk_alone_gives_back_the_request(tmp_path, keep):
-    full = read_chunks(_write(tmp_path, png_bytes(Image.new("RGB", (8, 8)), ImageMeta(RESOLVED, "cd" * 32))))
-    path = _write(tmp_path, _png({keep: full[keep]}), "one.png")
-    assert read_recipe(path) == RESOLVED
+def test_a1111_parameters_carry_schedule_variations_tiling_upscaler_and_weights(tmp_path):
+    prompt, negative, params = parse_a1111(_chunks(tmp_path, FULL)["parameters"])
+    assert prompt == "a (red:1.3) (circle:1.1) on style: flat :0.7 AND a square :0.3"
+    assert negative == "blurry"
+    assert params == {"Steps": "20", "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": "5", "Seed": "7",
+                      "Size": "64x64", "Model": "demo", "Denoising strength": "0.6", "Variation seed": "3",
+                      "Variation seed strength": "0.2", "Tiling": "True", "Postprocess upscale by": "2",
+                      "Postprocess upscaler": "R-ESRGAN 2x+", "Postprocess upscaler 2": "Lanczos",
+                      "Postprocess upscaler 2 visibility": "0.5", "Dreamshell": format_request(FULL)}
+
+
+@pytest.mark.parametrize("line, sampler, schedule", [
+    ("-A k_euler", "Euler", "DDIM"),                 # our default: the model's `leading` spacing
+    ("-A k_dpmpp_2", "DPM++ 2M", "DDIM"),            # not A1111's Automatic (which is Karras for DPM++ 2M)
+    ("-A k_dpmpp_2 --schedule automatic", "DPM++ 2M", "Karras"),
+    ("-A k_euler_a --schedule automatic", "Euler a", "Uniform"),
+    ('-A "DPM++ 2M SDE" --schedule automatic', "DPM++ 2M SDE", "Exponential"),
+    ('-A "DPM++ 2M Karras"', "DPM++ 2M", "Karras"),
+    ("-A ddim", "DDIM", None),                       # A1111 ignores schedules for DDIM
+    ("-A UniPC --schedule sgm_uniform", "UniPC", "SGM Uniform"),
+])
+def test_a1111_sampler_and_schedule_are_written_as_a1111_runs_them(tmp_path, line, sampler, schedule):
+    req = parse_request(f'"a cat" -s 20 -S 1 -W 64 -H 64 -C 5 {line}')
+    params = parse_a1111(a1111_parameters(ImageMeta(req)))[2]
+    assert (params["Sampler"], params.get("Schedule type")) == (sampler, schedule)
+
+
+def test_sd_metadata_is_what_invokeai_2_reads(tmp_path):
+    meta = json.loads(_chunks(tmp_path, FULL, postprocessing=({"type": "esrgan", "scale": 2, "strength": 0.5},))
+                      ["sd-metadata"])
+    image = meta["image"]
+    assert image["prompt"] == [{"prompt": "a (red)1.3 circle+ on style\\: flat [blurry]", "weight": 0.7},
+                               {"prompt": "a square", "weight": 0.3}]
+    assert image["upscale"] == [2.0, 0.5] and image["variations"] == [{"seed": 3, "weight": 0.2}]
+    assert (image["init_img"], image["strength"], image["fit"], image["seamless"], image["schedule"]) == \
+        ("in.png", 0.6, True, True, "karras")
+    assert image["postprocessing"] == [{"type": "esrgan", "scale": 2, "strength": 0.5}]
+
+
+def test_grid_sd_metadata_lists_every_image(tmp_path):
+    req = RESOLVED.with_(iterations=3, grid=True)
+    meta = json.loads(_chunks(tmp_path, req, image_type="grid")["sd-metadata"])
+    assert "image" not in meta and [i["seed"] for i in meta["images"]] == [3355519391, 3355519392, 3355519393]
+    only = _write(tmp_path, png_with({"sd-metadata": json.dumps(meta)}), "grid.png")
+    assert read_recipe(only) == req
+
+
+@pytest.mark.parametrize("keep", ["sd-metadata", "parameters"])
+@pytest.mark.parametrize("request_", [RESOLVED, FULL])
+def test_each_chunk_alone_gives_back_the_request(tmp_path, keep, request_):
+    full = _chunks(tmp_path, request_, model_hash="cd" * 32)
+    recipe = fetch_recipe(_write(tmp_path, png_with({keep: full[keep]}), "one.png"))
+    assert recipe.request == request_ and recipe.notes == ()
+
+
+def test_dream_alone_has_no_model_and_the_file_puts_it_back(tmp_path):
+    full = _chunks(tmp_path, FULL)
+    alone = fetch_recipe(_write(tmp_path, png_with({"Dream": full["Dream"]}), "dream.png"))
+    assert alone.request == FULL.with_(model=None) and alone.notes == ()
+    both = _write(tmp_path, png_with({"Dream": full["Dream"], "sd-metadata": full["sd-metadata"]}), "two.png")
+    assert read_recipe(both) == FULL
 
 
 def test_non_latin1_prompt_survives(tmp_path):
     req = RESOLVED.with_(prompt="東京の夜景 \"quoted\" cat's \\ slash")
     path = _write(tmp_path, png_bytes(Image.new("RGB", (8, 8)), ImageMeta(req)))
     assert read_recipe(path) == req
-
-
-A1111_SAMPLE = """masterpiece, (best quality:1.2), a castle on a hill, [cloudy]
-Negative prompt: lowres, bad anatomy
-Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 965400086, Size: 512x768, \
-Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.7, Version: v1.10.1, \
-Lora hashes: "add_detail: 7c6bad76eb54, other: 1234"
-"""
-
-
-def test_reads_a1111_parameters(tmp_path):
-    req = read_recipe(_write(tmp_path, _png({"parameters": A1111_SAMPLE})))
-    assert req.prompt == "masterpiece, (best quality)1.2, a castle on a hill, (cloudy)0.9 [lowres, bad anatomy]"
-    assert (req.steps, req.seed, req.cfg_scale, req.width, req.height) == (28, 965400086, 7.0, 512, 768)
-    assert req.sampler == "DPM++ 2M Karras"
-    assert req.model == "v1-5-pruned-emaonly"
-
-
-def test_a1111_quoted_values_are_unquoted():
-    _, _, params = parse_a1111(A1111_SAMPLE)
-    assert params["Lora hashes"] == "add_detail: 7c6bad76eb54, other: 1234"
-    assert params["Sampler"] == "DPM++ 2M"
 
 
 def test_a1111_text_quotes_values_with_commas():
@@ -91,37 +132,20 @@ def test_a1111_text_quotes_values_with_commas():
     assert parse_a1111(a1111_parameters(ImageMeta(req)))[2]["Model"] == "my, model"
 
 
-def test_reads_invokeai_dream_chunk(tmp_path):
-    dream = '"a photo of an astronaut riding a horse" -s 50 -S 2891425233 -W 512 -H 512 -C 7.5 -A k_lms'
-    req = read_recipe(_write(tmp_path, _png({"Dream": dream})))
-    assert req == DreamRequest("a photo of an astronaut riding a horse", steps=50, seed=2891425233, width=512,
-                               height=512, cfg_scale=7.5, sampler="k_lms")
-
-
-def test_reads_invokeai_sd_metadata(tmp_path):
-    meta = {"model": "stable diffusion", "model_id": "stable-diffusion-1.4", "model_hash": "fe4efff1e1",
-            "app_id": "lstein/stable-diffusion", "app_version": "v1.15",
-            "image": {"height": 512, "width": 512, "steps": 50, "cfg_scale": 7.5, "seed": 1287512637,
-                      "sampler": "k_euler_a", "type": "txt2img", "postprocessing": None, "variations": [],
-                      "prompt": [{"prompt": "a tabby cat", "weight": 0.5}, {"prompt": "a duck", "weight": 0.5}]}}
-    req = read_recipe(_write(tmp_path, _png({"sd-metadata": json.dumps(meta)})))
-    assert req == DreamRequest("a tabby cat:0.5 a duck:0.5", steps=50, seed=1287512637, width=512, height=512,
-                               cfg_scale=7.5, sampler="k_euler_a", model="stable-diffusion-1.4")
-
-
 def test_missing_broken_and_empty_metadata_are_clear_messages(tmp_path):
     with pytest.raises(MetadataError, match="no such file"):
         read_recipe(tmp_path / "nope.png")
     with pytest.raises(MetadataError, match="not a readable image"):
         read_recipe(_write(tmp_path, b"this is not a png", "fake.png"))
     with pytest.raises(MetadataError, match="no recipe in this image"):
-        read_recipe(_write(tmp_path, _png({}), "bare.png"))
-    with pytest.raises(MetadataError, match="sd-metadata"):
-        read_recipe(_write(tmp_path, _png({"sd-metadata": "{not json"}), "broken.png"))
+        read_recipe(_write(tmp_path, png_with({}), "bare.png"))
+    with pytest.raises(MetadataError, match="sd-metadata is not JSON"):
+        read_recipe(_write(tmp_path, png_with({"sd-metadata": "{not json"}), "broken.png"))
 
 
-def test_metadata_is_never_evaluated(tmp_path):
+def test_metadata_is_never_evaluated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)       # a `touch pwned` that ran would land here
     evil = '__import__("os").system("touch pwned") -S 1'
-    req = read_recipe(_write(tmp_path, _png({"Dream": evil})))
+    req = read_recipe(_write(tmp_path, png_with({"Dream": evil})))
     assert req.prompt == '__import__("os").system("touch pwned")'
     assert not (tmp_path / "pwned").exists()

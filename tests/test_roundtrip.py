@@ -9,7 +9,7 @@ from dreamshell.formatter import format_request
 from dreamshell.parser import parse_request
 from dreamshell.prompt import PromptError, split_prompt
 from dreamshell.request import DreamRequest, UpscaleSpec
-from dreamshell.samplers import SAMPLERS
+from dreamshell.samplers import SAMPLERS, schedule_names
 from dreamshell.switches import MAX_SEED, SWITCHES
 
 WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="[]:\n\r")
@@ -50,7 +50,8 @@ FIELD_STRATEGIES = {
     "width": st.integers(8, 1024).map(lambda n: n * 8),
     "height": st.integers(8, 1024).map(lambda n: n * 8),
     "cfg_scale": st.floats(0, 100, allow_nan=False).map(abs),
-    "sampler": st.sampled_from([s.name for s in SAMPLERS]),
+    "sampler": st.sampled_from([s.name for s in SAMPLERS] + ["DPM++ 2M Karras", "Euler a SGM Uniform"]),
+    "schedule": st.sampled_from(schedule_names()),
     "model": paths,
     "init_img": st.one_of(st.just("-1"), paths),
     "strength": unit.filter(lambda x: x > 0),
@@ -79,6 +80,8 @@ def requests(draw):
     for name, strategy in FIELD_STRATEGIES.items():
         if draw(st.booleans()):
             values[name] = draw(strategy)
+    if "schedule" in values and values.get("sampler", "").endswith(("Karras", "Uniform")):
+        del values["schedule"]   # a combined name already names its schedule
     if "init_mask" in values and "init_img" not in values:
         values["init_img"] = "in.png"
     if values.get("save_original") and "upscale" not in values:

@@ -18,7 +18,7 @@ from ..hashing import weights_sha256
 from ..models import ModelSpec
 from ..prompt import split_prompt
 from ..request import DreamRequest
-from ..samplers import find_sampler
+from ..samplers import SamplerError, plan as scheduler_plan
 from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
 
@@ -200,19 +200,21 @@ class DiffusersGenerator:
 
     # ----- samplers
 
-    def _scheduler(self, name: str):
+    def _scheduler(self, name: str, schedule: str | None = None):
+        """The diffusers scheduler for a sampler and schedule; what diffusers cannot run is refused by name."""
         import diffusers
-        sampler = find_sampler(name)
-        if sampler is None:
-            raise GenerationError(f"unknown sampler '{name}'")
-        if sampler.needs:
+        try:
+            plan = scheduler_plan(name, schedule)
+        except SamplerError as e:
+            raise GenerationError(str(e)) from None
+        if plan.needs:
             try:
-                __import__(sampler.needs)
+                __import__(plan.needs)
             except ImportError:
-                raise GenerationError(f"sampler '{sampler.name}' needs the '{sampler.needs}' package: "
-                                      f"pip install {sampler.needs}") from None
-        cls = getattr(diffusers, sampler.scheduler)
-        return cls.from_config(self._scheduler_config, **sampler.options)
+                raise GenerationError(f"sampler '{name}' needs the '{plan.needs}' package: "
+                                      f"pip install {plan.needs}") from None
+        cls = getattr(diffusers, plan.scheduler)
+        return cls.from_config(self._scheduler_config, **plan.options)
 
     # ----- prompts
 
@@ -346,7 +348,7 @@ class DiffusersGenerator:
         thread; `steps` counts model evaluations (Heun and DPM2 make about two per step)."""
         mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
         pipe = self._pipe(mode)
-        pipe.scheduler = self._scheduler(request.sampler)
+        pipe.scheduler = self._scheduler(request.sampler, request.schedule)
         tap = PreviewTap(self.latent_rgb, on_preview, preview_every) if on_preview is not None else None
 
         def step_end(_pipe, step, _timestep, kwargs):

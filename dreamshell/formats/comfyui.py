@@ -1,0 +1,131 @@
+"""ComfyUI's `prompt` chunk (the API graph: node id -> {class_type, inputs}) when it is the plain
+checkpoint -> CLIP text encode -> KSampler -> VAE decode graph, LoRA loaders allowed; other graphs
+are one clear line. Node and input names: ComfyUI `nodes.py`."""
+
+from __future__ import annotations
+
+import json
+
+from .common import Builder, MetadataError, Recipe, short
+from .prompts import a1111_to_dreamshell
+
+_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "LoraLoader", "LoraLoaderModelOnly")
+
+
+def _node(graph: dict, link) -> dict | None:
+    """The node an input links to (`[node_id, output_index]`), or None for a plain value."""
+    if isinstance(link, list) and len(link) == 2 and str(link[0]) in graph:
+        node = graph[str(link[0])]
+        return node if isinstance(node, dict) else None
+    return None
+
+
+def _other(why: str) -> MetadataError:
+    return MetadataError(f"ComfyUI graph: {why}; dreamshell reads only the plain checkpoint -> CLIP text encode "
+                         "-> KSampler -> VAE decode graph (LoRA loaders allowed)")
+
+
+def _text(graph: dict, link, which: str) -> str:
+    node = _node(graph, link)
+    if node is None or node.get("class_type") != "CLIPTextEncode":
+        kind = node.get("class_type") if node else "no node"
+        raise _other(f"the {which} prompt comes from {kind}, not a CLIPTextEncode")
+    text = node.get("inputs", {}).get("text")
+    if not isinstance(text, str):
+        raise _other(f"the {which} prompt text comes from another node")
+    return text
+
+
+def _loaders(b: Builder, graph: dict, link) -> None:
+    """Walk the model input back to the checkpoint; LoRA loaders on the way are named."""
+    seen = 0
+    node = _node(graph, link)
+    while node is not None and seen < 50:
+        seen += 1
+        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        if kind not in _LOADERS:
+            raise _other(f"the model passes through {kind}")
+        if kind.startswith("Lora"):
+            b.drop(f"LoRA {inputs.get('lora_name')} (weight {inputs.get('strength_model')}; "
+                   "LoRAs come with a later dreamshell)")
+            node = _node(graph, inputs.get("model"))
+            continue
+        name = str(inputs.get("ckpt_name") or "")
+        stem = name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+        stem = stem.rsplit(".", 1)[0] if stem.lower().endswith((".safetensors", ".ckpt", ".pt")) else stem
+        if stem:
+            b.set("--model", stem, "ckpt_name")
+        return
+    raise _other("the model comes from no checkpoint loader")
+
+
+def _latent(b: Builder, graph: dict, link, denoise) -> None:
+    node = _node(graph, link)
+    kind = node.get("class_type") if node else None
+    if kind == "EmptyLatentImage":
+        inputs = node.get("inputs", {})
+        b.size(inputs.get("width"), inputs.get("height"))
+        batch = inputs.get("batch_size", 1)
+        if isinstance(batch, int) and batch > 1:
+            b.drop(f"batch_size {batch} (one batch noise in ComfyUI; here -n {batch} makes seeds S, S+1, ...)")
+        if denoise not in (None, 1, 1.0):
+            b.drop(f"denoise {denoise} on an empty latent")
+    elif kind == "VAEEncode":
+        image = _node(graph, node.get("inputs", {}).get("pixels"))
+        name = image.get("inputs", {}).get("image") if image else None
+        b.drop(f"img2img from ComfyUI input {short(name or '?', 40)} at denoise {denoise} (add -I PATH -f {denoise})")
+    else:
+        raise _other(f"the latent comes from {kind or 'no node'}")
+
+
+def read_comfyui(text: str) -> Recipe:
+    """The recipe of a plain ComfyUI text-to-image graph."""
+    try:
+        graph = json.loads(text)
+    except ValueError as e:
+        raise MetadataError(f"ComfyUI prompt is not JSON ({e})") from None
+    if not isinstance(graph, dict):
+        raise MetadataError("ComfyUI prompt is not a JSON object")
+    samplers = [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") == "KSampler"]
+    kinds = sorted({str(n.get("class_type")) for n in graph.values() if isinstance(n, dict)})
+    if len(samplers) != 1:
+        raise _other(f"it has {len(samplers)} KSampler nodes (nodes: {short(', '.join(kinds), 120)})")
+    if not any(isinstance(n, dict) and n.get("class_type") == "VAEDecode" for n in graph.values()):
+        raise _other("it has no VAEDecode node")
+    inputs = samplers[0].get("inputs", {})
+    b = Builder("ComfyUI prompt graph")
+    notes: list[str] = []
+    dropped: list[str] = []
+    prompt = a1111_to_dreamshell(_text(graph, inputs.get("positive"), "positive"), notes, dropped)
+    negative = _text(graph, inputs.get("negative"), "negative")
+    if negative.strip():
+        prompt += " [" + a1111_to_dreamshell(negative, notes, dropped, negative=True) + "]"
+    for n in notes:
+        b.note(n)
+    for d in dropped:
+        b.drop(d)
+    if "seed" in inputs:
+        b.seed(inputs["seed"])
+    if "steps" in inputs:
+        b.set("-s", inputs["steps"], "steps")
+    if "cfg" in inputs:
+        b.set("-C", inputs["cfg"], "cfg")
+    _comfy_sampler(b, str(inputs.get("sampler_name", "")), str(inputs.get("scheduler", "")))
+    _loaders(b, graph, inputs.get("model"))
+    _latent(b, graph, inputs.get("latent_image"), inputs.get("denoise"))
+    return b.build(prompt)
+
+
+def _comfy_sampler(b: Builder, name: str, scheduler: str) -> None:
+    from ..samplers import find_sampler, find_schedule
+    sampler = find_sampler(name) if name else None
+    if sampler is None:
+        if name:
+            b.drop(f"sampler_name {short(name)} (no dreamshell sampler)")
+        return
+    b.values["sampler"] = sampler.name
+    found = find_schedule(scheduler) if scheduler else None
+    if found is None and scheduler:
+        b.drop(f"scheduler {short(scheduler)} (no dreamshell schedule)")
+    elif found is not None:   # ComfyUI applies its scheduler to every sampler
+        b.values["schedule"] = found.name

@@ -1,0 +1,128 @@
+"""What every format module shares: the error, the metadata written, the recipe read, its notes,
+and a builder that turns foreign values into a valid DreamRequest without dropping anything silently."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..prompt import PromptError, split_prompt
+from ..request import DreamRequest
+from ..switches import BY_SPELLING, SwitchError
+
+APP_ID = "dreamshell"
+MAX_CHUNK = 1 << 20          # one text chunk (decompressed) a recipe may come from
+MAX_TEXT_TOTAL = 4 << 20     # all text chunks of one file together
+MAX_COMMAND = 16384          # characters of a recovered command line
+
+
+class MetadataError(ValueError):
+    """An image whose recipe cannot be read; str() is the one line for the user."""
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What goes into the chunks of one image."""
+
+    request: DreamRequest            # resolved: steps, seed, size, cfg, sampler, model all set
+    model_hash: str = ""             # sha256 hex of the weights
+    app_version: str = ""
+    postprocessing: tuple[dict, ...] = field(default_factory=tuple)
+    image_type: str = "txt2img"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recovered command, what could not be carried over, and where it came from."""
+
+    request: DreamRequest
+    notes: tuple[str, ...] = ()
+    source: str = ""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_RUN = re.compile(r"\s*[\x00-\x1f\x7f-\x9f\u2028\u2029][\s\x00-\x1f\x7f-\x9f\u2028\u2029]*")
+
+
+def one_line(text: str) -> str:
+    """Newlines, tabs and other control characters become spaces: a command is one plain line."""
+    return _CONTROL_RUN.sub(" ", text).strip()
+
+
+def short(value, limit: int = 60) -> str:
+    text = one_line(str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Builder:
+    """Collects a request's fields from a foreign format, plus notes and the names of what was dropped."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.values: dict = {}
+        self.notes: list[str] = []
+        self.dropped: list[str] = []
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def drop(self, what: str) -> None:
+        if what not in self.dropped:
+            self.dropped.append(what)
+
+    def set(self, spelling: str, token, label: str | None = None) -> bool:
+        """Set a field from its text as the switch `spelling` reads it; a bad value is dropped by name."""
+        sw = BY_SPELLING[spelling]
+        try:
+            value = sw.convert([str(t) for t in token] if sw.nargs[1] > 1 else str(token))
+        except SwitchError as e:
+            self.drop(f"{label or spelling} {short(token)} ({e})")
+            return False
+        self.values[sw.field] = value
+        return True
+
+    def size(self, width, height, label: str = "size") -> None:
+        """Width and height, rounded to a multiple of 8 with a note when they are not one."""
+        try:
+            w, h = int(float(width)), int(float(height))
+        except (TypeError, ValueError):
+            self.drop(f"{label} {short(width)}x{short(height)} (not numbers)")
+            return
+        rw, rh = (max(64, min(8192, 8 * round(v / 8))) for v in (w, h))
+        if (rw, rh) != (w, h):
+            self.note(f"size {w}x{h} rounded to {rw}x{rh} (dreamshell sizes are multiples of 8 from 64 to 8192)")
+        self.values["width"], self.values["height"] = rw, rh
+
+    def seed(self, value) -> None:
+        """A seed; -1 (or empty) is "random" in A1111, InvokeAI and ComfyUI: a new random seed here."""
+        text = str(value).strip()
+        if text in ("-1", "", "None"):
+            self.note("seed -1 (random) read as a new random seed; no -S on the line")
+            return
+        self.set("-S", text, "seed")
+        if self.values.get("seed", 0) < 0:
+            self.values.pop("seed")
+            self.drop(f"seed {text} (negative)")
+
+    def build(self, prompt: str) -> "Recipe":
+        if _CONTROL.search(prompt.strip()):
+            self.note("line breaks and control characters in the prompt became spaces (a command is one line)")
+        prompt = one_line(prompt)
+        if not prompt:
+            raise MetadataError(f"{self.source} has no prompt")
+        try:
+            split_prompt(prompt)
+        except PromptError as e:
+            raise MetadataError(f"{self.source}: the prompt cannot be read ({e})") from None
+        if self.values.get("init_mask") and not self.values.get("init_img"):
+            self.values.pop("init_mask")
+            self.drop("the inpainting mask (no init image)")
+        request = DreamRequest(prompt=prompt, **self.values)
+        return Recipe(request, self.finish(), self.source)
+
+    def finish(self) -> tuple[str, ...]:
+        notes = list(self.notes)
+        if self.dropped:
+            notes.append("not carried over: " + "; ".join(self.dropped))
+        return tuple(notes)
