@@ -18,7 +18,7 @@ from .formatter import format_request
 from .models import ModelsFileError
 from .output import OutputError
 from .parser import ParseError, parse_line
-from .pngmeta import MetadataError, read_recipe
+from .pngmeta import MetadataError, fetch_recipe
 from .request import BangCommand, Blank, HelpRequest
 from .session import Control, Listener, Session, UserError
 from .switches import SWITCHES
@@ -75,8 +75,8 @@ class Dispatcher:
         self._replay_depth = 0
         for cmd in (
             Command("help", "!help", "this help (also -h on a line)", self._help),
-            Command("fetch", "!fetch PATH", "read the recipe from a PNG (ours, InvokeAI's, A1111's) onto the next "
-                    "input line", self._fetch, "path"),
+            Command("fetch", "!fetch PATH", "read the recipe from an image (ours, InvokeAI's, A1111's, ComfyUI's) "
+                    "onto the next input line", self._fetch, "path"),
             Command("replay", "!replay FILE", "run each line of FILE (a dream_log.txt as it is)", self._replay, "path"),
             Command("history", "!history", "numbered history", self._history),
             Command("search", "!search TEXT", "history lines containing TEXT", self._search),
@@ -185,9 +185,11 @@ class Dispatcher:
     def _fetch(self, args: str) -> Outcome:
         if not args:
             raise UserError("!fetch needs a path: !fetch outputs/000001.42.png")
-        request = read_recipe(Path(_unquote(args)).expanduser())
-        command = format_request(request)
-        self.echo(f"recipe: {command}")
+        recipe = fetch_recipe(Path(_unquote(args)).expanduser())
+        command = format_request(recipe.request)
+        self.echo(f"recipe ({recipe.source}): {command}" if recipe.source else f"recipe: {command}")
+        for note in recipe.notes:
+            self.echo(f"note: {note}")
         return Outcome(prefill=command)
 
     def _replay(self, args: str) -> Outcome:
