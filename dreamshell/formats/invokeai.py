@@ -42,7 +42,7 @@ def sd_metadata(meta: ImageMeta) -> dict:
     """InvokeAI's sd-metadata JSON as InvokeAI 2.x's `metadata_loads` reads it; a grid is `images`."""
     r = meta.request
     image = {
-        "type": "txt2img" if meta.image_type == "grid" else meta.image_type, "prompt": _prompt_list(r.prompt),
+        "type": meta.image_type if meta.image_type != "grid" else "img2img" if r.init_img else "txt2img", "prompt": _prompt_list(r.prompt),
         "seed": r.seed, "steps": r.steps, "cfg_scale": r.cfg_scale, "sampler": r.sampler, "width": r.width,
         "height": r.height, "variations": [{"seed": s, "weight": w} for s, w in r.with_variations],
         "postprocessing": list(meta.postprocessing) or None, "strength": r.strength, "init_img": r.init_img,
