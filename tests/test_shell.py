@@ -286,3 +286,12 @@ def test_no_pictures_when_the_output_is_not_a_terminal(drive_shell, fake_session
     d.wait_output("[1] ")
     assert d.finish() == 0
     assert d.shell.protocol == "off" and not any("\x1b" in o for o in d.out)
+
+
+def test_completion_offers_schedules_after_schedule():
+    from prompt_toolkit.document import Document
+
+    from dreamshell.shell.completer import DreamCompleter
+    completer = DreamCompleter(lambda: [], lambda: {})
+    texts = [c.text for c in completer.get_completions(Document("a cat -A k_euler --schedule k"), None)]
+    assert "karras" in texts and all(t.lower().startswith(("k", '"k')) for t in texts)

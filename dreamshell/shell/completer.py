@@ -8,7 +8,7 @@ import shlex
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
-from ..samplers import sampler_names
+from ..samplers import sampler_names, schedule_names
 from ..switches import BY_SPELLING, SWITCHES
 
 
@@ -24,6 +24,10 @@ class DreamCompleter(Completer):
                 if name.lower().startswith(word.lower().strip('"')):
                     text = f'"{name}"' if " " in name else name
                     yield Completion(text, start_position=-len(word))
+        elif kind == "schedule":
+            for name in schedule_names():
+                if name.lower().startswith(word.lower().strip('"')):
+                    yield Completion(f'"{name}"' if " " in name else name, start_position=-len(word))
         elif kind == "model":
             for name in self.model_names():
                 if name.startswith(word):
