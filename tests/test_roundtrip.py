@@ -12,7 +12,8 @@ from dreamshell.request import DreamRequest, UpscaleSpec
 from dreamshell.samplers import SAMPLERS
 from dreamshell.switches import MAX_SEED, SWITCHES
 
-WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="[]:\n\r")
+# a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
+WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="[]:")
 words = st.text(WORD_CHARS, min_size=1, max_size=12).filter(lambda w: w.strip())
 
 
@@ -39,12 +40,12 @@ def _no_leading_dash(s: str) -> bool:
     return not s.lstrip().startswith("-")
 
 
-paths = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(
+paths = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=20).filter(
     lambda s: s.strip())
 unit = st.floats(0, 1, allow_nan=False).map(abs)
 
 FIELD_STRATEGIES = {
-    "steps": st.integers(1, 10_000),
+    "steps": st.integers(1, 999),  # every sampler takes 999 (limits.MAX_STEPS)
     "seed": st.one_of(st.integers(0, MAX_SEED), st.integers(-20, -1)),
     "iterations": st.integers(1, 100),
     "width": st.integers(8, 1024).map(lambda n: n * 8),
