@@ -13,3 +13,10 @@ class ParseError(ValueError):
 
 class LimitError(ParseError):
     """A request over one of the limits in limits.py; str() names the limit and what to do."""
+
+
+class CommandFileError(ParseError):
+    """A file that cannot be read as commands (a folder, a device, binary, too big); str() is one line.
+
+    A ParseError, so the places that show a bad line's message show it too.
+    """
