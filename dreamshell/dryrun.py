@@ -21,7 +21,7 @@ from .parser import ParseError, parse_line
 from .pngmeta import MetadataError, read_recipe
 from .request import BangCommand, Blank, DreamRequest, HelpRequest
 from .resolve import ResolveError, apply_defaults, resolve_request
-from .safetext import one_line, shorten, visible
+from .safetext import one_line, quoted, shorten, visible
 from .switches import MAX_SEED
 
 RANDOM = "<random>"
@@ -61,6 +61,9 @@ class DryRun:
             return shorten(f"!{item.name} {item.args}".rstrip(), 200) + " (shell command)"
         req = apply_defaults(item, self.defaults)
         spec = self.registry.get(req.model) if req.model else self.registry.default
+        if not spec.weights.exists():
+            raise ModelsFileError(f"model {quoted(spec.name)}: its weights {quoted(str(spec.weights), 120)} "
+                                  "do not exist; fix the path in the models file")
         return self._resolved(req, spec)
 
     def _resolved(self, req: DreamRequest, spec) -> str:

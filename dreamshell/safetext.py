@@ -7,6 +7,7 @@ nothing is read as rich markup when printed with `markup=False` (or after `for_m
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 MESSAGE_LIMIT = 400   # characters of one printed error or note
@@ -15,6 +16,8 @@ ELLIPSIS = "..."
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # bidirectional embeddings, overrides and isolates: invisible, and they reorder what follows
+# what rich reads as a markup tag (rich.markup.RE_TAGS), with the backslashes before it
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -91,7 +94,9 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def for_markup(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    """one_line(message) escaped for a rich markup string (print it with emoji=False)."""
-    from rich.markup import escape  # rich is what prints; imported only by its callers
+    """one_line(message) escaped for the END of a rich markup string (print it with emoji=False).
 
-    return escape(one_line(message, limit))
+    Like rich.markup.escape, without its extra backslash after a trailing one (which rich then
+    prints): `console.print("[red]error:[/red] " + for_markup(msg), emoji=False)` shows msg exactly.
+    """
+    return _MARKUP_TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), one_line(message, limit))
