@@ -14,7 +14,7 @@ from typing import BinaryIO
 from .errors import CommandFileError
 from .fileops import append_line
 from .limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
-from .parser import strip_log_prefix
+from .parser import is_comment, strip_log_prefix
 from .safetext import shorten
 
 LOG_NAME = "dream_log.txt"
@@ -111,6 +111,6 @@ def commands_from_bytes(data: bytes, label: str) -> list[tuple[int, str]]:
         if len(line) > MAX_LINE_CHARS:
             raise CommandFileError(f"{label}: line {number} is {len(line)} characters long; a command "
                                    f"is at most {MAX_LINE_CHARS} (is this a command file?)")
-        if line and not line.startswith("#"):
+        if line and not is_comment(line):
             out.append((number, strip_log_prefix(line).strip()))
     return out

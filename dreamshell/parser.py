@@ -19,7 +19,7 @@ from .safetext import first_unsafe, quoted, visible
 from .switches import BY_SPELLING, HELP_SPELLINGS, UNSUPPORTED, Switch, SwitchError, all_spellings
 
 __all__ = ["ParseError", "LimitError", "parse_line", "parse_request", "parse_switches", "split_line",
-           "strip_log_prefix", "check_text"]
+           "strip_log_prefix", "check_text", "is_comment"]
 
 # a log line starts with the image path and ': ' (outputs/000012.3355519391.png: "prompt" -s 50 ...):
 # the first path whose file is one of ours, NNNNNN.SEED[.tag].png (the log writes it as it is, quotes
@@ -27,6 +27,15 @@ __all__ = ["ParseError", "LimitError", "parse_line", "parse_request", "parse_swi
 _LOG_PREFIX = re.compile(r"^\s*(?:(?:[^\n]*?[/\\])?\d+\.\d+(?:\.[\w-]+)*|[^\s\"'][^\"']*?)\.png:\s+")
 # the prompt ends before the first whitespace-separated token that starts with '-' and a letter
 _FIRST_SWITCH = re.compile(r"(?:^|\s)(?=-{1,2}[A-Za-z])")
+
+
+# a log line whose folder starts with '#' (-o "#2"): not a comment (comments are written '# text')
+_HASH_FOLDER_LOG_LINE = re.compile(r"^#(?!\s)[^\n]*?[/\\]\d+\.\d+(?:\.[\w-]+)*\.png:\s")
+
+
+def is_comment(line: str) -> bool:
+    """A stripped line that starts with '#' and is not a log line of an image in a '#...' folder."""
+    return line.startswith("#") and not _HASH_FOLDER_LOG_LINE.match(line)
 
 
 def strip_log_prefix(line: str) -> str:
@@ -195,7 +204,7 @@ def parse_line(line: str) -> DreamRequest | HelpRequest | BangCommand | Blank:
     """Any line of the shell or of a command file."""
     check_text(line.strip("\r\n"))
     stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
+    if not stripped or is_comment(stripped):
         return Blank()
     if stripped.startswith("!"):
         name, _, args = stripped[1:].partition(" ")
