@@ -121,7 +121,12 @@ def test_missing_broken_and_empty_metadata_are_clear_messages(tmp_path):
 
 
 def test_metadata_is_never_evaluated(tmp_path):
-    evil = '__import__("os").system("touch pwned") -S 1'
-    req = read_recipe(_write(tmp_path, _png({"Dream": evil})))
-    assert req.prompt == '__import__("os").system("touch pwned")'
-    assert not (tmp_path / "pwned").exists()
+    marker = tmp_path / "pwned"  # an absolute path: found wherever the code would run
+    payload = f'__import__("os").system("touch {marker}")'
+    evil = {"Dream": f"{payload} -S 1",
+            "sd-metadata": json.dumps({"image": {"prompt": payload, "seed": 1}}),
+            "parameters": f"{payload}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"}
+    for key, text in evil.items():
+        req = read_recipe(_write(tmp_path, _png({key: text}), f"{key}.png"))
+        assert req.prompt == payload, key
+        assert not marker.exists(), key
