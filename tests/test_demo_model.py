@@ -64,6 +64,28 @@ def test_evaluation_smoke_test(demo_generator):
     assert scores.inpaint_outside_error < 20                    # of 255: the unmasked part is kept
 
 
+def test_img2img_keeps_the_init_image_under_another_prompt(demo_generator):
+    """At -f 0.15 the init image decides the colours even when the prompt names another scene
+    (the smoke test's img2img figures use -f 0.3, where this model repaints or its own caption redraws)."""
+    import random
+
+    from dreamshell.parser import parse_request
+    from dreamshell.resolve import resolve_request
+    rng = random.Random(11)
+    kept = 0
+    for i in range(2):
+        scene = shapes.random_scene(rng)
+        other = shapes.random_scene(rng)
+        while other.background == scene.background or other.colour == scene.colour:
+            other = shapes.random_scene(rng)
+        line = f"{other.caption()} -S {i} -I init.png -f 0.15"
+        image = demo_generator.generate(resolve_request(parse_request(line), demo_spec(), []),
+                                        init_image=shapes.render(scene, rng))
+        r = shapes.read_image(image)
+        kept += r.background == scene.background and r.colour == scene.colour
+    assert kept == 2
+
+
 def test_training_figures_match_the_shipped_model():
     folder = builtin_models_dir() / "demo"
     figures = json.loads((folder / "training.json").read_text())
