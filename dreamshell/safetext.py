@@ -16,8 +16,9 @@ ELLIPSIS = "..."
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # bidirectional embeddings, overrides and isolates: invisible, and they reorder what follows
-# what rich reads as a markup tag (rich.markup.RE_TAGS), with the backslashes before it
-_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+# what rich reads as a markup tag (rich.markup.RE_TAGS) with the backslashes before it; or any other
+# '[' after backslashes (rich prints '\\[' as '[')
+_MARKUP = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])|(\\+)\[")
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -96,7 +97,13 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
 def for_markup(message: str, limit: int = MESSAGE_LIMIT) -> str:
     """one_line(message) escaped for the END of a rich markup string (print it with emoji=False).
 
-    Like rich.markup.escape, without its extra backslash after a trailing one (which rich then
-    prints): `console.print("[red]error:[/red] " + for_markup(msg), emoji=False)` shows msg exactly.
+    rich.markup.escape is not exact (a trailing backslash comes out doubled, `\\[x` loses its backslash):
+    `console.print("[red]error:[/red] " + for_markup(msg), emoji=False)` shows one_line(msg) exactly.
     """
-    return _MARKUP_TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), one_line(message, limit))
+    return _MARKUP.sub(_escape_markup, one_line(message, limit))
+
+
+def _escape_markup(m: re.Match) -> str:
+    if m.group(2):  # a tag: an odd number of backslashes escapes it, the pairs before print as themselves
+        return m.group(1) * 2 + "\\" + m.group(2)
+    return m.group(3) + "\\["  # rich drops one backslash before '[': give it one to drop

@@ -3,6 +3,8 @@
 import io
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from dreamshell.safetext import (ELLIPSIS, MESSAGE_LIMIT, first_unsafe, for_markup, one_line, quoted, shorten,
@@ -72,7 +74,8 @@ def _printed(text: str, markup: bool) -> str:
     return buf.getvalue().rstrip("\n")
 
 
-MARKUP = ["[/bold] closes nothing", "[red]red[/red]", "a \\[escaped] b", "ends with a backslash \\",
+MARKUP = ["'-f  \\[cat's hat'", "a \\\\[b c",
+          "[/bold] closes nothing", "[red]red[/red]", "a \\[escaped] b", "ends with a backslash \\",
           "\\\\[b] two backslashes", "[link=file:///etc]x[/link]", ":smile: emoji code", "[@click]x[/]"]
 
 
@@ -81,3 +84,9 @@ def test_rich_prints_the_message_exactly(text):
     safe = one_line(text)
     assert _printed(safe, markup=False) == safe
     assert _printed("[red]error:[/red] " + for_markup(text), markup=True) == "error: " + safe
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("[]\\/=@#ab :"), max_size=30))
+def test_rich_prints_any_brackets_and_backslashes_exactly(text):
+    assert _printed("x " + for_markup(text), markup=True) == "x " + one_line(text)
