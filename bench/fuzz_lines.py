@@ -2,6 +2,7 @@
 
     python bench/fuzz_lines.py [--lines 100000] [--seed 0]
     python bench/fuzz_lines.py --worst        # time the worst single lines of issue 12
+    python bench/fuzz_lines.py --compel       # compel's parse time on the worst prompts (imports torch)
 
 Each line goes through what `dreamshell --dry_run --from_file` does for it (parse, limits, defaults,
 the canonical command or the error), then its printed text through rich the way the shell prints an
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import resource
 import sys
@@ -21,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the checkout this script is in, or DREAMSHELL_CODE=DIR to time another (the code before a change)
+sys.path.insert(0, os.environ.get("DREAMSHELL_CODE") or str(Path(__file__).resolve().parent.parent))
 
 VALID = [
     "a lighthouse at dusk -S 42 -n 3 -s 30 -U 2", "a cat's hat -S 1", '"a -in b" -S 1',
@@ -153,14 +156,14 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worst() -> None:
-    """The single lines of issue 12 through the dry run, timed; and what compel would then parse."""
+def worst(iterations: int) -> None:
+    """The single lines of issue 12 through the dry run, timed (and their peak memory)."""
     from dreamshell.dryrun import dry_run
     from dreamshell.request import DreamRequest
 
     cases = {
         "six unclosed '('": "a (a (a (a (a (a -S 1",
-        "-n 4294967295": "a red circle -S 1 -n 4294967295",
+        f"-n {iterations}": f"a red circle -S 1 -n {iterations}",
         "100k-character prompt": "a " * 50_000 + "-S 1",
         "-s 10000000": "a red circle -S 1 -s 10000000",
         "200 KB garbage line": "\x1b[31m[/bold]" * 20_000,
@@ -178,14 +181,45 @@ def worst() -> None:
               f"output {len(out.getvalue())} chars: {first[:110]!r}")
 
 
+def compel_times() -> None:
+    """What compel's prompt parser (run by the generator) takes on the worst prompts, refused or admitted."""
+    from compel.prompt_parser import PromptParser
+
+    from dreamshell.errors import ParseError
+    from dreamshell.parser import parse_request
+
+    prompts = {
+        "five unclosed '(' (refused)": "a (a (a (a (a c",
+        "((((( a ))))) (refused)": "(((((a)))))",
+        "worst admitted: 13 x (((a)))": " ".join(["(((a)))"] * 13),
+        "worst admitted: 40 x (a)": " ".join(["(a)"] * 40),
+        "worst admitted: 2000 characters": ("a red cat, " * 200)[:2000],
+    }
+    parser = PromptParser()
+    for name, prompt in prompts.items():
+        try:
+            parse_request(prompt)
+            verdict = "admitted"
+        except ParseError as e:
+            verdict = f"refused: {str(e)[:70]}"
+        t = time.perf_counter()
+        parser.parse_conjunction(prompt)
+        print(f"{name:34} compel {time.perf_counter() - t:6.2f} s   dreamshell {verdict}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worst", action="store_true", help="time the worst single lines instead")
+    ap.add_argument("--iterations", type=int, default=4294967295,
+                    help="-n of the --worst line (the code before issue 12 needs 23 GB for the default)")
+    ap.add_argument("--compel", action="store_true", help="time compel's parser on the worst prompts (torch)")
     args = ap.parse_args()
-    if args.worst:
-        worst()
+    if args.compel:
+        compel_times()
+    elif args.worst:
+        worst(args.iterations)
     else:
         fuzz(args.lines, args.seed)
     return 0

@@ -133,7 +133,8 @@ MODELS_FILES = [
      ["python/object/apply:os.system", "is not allowed", "plain YAML", "never Python objects"]),
     ("m: !!python/object:os.system\n  x: 1\n", ["python/object:os.system", "is not allowed"]),
     ("m:\n  kind: sd1\n", ["has no 'weights'"]),
-    ("'[red]x\u202e':\n  weights: x\n  kind: sd9\n", ["model '[red]x\\u202e' has kind 'sd9'", "kinds are sd1, sd2, sdxl"]),
+    ("'[red]x\u202e':\n  weights: x\n  kind: sd9\n",
+     ["model '[red]x\\u202e' has kind 'sd9'", "kinds are sd1, sd2, sdxl"]),
     ("'\x1b]0;t\x07':\n  weights: x\n", ["not valid YAML", "#x001b"]),
     ("upscalers: [1, 2]\n", ["'upscalers' maps factors"]),
 ]

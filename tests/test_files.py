@@ -1,6 +1,5 @@
 """Output names and dream_log.txt under two processes at once; reading a log back."""
 
-import os
 import re
 import subprocess
 import sys
