@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import LimitError
+from .limits import check_request
 from .request import REQUEST_DEFAULTS, DreamRequest
 from .switches import SWITCHES, SwitchError
 
@@ -89,7 +91,12 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
         if v not in (None, False):
             values[sw.field] = v
     values = {k: v for k, v in values.items() if v != REQUEST_DEFAULTS[k]}
-    return DreamRequest(prompt="", **values)
+    defaults = DreamRequest(prompt="", **values)
+    try:
+        check_request(defaults)
+    except LimitError as e:
+        ap.error(str(e))
+    return defaults
 
 
 def default_models_file() -> Path | None:

@@ -1,84 +1,112 @@
 """`dreamshell --dry_run --from_file FILE`: check a command file without loading a model (no torch).
 
 Prints, per line, the canonical command it would run or its one-line error; `!fetch PATH` lines
-print the command recovered from that PNG. Exit status 1 when any line is bad.
+print the command recovered from that PNG. Exit status 1 when any line is bad, 2 when the file
+itself cannot be a command file.
 """
 
 from __future__ import annotations
 
+import io
 import sys
+from collections import deque
 from pathlib import Path
 from typing import TextIO
 
+from .dreamlog import CommandFileError, read_command_stream, read_commands
 from .formatter import format_request
-from .models import ModelsFileError, load_registry
+from .limits import check_request
+from .models import ModelsFileError, Registry, load_registry
 from .parser import ParseError, parse_line
 from .pngmeta import MetadataError, fetch_recipe
 from .request import BangCommand, Blank, DreamRequest, HelpRequest
-from .resolve import apply_defaults, resolve_request
+from .resolve import ResolveError, apply_defaults, resolve_request
+from .safetext import one_line, quoted, shorten, visible
+from .switches import MAX_SEED
 
 RANDOM = "<random>"
+KEPT_SEEDS = 100_000   # -S -N can look this far back
+
+USER_ERRORS = (ParseError, MetadataError, ModelsFileError, ResolveError)
 
 
-def _lines(source: str):
-    if source == "-":
-        yield from enumerate(sys.stdin, 1)
-        return
-    with open(source, encoding="utf-8", errors="replace") as f:
-        yield from enumerate(f, 1)
+class DryRun:
+    """Describes command lines one by one, as the shell would run them, keeping the seeds made so far."""
+
+    def __init__(self, registry: Registry, defaults: DreamRequest | None = None):
+        self.registry = registry
+        self.defaults = defaults
+        self.seeds: deque[int | None] = deque(maxlen=KEPT_SEEDS)  # None: random, known only when run
+        self.images = 0
+
+    def describe(self, command: str) -> tuple[bool, str]:
+        """(valid, the one line to print): the canonical command, or `error: ...`."""
+        try:
+            return True, self._describe(command)
+        except USER_ERRORS as e:
+            return False, "error: " + one_line(str(e))
+        except OSError as e:  # !fetch of a folder, a device, an unreadable file
+            return False, "error: " + one_line(f"cannot read it: {e.strerror or e}")
+
+    def _describe(self, command: str) -> str:
+        item = parse_line(command)
+        if isinstance(item, Blank):
+            return "(blank)"
+        if isinstance(item, HelpRequest):
+            return "-h (shows help)"
+        if isinstance(item, BangCommand):
+            if item.name == "fetch":
+                recipe = fetch_recipe(Path(item.args))
+                notes = "".join(f"\n  note: {one_line(note)}" for note in recipe.notes)
+                return visible(f"!fetch {item.args} -> {format_request(recipe.request)}") + notes
+            return shorten(f"!{item.name} {item.args}".rstrip(), 200) + " (shell command)"
+        req = apply_defaults(item, self.defaults)
+        spec = self.registry.get(req.model) if req.model else self.registry.default
+        if not spec.weights.exists():
+            raise ModelsFileError(f"model {quoted(spec.name)}: its weights {quoted(str(spec.weights), 120)} "
+                                  "do not exist; fix the path in the models file")
+        return self._resolved(req, spec)
+
+    def _resolved(self, req: DreamRequest, spec) -> str:
+        """The canonical command, with <random> where the seed is only known when it runs."""
+        seed = req.seed
+        if seed is not None and seed < 0:
+            if -seed > self.images:
+                raise ResolveError(f"-S {seed} refers to an image {-seed} back, but only {self.images} "
+                                   "come before it")
+            if -seed > len(self.seeds):
+                raise ResolveError(f"-S {seed} refers to an image {-seed} back; a dry run looks back at "
+                                   f"most {KEPT_SEEDS} images")
+            seed = self.seeds[seed]
+        resolved = resolve_request(req.with_(seed=0 if seed is None else seed), spec, [])
+        check_request(resolved)
+        for i in range(resolved.iterations):   # -v: every image a variation of the one seed
+            step = 0 if resolved.variation_amount else i
+            self.seeds.append(None if seed is None else (seed + step) % (MAX_SEED + 1))
+        self.images += resolved.iterations
+        return visible(format_request(resolved, shown={"seed": RANDOM} if seed is None else None))
+
+
+def _commands(source: str) -> list[tuple[int, str]]:
+    if source != "-":
+        return read_commands(Path(source))
+    stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode("utf-8"))
+    return read_command_stream(stream, "stdin")
 
 
 def dry_run(source: str, config: Path | None, defaults: DreamRequest, out: TextIO) -> int:
     try:
         registry = load_registry(config)
-    except ModelsFileError as e:
-        print(f"error: {e}", file=out)
+        lines = _commands(source)
+    except (ModelsFileError, CommandFileError) as e:
+        print("error: " + one_line(str(e)), file=out)
         return 2
-    if source != "-" and not Path(source).exists():
-        print(f"error: {source}: no such file", file=out)
-        return 2
+    checker = DryRun(registry, defaults)
     bad = 0
-    seeds: list[int | None] = []   # seeds of the images so far (None: random, unknown until run)
-    for number, raw in _lines(source):
-        try:
-            item = parse_line(raw)
-            if isinstance(item, Blank):
-                continue
-            if isinstance(item, HelpRequest):
-                print(f"line {number}: -h (shows help)", file=out)
-                continue
-            if isinstance(item, BangCommand):
-                if item.name == "fetch":
-                    recipe = fetch_recipe(Path(item.args))
-                    print(f"line {number}: !fetch {item.args} -> {format_request(recipe.request)}", file=out)
-                    for note in recipe.notes:
-                        print(f"line {number}:   note: {note}", file=out)
-                else:
-                    print(f"line {number}: !{item.name} {item.args}".rstrip() + " (shell command)", file=out)
-                continue
-            req = apply_defaults(item, defaults)
-            spec = registry.get(req.model) if req.model else registry.default
-            text = _describe(req, spec, seeds)
-            print(f"line {number}: {text}", file=out)
-        except (ParseError, MetadataError, ModelsFileError, ValueError) as e:
-            bad += 1
-            print(f"line {number}: error: {e}", file=out)
+    for number, command in lines:
+        valid, text = checker.describe(command)
+        bad += not valid
+        for part in text.split("\n"):   # a !fetch's notes follow on lines of their own
+            print(f"line {number}: {part}", file=out)
     print(f"{bad} bad line(s)" if bad else "all lines are valid", file=out)
     return 1 if bad else 0
-
-
-def _describe(req: DreamRequest, spec, seeds: list[int | None]) -> str:
-    """The canonical command, with <random> where the seed is only known when it runs."""
-    seed = req.seed
-    if seed is not None and seed < 0:
-        if -seed > len(seeds):
-            raise ValueError(f"-S {seed} refers to an image {-seed} back, but only {len(seeds)} come before it")
-        seed = seeds[seed]
-    resolved = resolve_request(req.with_(seed=seed if seed is not None else 0), spec, [])
-    start = seed
-    for i in range(resolved.iterations):
-        seeds.append(None if start is None else start + i)
-    text = format_request(resolved)
-    if seed is None:
-        text = text.replace(" -S 0", f" -S {RANDOM}", 1)
-    return text

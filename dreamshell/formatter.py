@@ -7,12 +7,17 @@ from the request's default. `parse_request(format_request(r)) == r` for every va
 from __future__ import annotations
 
 from .request import REQUEST_DEFAULTS, DreamRequest
+from .safetext import visible
 from .switches import SWITCHES
 
 
 def quote(text: str) -> str:
-    """Double-quote text, escaping backslashes and double quotes."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """Double-quote text, escaping backslashes and double quotes.
+
+    A control or line-break character is written as a visible escape, so the result is always one
+    line (a log entry is never split); the parser refuses such characters, so no parsed request has one.
+    """
+    return '"' + visible(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def _token(text: str) -> str:
@@ -21,13 +26,19 @@ def _token(text: str) -> str:
     return quote(text)
 
 
-def format_request(request: DreamRequest) -> str:
-    """The canonical one-line command for `request`."""
+def format_request(request: DreamRequest, shown: dict[str, str] | None = None) -> str:
+    """The canonical one-line command for `request`.
+
+    `shown` maps a field to text written in place of its value (the dry run's `-S <random>`).
+    """
     parts = [quote(request.prompt)]
     for sw in SWITCHES:
         value = getattr(request, sw.field)
         if value == REQUEST_DEFAULTS[sw.field]:
             continue
         parts.append(sw.spelling)
-        parts.extend(_token(v) for v in sw.format_value(value))
+        if shown and sw.field in shown:
+            parts.append(shown[sw.field])
+        else:
+            parts.extend(_token(v) for v in sw.format_value(value))
     return " ".join(parts)

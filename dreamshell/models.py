@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .safetext import quoted, shorten
+
 KINDS = ("sd1", "sd2", "sdxl")
 DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 DEMO_NAME = "demo"
@@ -64,7 +66,7 @@ class Registry:
             self.models[name_or_path] = spec
             return spec
         names = ", ".join(self.models)
-        raise ModelsFileError(f"no model '{name_or_path}': use a name ({names}) or a path to a "
+        raise ModelsFileError(f"no model {quoted(name_or_path)}: use a name ({shorten(names, 200)}) or a path to a "
                               "diffusers folder or a .safetensors/.ckpt file")
 
 
@@ -102,14 +104,15 @@ def spec_for_path(path: Path, name: str | None = None) -> ModelSpec:
 
 
 def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelSpec:
+    src, shown = shorten(str(source), 120), quoted(name)  # as messages show them
     if not isinstance(entry, dict):
-        raise ModelsFileError(f"{source}: entry '{name}' must be a mapping with at least 'weights'")
+        raise ModelsFileError(f"{src}: entry {shown} must be a mapping with at least 'weights'")
     weights = entry.get("weights")
     if not weights:
-        raise ModelsFileError(f"{source}: model '{name}' has no 'weights' (a diffusers folder or a file)")
+        raise ModelsFileError(f"{src}: model {shown} has no 'weights' (a diffusers folder or a file)")
     kind = str(entry.get("kind", "sd1"))
     if kind not in KINDS:
-        raise ModelsFileError(f"{source}: model '{name}' has kind '{kind}'; kinds are {', '.join(KINDS)}")
+        raise ModelsFileError(f"{src}: model {shown} has kind {quoted(kind)}; kinds are {', '.join(KINDS)}")
     if weights == "builtin:demo":
         path = builtin_models_dir() / DEMO_NAME
     else:
@@ -120,7 +123,7 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
              "default", "config"}
     unknown = set(entry) - known
     if unknown:
-        raise ModelsFileError(f"{source}: model '{name}' has unknown keys {sorted(unknown)}; "
+        raise ModelsFileError(f"{src}: model {shown} has unknown keys {shorten(str(sorted(unknown)), 100)}; "
                               f"known: {', '.join(sorted(known))}")
     try:
         return ModelSpec(name, path, kind, str(entry.get("description", "")),
@@ -130,25 +133,57 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                          sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
                          config=(base / str(entry["config"])) if entry.get("config") else None)
     except (TypeError, ValueError) as e:
-        raise ModelsFileError(f"{source}: model '{name}': {e}") from None
+        raise ModelsFileError(f"{src}: model {shown}: {shorten(str(e), 100)}") from None
+
+
+MAX_MODELS_FILE_BYTES = 1024 * 1024
+
+
+def _read_yaml(path: Path):
+    """The models file's data: plain YAML only (safe_load: no Python tags), a small regular text file."""
+    import yaml  # pyyaml; only here, so the parser stays light
+
+    label = shorten(str(path), 120)
+    if not path.is_file():
+        raise ModelsFileError(f"{label} is not a regular file; give a models.yaml text file")
+    if path.stat().st_size > MAX_MODELS_FILE_BYTES:
+        raise ModelsFileError(f"{label} is {path.stat().st_size} bytes; a models file is at most 1 MB")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ModelsFileError(f"{label} is not UTF-8 text; a models file is plain YAML") from None
+    except OSError as e:
+        raise ModelsFileError(f"{label}: cannot be read ({e.strerror or e})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.constructor.ConstructorError as e:
+        tag = (e.problem or "").rsplit(" ", 1)[-1]
+        raise ModelsFileError(f"{label}: the tag {shorten(tag, 80)}{_at(e)} is not allowed; a models file is "
+                              "plain YAML (names, paths, numbers), never Python objects") from None
+    except yaml.YAMLError as e:
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ModelsFileError(f"{label}: not valid YAML ({shorten(what, 100)}{_at(e)})") from None
+
+
+def _at(error) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
 
 
 def load_registry(path: Path | None) -> Registry:
     """Read a models file; with none (or a missing default file) the demo model is the registry."""
-    import yaml  # pyyaml; only here, so the parser stays light
-
     models: dict[str, ModelSpec] = {}
     upscalers: dict[str, Path] = {}
     if path is not None and path.exists():
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ModelsFileError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = _read_yaml(path)
         if not isinstance(data, dict):
-            raise ModelsFileError(f"{path}: expected 'name: {{weights: ..., kind: ...}}' entries")
+            raise ModelsFileError(f"{shorten(str(path), 120)}: expected 'name: {{weights: ..., kind: ...}}' entries")
         base = path.parent
         for name, entry in data.items():
             if name == "upscalers":
+                if not isinstance(entry or {}, dict):
+                    raise ModelsFileError(f"{shorten(str(path), 120)}: 'upscalers' maps factors to weight files "
+                                          "(4: RealESRGAN_x4plus.pth)")
                 for factor, weights in (entry or {}).items():
                     p = Path(os.path.expanduser(str(weights)))
                     upscalers[str(factor)] = p if p.is_absolute() else base / p

@@ -10,28 +10,47 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-from dataclasses import fields
 
+from .errors import LimitError, ParseError
+from .limits import check_line_length, check_prompt_length, check_request
 from .prompt import PromptError, split_prompt
 from .samplers import find_sampler
 from .request import Blank, BangCommand, DreamRequest, HelpRequest
+from .safetext import first_unsafe, quoted, visible
 from .switches import BY_SPELLING, HELP_SPELLINGS, UNSUPPORTED, Switch, SwitchError, all_spellings
 
+__all__ = ["ParseError", "LimitError", "parse_line", "parse_request", "parse_switches", "split_line",
+           "strip_log_prefix", "check_text", "is_comment"]
 
-class ParseError(ValueError):
-    """A line that is not a valid command; str() is the one line to show the user."""
-
-
-# a log line starts with the image path and ': ' (outputs/000012.3355519391.png: "prompt" -s 50 ...)
-_LOG_PREFIX = re.compile(r"^\s*[^\s\"'][^\"']*?\.png:\s+")
+# a log line starts with the image path and ': ' (outputs/000012.3355519391.png: "prompt" -s 50 ...):
+# the first path whose file is one of ours, NNNNNN.SEED[.tag].png (the log writes it as it is, quotes
+# and all: -o "Bob's pics"), else any path without quotes that ends in .png
+_LOG_PREFIX = re.compile(r"^\s*(?:(?:[^\n]*?[/\\])?\d+\.\d+(?:\.[\w-]+)*|[^\s\"'][^\"']*?)\.png:\s+")
 # the prompt ends before the first whitespace-separated token that starts with '-' and a letter
 _FIRST_SWITCH = re.compile(r"(?:^|\s)(?=-{1,2}[A-Za-z])")
-_FIELDS = {f.name for f in fields(DreamRequest)}
+
+
+# a log line whose folder starts with '#' (-o "#2"): not a comment (comments are written '# text')
+_HASH_FOLDER_LOG_LINE = re.compile(r"^#(?!\s)[^\n]*?[/\\]\d+\.\d+(?:\.[\w-]+)*\.png:\s")
+
+
+def is_comment(line: str) -> bool:
+    """A stripped line that starts with '#' and is not a log line of an image in a '#...' folder."""
+    return line.startswith("#") and not _HASH_FOLDER_LOG_LINE.match(line)
 
 
 def strip_log_prefix(line: str) -> str:
     """Remove a dream_log.txt line's leading `path: `."""
     return _LOG_PREFIX.sub("", line, count=1)
+
+
+def check_text(line: str) -> None:
+    """A command is one line of text: bounded length, no control or line-break characters."""
+    check_line_length(line)
+    i = first_unsafe(line.replace("\t", " "))
+    if i is not None:
+        raise ParseError(f"the line has a control character ({visible(line[i])} at column {i + 1}); "
+                         "a command is one line of plain text")
 
 
 def _read_quoted(line: str) -> tuple[str, str]:
@@ -47,7 +66,7 @@ def _read_quoted(line: str) -> tuple[str, str]:
         if ch == quote:
             rest = line[i + 1:]
             if rest and not rest[0].isspace():
-                raise ParseError(f"text right after the closing quote: '{rest.split()[0]}'; "
+                raise ParseError(f"text right after the closing quote: {quoted(rest.split()[0])}; "
                                  "put a space between the quoted prompt and the switches")
             return "".join(out), rest
         out.append(ch)
@@ -68,7 +87,8 @@ def split_line(line: str) -> tuple[str, list[str]]:
     try:
         tokens = shlex.split(rest, posix=True)
     except ValueError as e:
-        raise ParseError(f"cannot read the switches '{rest.strip()}': {e} (quote values that contain spaces)") from None
+        raise ParseError(f"cannot read the switches {quoted(rest.strip())}: {e} "
+                         "(quote values that contain spaces)") from None
     return prompt, tokens
 
 
@@ -97,12 +117,12 @@ def _unknown(token: str) -> ParseError:
         if name == spelling or (not name.startswith("--") and not spelling.startswith("--")
                                 and name.startswith(spelling)
                                 and (len(spelling) > 2 or name[2:].lstrip("-").replace(".", "", 1).isdigit())):
-            return ParseError(f"{name}: {what} is not supported by dreamshell; remove it from the line")
-    near = difflib.get_close_matches(name, all_spellings(), n=1, cutoff=0.6)
+            return ParseError(f"{visible(name)}: {what} is not supported by dreamshell; remove it from the line")
+    near = difflib.get_close_matches(name[:40], all_spellings(), n=1, cutoff=0.6)
     if not near and name.startswith("-") and not name.startswith("--"):
         near = [s for s in all_spellings() if s.lower() == name[:2].lower()][:1]
     hint = f"; did you mean {near[0]}?" if near else ""
-    return ParseError(f"unknown switch '{name}'{hint} (!help lists the switches)")
+    return ParseError(f"unknown switch {quoted(name)}{hint} (!help lists the switches)")
 
 
 def parse_switches(tokens: list[str]) -> tuple[dict, bool]:
@@ -120,16 +140,16 @@ def parse_switches(tokens: list[str]) -> tuple[dict, bool]:
             i += 0 if token == "-b1" else 1  # the v1.09-1.12 logs wrote -b1 on every line: one image a batch
             continue
         if not token.startswith("-") or len(token) < 2:
-            raise ParseError(f"'{token}' stands after the switches; the prompt comes first "
+            raise ParseError(f"{quoted(token)} stands after the switches; the prompt comes first "
                              "(quote a prompt that contains ' -X')")
         sw, glued, spelling = _lookup(token)
         if sw is None:
             raise _unknown(token)
         if sw.field in values:
-            raise ParseError(f"{spelling} is given twice; give each switch once")
+            raise ParseError(f"{visible(spelling)} is given twice; give each switch once")
         if sw.is_flag:
             if glued:
-                raise ParseError(f"{spelling} is a flag and takes no value ('{token}')")
+                raise ParseError(f"{visible(spelling)} is a flag and takes no value ({quoted(token)})")
             values[sw.field] = True
             continue
         lo, hi = sw.nargs
@@ -160,14 +180,14 @@ def _is_number(token: str) -> bool:
 
 def parse_request(line: str) -> DreamRequest | HelpRequest:
     """Parse a prompt line (no `!` command) into a DreamRequest, or a HelpRequest for -h."""
+    check_text(line)
     prompt, tokens = split_line(strip_log_prefix(line))
     values, help_asked = parse_switches(tokens)
     if help_asked:
         return HelpRequest()
     if not prompt.strip():
         raise ParseError("no prompt: type what to draw before the switches, e.g. a red circle -S 1")
-    if "\n" in prompt or "\r" in prompt:
-        raise ParseError("the prompt has a line break; a command is one line")
+    check_prompt_length(prompt)  # before the prompt syntax is read
     try:
         split_prompt(prompt)
     except PromptError as e:
@@ -179,13 +199,16 @@ def parse_request(line: str) -> DreamRequest | HelpRequest:
                          "sampler name instead")
     if values.get("init_mask") and not values.get("init_img"):
         raise ParseError("-M (inpainting mask) needs -I (the image to paint into)")
-    return DreamRequest(prompt=prompt, **values)
+    request = DreamRequest(prompt=prompt, **values)
+    check_request(request)
+    return request
 
 
 def parse_line(line: str) -> DreamRequest | HelpRequest | BangCommand | Blank:
     """Any line of the shell or of a command file."""
+    check_text(line.strip("\r\n"))
     stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
+    if not stripped or is_comment(stripped):
         return Blank()
     if stripped.startswith("!"):
         name, _, args = stripped[1:].partition(" ")

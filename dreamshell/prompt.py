@@ -8,6 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .limits import MAX_PAREN_DEPTH, MAX_PAREN_GROUPS
+from .safetext import quoted
+
 
 class PromptError(ValueError):
     """A prompt the generator cannot read; the message says what and why."""
@@ -58,9 +61,48 @@ def extract_negative(prompt: str) -> tuple[str, str]:
     return pos, " ".join(n for n in negative if n)
 
 
+def _near(text: str, i: int) -> str:
+    return quoted(text[max(0, i - 20):i + 20], 44)
+
+
+def check_parentheses(text: str, where: str = "the prompt") -> None:
+    """Balanced ( ) at most MAX_PAREN_DEPTH deep and MAX_PAREN_GROUPS in all, before compel parses it.
+
+    compel's parser takes seconds for `((((( )))))` and minutes for six unclosed '(' (exponential).
+    """
+    opened: list[int] = []
+    groups = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # \( and \) are literal parentheses
+            continue
+        if ch == "(":
+            opened.append(i)
+            groups += 1
+            if len(opened) > MAX_PAREN_DEPTH:
+                raise PromptError(f"'(' nested {len(opened)} deep in {where} near {_near(text, i)}; at most "
+                                  f"{MAX_PAREN_DEPTH} deep (write \\( for a literal parenthesis)")
+        elif ch == ")":
+            if not opened:
+                raise PromptError(f"unbalanced ')' in {where} near {_near(text, i)}: "
+                                  "write \\) for a literal parenthesis")
+            opened.pop()
+        i += 1
+    if opened:
+        raise PromptError(f"unbalanced '(' in {where} near {_near(text, opened[-1])}: close it with ')' "
+                          "or write \\( for a literal parenthesis")
+    if groups > MAX_PAREN_GROUPS:
+        raise PromptError(f"{groups} ( ) groups in {where}; at most {MAX_PAREN_GROUPS} "
+                          "(each one slows the prompt parser)")
+
+
 def split_prompt(prompt: str) -> PromptParts:
     """Parse negatives and weighted sub-prompts; raise PromptError on text that cannot mean anything."""
     positive, negative = extract_negative(prompt)
+    check_parentheses(positive)
+    check_parentheses(negative, "the negative prompt")
     if ":" not in positive.replace("\\:", ""):
         return PromptParts(((positive.replace("\\:", ":"), 1.0),), negative)
     parts: list[tuple[str, float]] = []
@@ -68,7 +110,7 @@ def split_prompt(prompt: str) -> PromptParts:
     while pos < len(positive):
         m = _SUBPROMPT.match(positive, pos)
         if not m or m.end() == pos:
-            raise PromptError(f"cannot read the weighted sub-prompt at '{positive[pos:][:30]}': "
+            raise PromptError(f"cannot read the weighted sub-prompt at {quoted(positive[pos:], 30)}: "
                               "write 'text:weight text:weight', with '\\:' for a literal colon")
         text = m.group("text").strip().replace("\\:", ":")
         weight = float(m.group("weight")) if m.group("weight") is not None else 1.0

@@ -52,8 +52,6 @@ REQUEST_DEFAULTS = {f.name: f.default for f in fields(DreamRequest) if f.name !=
 class HelpRequest:
     """`-h` / `--help` on a line, or `!help`."""
 
-    topic: str | None = None
-
 
 @dataclass(frozen=True)
 class BangCommand:

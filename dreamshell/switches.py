@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .request import UpscaleSpec
+from .safetext import quoted
 from .samplers import find_sampler, find_schedule, nearest_sampler, sampler_names, schedule_names
 
 MAX_SEED = 2**32 - 1
@@ -23,16 +24,16 @@ def _int(token: str, what: str) -> int:
     try:
         return int(token)
     except ValueError:
-        raise SwitchError(f"'{token}' is not a whole number; {what}") from None
+        raise SwitchError(f"{quoted(token)} is not a whole number; {what}") from None
 
 
 def _float(token: str, what: str) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise SwitchError(f"'{token}' is not a number; {what}") from None
+        raise SwitchError(f"{quoted(token)} is not a number; {what}") from None
     if not math.isfinite(value):
-        raise SwitchError(f"'{token}' is not a finite number; {what}")
+        raise SwitchError(f"{quoted(token)} is not a finite number; {what}")
     return value
 
 
@@ -40,7 +41,7 @@ def positive_int(rule: str) -> Callable[[str], int]:
     def convert(token: str) -> int:
         value = _int(token, rule)
         if value < 1:
-            raise SwitchError(f"'{token}' is too small; {rule}")
+            raise SwitchError(f"{quoted(token)} is too small; {rule}")
         return value
     return convert
 
@@ -49,7 +50,7 @@ def seed(token: str) -> int:
     rule = f"the seed is a whole number from 0 to {MAX_SEED}, or -1, -2, ... for an earlier image's seed"
     value = _int(token, rule)
     if value > MAX_SEED:
-        raise SwitchError(f"'{token}' is too large; {rule}")
+        raise SwitchError(f"{quoted(token)} is too large; {rule}")
     return value
 
 
@@ -57,7 +58,7 @@ def image_size(token: str) -> int:
     rule = "width and height are multiples of 8 from 64 to 8192"
     value = _int(token, rule)
     if value % 8 or not 64 <= value <= 8192:
-        raise SwitchError(f"'{token}' is not allowed; {rule}")
+        raise SwitchError(f"{quoted(token)} is not allowed; {rule}")
     return value
 
 
@@ -65,7 +66,7 @@ def float_range(lo: float, hi: float, rule: str, lo_open: bool = False) -> Calla
     def convert(token: str) -> float:
         value = _float(token, rule)
         if value > hi or value < lo or (lo_open and value == lo):
-            raise SwitchError(f"'{token}' is out of range; {rule}")
+            raise SwitchError(f"{quoted(token)} is out of range; {rule}")
         return value
     return convert
 
@@ -73,9 +74,9 @@ def float_range(lo: float, hi: float, rule: str, lo_open: bool = False) -> Calla
 def sampler(token: str) -> str:
     found = find_sampler(token)
     if found is None:
-        near = nearest_sampler(token)
+        near = nearest_sampler(token[:40])
         hint = f"did you mean '{near}'? " if near else ""
-        raise SwitchError(f"unknown sampler '{token}'; {hint}samplers: {', '.join(sampler_names()[:10])}, ...")
+        raise SwitchError(f"unknown sampler {quoted(token)}; {hint}samplers: {', '.join(sampler_names()[:10])}, ...")
     return found.name
 
 
@@ -99,7 +100,7 @@ def variations(token: str) -> tuple[tuple[int, float], ...]:
     pairs = []
     for part in token.split(","):
         if ":" not in part:
-            raise SwitchError(f"'{part}' is not seed:weight; {rule}")
+            raise SwitchError(f"{quoted(part)} is not seed:weight; {rule}")
         s, w = part.split(":", 1)
         pairs.append((seed(s.strip()), float_range(0, 1, "weights go from 0 to 1")(w.strip())))
     return tuple(pairs)
@@ -109,7 +110,7 @@ def upscale(tokens: list[str]) -> UpscaleSpec:
     factor = _float(tokens[0], "-U takes a factor >= 1 (2 and 4 use a matching model), then an "
                                "optional strength from 0 to 1")
     if factor < 1 or factor > 16:
-        raise SwitchError(f"'{tokens[0]}' is not allowed; the upscale factor goes from 1 to 16")
+        raise SwitchError(f"{quoted(tokens[0])} is not allowed; the upscale factor goes from 1 to 16")
     strength = 0.75
     if len(tokens) > 1:
         strength = float_range(0, 1, "the upscale strength goes from 0 (plain resize) to 1 "

@@ -28,7 +28,9 @@ def heavy_imports(modules: list[str]) -> str:
             "    heavy = [h for h in ('torch', 'diffusers', 'transformers') if h in sys.modules]\n"
             "    if heavy:\n"
             "        print(m, 'imported', ','.join(heavy)); break\n")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    # run beside the package under test, not whichever copy is installed
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=PACKAGE.parent).stdout.strip()
 
 
 def test_every_module_outside_engines_imports_without_torch():

@@ -1,11 +1,12 @@
 """Output names and dream_log.txt under two processes at once; reading a log back."""
 
-import os
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from dreamshell.dreamlog import append_log_line, read_commands
 from dreamshell.naming import next_number, save_derived, save_numbered
@@ -63,11 +64,25 @@ def test_numbers_continue_after_the_highest_present(tmp_path):
     assert path.name == "000042.5.png"
 
 
-def test_existing_files_are_never_overwritten(tmp_path):
+def test_existing_files_are_never_overwritten(tmp_path, monkeypatch):
+    import dreamshell.naming as naming
     first = save_numbered(tmp_path, 9, b"one")
-    os.remove(tmp_path / ".dreamshell.lock")
+    # a number chosen that is already taken (another writer's file, a stale count): the file is kept
+    # and the next number is used, never a replace
+    monkeypatch.setattr(naming, "next_number", lambda folder: 0)
     second = save_numbered(tmp_path, 9, b"two")
-    assert first != second and first.read_bytes() == b"one" and second.read_bytes() == b"two"
+    assert (first.name, second.name) == ("000000.9.png", "000001.9.png")
+    assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
+
+
+def test_placing_a_file_refuses_an_existing_target(tmp_path):
+    from dreamshell.fileops import place_without_overwrite
+    tmp, final = tmp_path / "new.part", tmp_path / "000000.1.png"
+    tmp.write_bytes(b"new")
+    final.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        place_without_overwrite(tmp, final)
+    assert final.read_bytes() == b"old"
 
 
 def test_derived_names_count_up(tmp_path):

@@ -143,9 +143,16 @@ def test_missing_broken_and_empty_metadata_are_clear_messages(tmp_path):
         read_recipe(_write(tmp_path, png_with({"sd-metadata": "{not json"}), "broken.png"))
 
 
-def test_metadata_is_never_evaluated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)       # a `touch pwned` that ran would land here
-    evil = '__import__("os").system("touch pwned") -S 1'
-    req = read_recipe(_write(tmp_path, png_with({"Dream": evil})))
-    assert req.prompt == '__import__("os").system("touch pwned")'
-    assert not (tmp_path / "pwned").exists()
+def test_metadata_is_never_evaluated(tmp_path):
+    marker = tmp_path / "pwned"  # an absolute path: found wherever the code would run
+    payload = f'__import__("os").system("touch {marker}")'
+    evil = {"Dream": f"{payload} -S 1",
+            "sd-metadata": json.dumps({"image": {"prompt": payload, "seed": 1}}),
+            "parameters": f"{payload}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"}
+    for key, text in evil.items():
+        req = read_recipe(_write(tmp_path, png_with({key: text}), f"{key}.png"))
+        if key == "parameters":   # A1111's (x) is emphasis: read as compel's (x)1.1, still only text
+            assert req.prompt == payload.replace(')', ')1.1'), key
+        else:
+            assert req.prompt == payload, key
+        assert not marker.exists(), key

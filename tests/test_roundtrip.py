@@ -2,17 +2,21 @@
 
 from dataclasses import fields
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dreamshell.dreamlog import commands_from_bytes
 from dreamshell.formatter import format_request
 from dreamshell.parser import parse_request
 from dreamshell.prompt import PromptError, split_prompt
 from dreamshell.request import DreamRequest, UpscaleSpec
+from dreamshell.safetext import first_unsafe
 from dreamshell.samplers import SAMPLERS, schedule_names
 from dreamshell.switches import MAX_SEED, SWITCHES
 
-WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="[]:\n\r")
+# a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
+WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="[]:")
 words = st.text(WORD_CHARS, min_size=1, max_size=12).filter(lambda w: w.strip())
 
 
@@ -39,12 +43,12 @@ def _no_leading_dash(s: str) -> bool:
     return not s.lstrip().startswith("-")
 
 
-paths = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(
+paths = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=20).filter(
     lambda s: s.strip())
 unit = st.floats(0, 1, allow_nan=False).map(abs)
 
 FIELD_STRATEGIES = {
-    "steps": st.integers(1, 10_000),
+    "steps": st.integers(1, 999),  # every sampler takes 999 (limits.MAX_STEPS)
     "seed": st.one_of(st.integers(0, MAX_SEED), st.integers(-20, -1)),
     "iterations": st.integers(1, 100),
     "width": st.integers(8, 1024).map(lambda n: n * 8),
@@ -102,3 +106,31 @@ def test_parse_of_format_is_identity(request):
 def test_format_of_parse_is_stable(request):
     once = format_request(parse_request(format_request(request)))
     assert format_request(parse_request(once)) == once
+
+
+# folders as the log writes them (display_path): quotes, apostrophes, spaces, backslashes, any script
+folders = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=20).filter(
+    lambda s: s.strip() and "\\" not in s.strip()[-1:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests(), folders, st.integers(0, 999_999), st.integers(0, MAX_SEED))
+def test_a_log_line_replays_whatever_its_folder_is_called(request, folder, number, seed):
+    line = f"{folder}/{number:06d}.{seed}.png: {format_request(request)}"
+    assert parse_request(line) == request
+    assert [c for _, c in commands_from_bytes(line.encode("utf-8"), "log")] == [format_request(request)]
+
+
+@pytest.mark.parametrize("folder", ["Bob's pics", 'say "hi"', "it's \"both\"", "C:\\Users\\me\\out", "a.png: b",
+                                    "#2", "'quoted'"])
+def test_log_lines_with_quotes_in_the_path_replay(folder):
+    request = DreamRequest("a cat's \"hat\"", seed=5, outdir=folder)
+    line = f"{folder}/000001.5.png: {format_request(request)}"
+    assert parse_request(line) == request
+    log = f"# a comment\n{line}\n#another comment\n".encode("utf-8")
+    assert commands_from_bytes(log, "log") == [(2, format_request(request))]
+
+
+def test_control_characters_never_reach_a_log_line():
+    line = format_request(DreamRequest("a\nb\x1b]0;t\x07", outdir="x\ry"))
+    assert first_unsafe(line) is None

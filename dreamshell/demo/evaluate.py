@@ -1,7 +1,8 @@
 """Measure how well a model follows shape prompts, through dreamshell's own generator.
 
     python -m dreamshell.demo.evaluate                # full grid, 2 seeds, the built-in demo model
-    python -m dreamshell.demo.evaluate --small        # a few dozen images (what the tests run)
+    python -m dreamshell.demo.evaluate --small        # a few dozen images
+(the test suite runs a smoke test of a handful: tests/test_demo_model.py)
 
 Colour: the commonest non-background colour is the asked one. Background: the commonest colour
 on the border is the asked one. Shape: the fill ratio of the colour's bounding box (square ~1,
@@ -52,16 +53,18 @@ class Scores:
         return "\n".join(out)
 
 
-def grid(small: bool) -> list[tuple[str, str, str]]:
-    """(colour, shape, background) triples: all 90, or a spread-out sample of 24."""
+def grid(small: bool, prompts: int | None = None) -> list[tuple[str, str, str]]:
+    """(colour, shape, background) triples: all 90, or a spread-out sample of 24 (or of `prompts`)."""
     full = [(c, s, b) for c, s, b in itertools.product(shapes.COLOURS, shapes.SHAPES, shapes.COLOURS) if c != b]
-    if not small:
+    if prompts is None and not small:
         return full
-    return random.Random(0).sample(full, 24)
+    return random.Random(0).sample(full, prompts or 24)
 
 
 def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | None = None,
-             cfg: float | None = None, sampler: str | None = None) -> Scores:
+             cfg: float | None = None, sampler: str | None = None, prompts: int | None = None,
+             img2img: int | None = None, inpaint: int | None = None) -> Scores:
+    """All seven figures; `prompts`, `img2img` and `inpaint` shrink the three parts (the smoke test)."""
     from ..parser import parse_request
     from ..resolve import resolve_request
 
@@ -74,7 +77,7 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
             (f" -A {sampler}" if sampler else "")
         return resolve_request(parse_request(line + extra), spec, [])
 
-    for (colour, shape, background), seed in itertools.product(grid(small), range(seeds)):
+    for (colour, shape, background), seed in itertools.product(grid(small, prompts), range(seeds)):
         img = generator.generate(request(f"a {colour} {shape} on a {background} background -S {seed}"))
         r = shapes.read_image(img)
         hits["colour"] += r.colour == colour
@@ -86,7 +89,7 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
     # an image) and, reported beside it, with another scene's caption pulling away from it
     keeps = keeps_other = tries = 0
     rng = random.Random(1)
-    for i in range(6 if small else 20):
+    for i in range(img2img if img2img is not None else 6 if small else 20):
         scene = shapes.random_scene(rng)
         init = shapes.render(scene, rng)
         other = shapes.random_scene(rng)
@@ -102,7 +105,7 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
 
     # inpainting a masked square with a yellow circle
     yellow = outside = 0.0
-    cases = 4 if small else 12
+    cases = inpaint if inpaint is not None else 4 if small else 12
     for i in range(cases):
         bg = ["blue", "black", "green", "red"][i % 4]
         init = Image.new("RGB", (64, 64), shapes.COLOURS[bg])

@@ -1,0 +1,67 @@
+"""The bounds on what one line may ask for, in one place (stdlib only).
+
+The parser checks what the line alone shows (`check_request` on the parsed request); the session and
+the dry run check again once the model's defaults are filled in (the sampler, the steps). Each
+refusal is one LimitError line naming the bound and what to do instead.
+"""
+
+from __future__ import annotations
+
+from .errors import LimitError
+from .request import DreamRequest
+from .safetext import quoted
+from .samplers import SAMPLERS
+
+MAX_ITERATIONS = 1000          # -n: images from one line
+MAX_LINE_CHARS = 10_000        # one typed line or one line of a command file
+MAX_PROMPT_CHARS = 2000        # the prompt; compel encodes long prompts in 75-token chunks
+MAX_PAREN_DEPTH = 3            # ((( ))) nesting: compel's parser is exponential in the depth
+MAX_PAREN_GROUPS = 40          # ( ) groups in one prompt: each costs compel's parser time
+MAX_COMMAND_FILE_BYTES = 64 * 1024 * 1024   # --from_file, !replay, the dry run
+
+# Steps each sampler takes: the SD schedulers are trained on 1000 timesteps. DDIM raises above it,
+# PLMS then repeats one timestep, and the DPM-Solver/UniPC/DEIS grids repeat a timestep from 1000 on;
+# LCM refuses more than its 50 original steps (measured on diffusers' schedulers with the SD 1.x config;
+# tests/test_limits.py checks it).
+TRAIN_TIMESTEPS = 1000
+_SCHEDULER_STEPS = {"DPMSolverMultistepScheduler": TRAIN_TIMESTEPS - 1,
+                    "DPMSolverSinglestepScheduler": TRAIN_TIMESTEPS - 1,
+                    "DPMSolverSDEScheduler": TRAIN_TIMESTEPS - 1, "UniPCMultistepScheduler": TRAIN_TIMESTEPS - 1,
+                    "DEISMultistepScheduler": TRAIN_TIMESTEPS - 1, "LCMScheduler": 50}
+MAX_STEPS: dict[str, int] = {s.name: _SCHEDULER_STEPS.get(s.scheduler or "", TRAIN_TIMESTEPS) for s in SAMPLERS}
+MAX_ANY_STEPS = max(MAX_STEPS.values())
+
+
+def check_iterations(n: int) -> None:
+    if n > MAX_ITERATIONS:
+        raise LimitError(f"-n {n} is too many images for one line; the most is {MAX_ITERATIONS} "
+                         "(run the line again for more)")
+
+
+def check_steps(steps: int, sampler: str | None) -> None:
+    """Steps within what the sampler can take (any sampler's bound when it is not known yet)."""
+    bound = MAX_STEPS.get(sampler, MAX_ANY_STEPS) if sampler else MAX_ANY_STEPS
+    if steps > bound:
+        which = f"the {sampler} sampler" if sampler else "any sampler"
+        raise LimitError(f"-s {steps} is more steps than {which} can take: at most {bound} "
+                         f"(the model was trained on {TRAIN_TIMESTEPS} noise levels)")
+
+
+def check_prompt_length(prompt: str) -> None:
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise LimitError(f"the prompt is {len(prompt)} characters long ({quoted(prompt, 40)}); "
+                         f"the most is {MAX_PROMPT_CHARS}")
+
+
+def check_line_length(line: str) -> None:
+    if len(line) > MAX_LINE_CHARS:
+        raise LimitError(f"the line is {len(line)} characters long ({quoted(line, 40)}); "
+                         f"a command is at most {MAX_LINE_CHARS}")
+
+
+def check_request(request: DreamRequest) -> None:
+    """Raise LimitError for a request over a bound; None fields (not known yet) are not checked."""
+    check_prompt_length(request.prompt)
+    check_iterations(request.iterations)
+    if request.steps is not None:
+        check_steps(request.steps, request.sampler)
