@@ -12,6 +12,7 @@ from .dreamlog import read_commands
 from .model_host import ModelHost
 from .models import ModelsFileError, load_registry
 from .request import DreamRequest
+from .safetext import one_line
 from .session import Control, Session
 from .ui import RichProgress, TextListener
 
@@ -71,7 +72,8 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
         console.out(text, highlight=False)
 
     def error(text: str) -> None:
-        line = Text("error: ", style="red" if err.is_terminal else "") + Text(text)
+        # plain Text: user text is never read as rich markup; one_line makes controls visible
+        line = Text("error: ", style="red" if err.is_terminal else "") + Text(one_line(text))
         err.print(line, highlight=False)
 
     try:

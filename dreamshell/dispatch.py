@@ -22,6 +22,7 @@ from .pngmeta import MetadataError, fetch_recipe
 from .request import BangCommand, Blank, HelpRequest
 from .session import Control, Listener, Session, UserError
 from .switches import SWITCHES
+from .safetext import one_line, shorten, visible
 from .ui import TextListener, stopped_line
 
 
@@ -67,7 +68,7 @@ class Dispatcher:
                  listener: Callable[[], Listener] | None = None):
         self.session = session
         self.echo = echo
-        self.error = error or (lambda text: echo(f"error: {text}"))
+        self.error = error or (lambda text: echo(f"error: {one_line(text)}"))
         self.history = history or (lambda: [])
         self.make_listener = listener or (lambda: TextListener(self.echo))
         self.commands: dict[str, Command] = {}
@@ -103,7 +104,8 @@ class Dispatcher:
             return Outcome(interrupted=True)
         except Exception as e:  # a bug, not the user's fault: one line here, the details in a file
             where = self._log_exception(line)
-            self.error(f"unexpected {type(e).__name__}: {e} (traceback in {where}); the shell goes on")
+            self.error(f"unexpected {type(e).__name__}: {shorten(str(e), 200)} (traceback in {where}); "
+                       "the shell goes on")
             return Outcome(failed=True)
 
     def plan(self, line: str) -> "Outcome | Work":
@@ -187,9 +189,9 @@ class Dispatcher:
             raise UserError("!fetch needs a path: !fetch outputs/000001.42.png")
         recipe = fetch_recipe(Path(_unquote(args)).expanduser())
         command = format_request(recipe.request)
-        self.echo(f"recipe ({recipe.source}): {command}" if recipe.source else f"recipe: {command}")
+        self.echo(visible(f"recipe ({recipe.source}): {command}" if recipe.source else f"recipe: {command}"))
         for note in recipe.notes:
-            self.echo(f"note: {note}")
+            self.echo(f"note: {one_line(note)}")
         return Outcome(prefill=command)
 
     def _replay(self, args: str) -> Outcome:
@@ -216,7 +218,7 @@ class Dispatcher:
         control = control or Control()
         bad = ran = 0
         for number, command in lines:
-            self.echo(f"{label}:{number}: {command}")
+            self.echo(shorten(f"{label}:{number}: {command}"))
             outcome = self.execute(command, control)
             if outcome.interrupted or control.stop.is_set():
                 self.echo(f"{label}: batch stopped at line {number}")
@@ -230,7 +232,7 @@ class Dispatcher:
 
     def _history(self, _args: str) -> Outcome:
         for i, text in enumerate(self.history(), 1):
-            self.echo(f"{i:4}  {text}")
+            self.echo(f"{i:4}  {shorten(text)}")
         return Outcome()
 
     def _search(self, args: str) -> Outcome:
@@ -238,9 +240,9 @@ class Dispatcher:
             raise UserError("!search needs text: !search lighthouse")
         hits = [(i, t) for i, t in enumerate(self.history(), 1) if args.lower() in t.lower()]
         for i, text in hits:
-            self.echo(f"{i:4}  {text}")
+            self.echo(f"{i:4}  {shorten(text)}")
         if not hits:
-            self.echo(f"no history line contains '{args}'")
+            self.echo(f"no history line contains {shorten(repr(args), 80)}")
         return Outcome()
 
     def _nth(self, number: str) -> Outcome:

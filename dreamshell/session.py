@@ -17,6 +17,8 @@ from PIL import Image
 
 from . import __version__
 from .engines.protocols import GenerationError, Interrupted
+from .errors import LimitError
+from .limits import check_request
 from .formatter import format_request
 from .model_host import LoadError, ModelHost
 from .models import ModelSpec, ModelsFileError, Registry
@@ -24,6 +26,7 @@ from .output import OutputFolder
 from .pngmeta import ImageMeta
 from .request import DreamRequest, ImageRecord
 from .resolve import ResolveError, apply_defaults, image_requests, resolve_request
+from .switches import MAX_SIZE, MIN_SIZE
 
 
 class UserError(ValueError):
@@ -165,7 +168,8 @@ class Session:
         self.model = spec
         try:
             resolved = resolve_request(request, spec, self.seeds, self.rng)
-        except ResolveError as e:
+            check_request(resolved)          # the sampler and steps are known now
+        except (ResolveError, LimitError) as e:
             raise UserError(str(e)) from None
         if resolved.init_img == "-1":
             if not self.images:
@@ -238,6 +242,9 @@ class Session:
         init = self._load_image(request.init_img, "-I", "RGB")
         if not explicit_size:
             w, h = init.size[0] // 8 * 8, init.size[1] // 8 * 8
+            if not (MIN_SIZE <= w <= MAX_SIZE and MIN_SIZE <= h <= MAX_SIZE):
+                raise UserError(f"-I {init.size[0]}x{init.size[1]} image: without -W/-H the image's own size is "
+                                f"used, and sizes go from {MIN_SIZE} to {MAX_SIZE}; add -W/-H and --fit")
             request = request.with_(width=w, height=h)
         if init.size != (request.width, request.height):
             if not request.fit and explicit_size:

@@ -54,10 +54,13 @@ def seed(token: str) -> int:
     return value
 
 
+MIN_SIZE, MAX_SIZE = 64, 8192
+
+
 def image_size(token: str) -> int:
-    rule = "width and height are multiples of 8 from 64 to 8192"
+    rule = f"width and height are multiples of 8 from {MIN_SIZE} to {MAX_SIZE}"
     value = _int(token, rule)
-    if value % 8 or not 64 <= value <= 8192:
+    if value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
         raise SwitchError(f"{quoted(token)} is not allowed; {rule}")
     return value
 

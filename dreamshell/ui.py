@@ -6,12 +6,16 @@ import time
 from typing import Callable
 
 from .request import ImageRecord
+from .safetext import one_line, visible
 from .session import Listener, Stopped
 
 
+NOTE_LIMIT = 4000   # -t's token lists are long on purpose; errors stay at safetext's shorter limit
+
+
 def record_line(record: ImageRecord) -> str:
-    """`[N] path: command`, the line shown for every image made."""
-    return f"[{record.number}] {record.path}: {record.command}"
+    """`[N] path: command`, the line shown for every image made (controls made visible)."""
+    return visible(f"[{record.number}] {record.path}: {record.command}")
 
 
 def stopped_line(stopped: Stopped) -> str:
@@ -27,7 +31,7 @@ class TextListener(Listener):
         self.progress = progress
 
     def waiting_for_model(self, name: str) -> None:
-        self.echo(f"loading model {name}... (the line runs when it is ready)")
+        self.echo(one_line(f"loading model {name}... (the line runs when it is ready)"))
         if self.progress is not None:
             self.progress.start(f"loading model {name}", None)
 
@@ -45,7 +49,8 @@ class TextListener(Listener):
         self.echo(record_line(record))
 
     def note(self, text: str) -> None:
-        self.echo(text)
+        # a note may have lines of its own (-t lists every token); each is shown safely on its own
+        self.echo("\n".join(one_line(part, NOTE_LIMIT) for part in text.split("\n")))
 
     def finish(self) -> None:
         if self.progress is not None:

@@ -107,3 +107,44 @@ def test_the_fuzzer_reaches_the_error_and_the_valid_paths():
 
     run()
     assert seen["valid"] > 5 and seen["error"] > 50 and seen["limit"] > 5, seen
+
+
+def _shell_error_path():
+    """The Dispatcher the shell uses (on a fake model) and app.py's error printer, into a string."""
+    import tempfile
+    from pathlib import Path
+
+    from fake_generator import FakeGenerator
+    from rich.text import Text
+
+    from dreamshell.dispatch import Dispatcher
+    from dreamshell.model_host import ModelHost
+    from dreamshell.models import ModelSpec, Registry
+    from dreamshell.session import Session
+    folder = Path(tempfile.mkdtemp())
+    spec = ModelSpec("fake", folder, "sd1", width=64, height=64, steps=2, sampler="k_euler", default=True)
+    session = Session(Registry({"fake": spec}), ModelHost(lambda: FakeGenerator()), folder / "out")
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, color_system="truecolor", width=10_000)
+    printed = []
+
+    def error(text):
+        start = buffer.tell()
+        console.print(Text("error: ", style="red") + Text(one_line(text)), highlight=False)
+        printed.append(buffer.getvalue()[start:])
+    return Dispatcher(session, echo=lambda text: None, error=error), printed
+
+
+SHELL, SHELL_PRINTED = _shell_error_path()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(hostile_lines())
+def test_the_shell_error_path_prints_one_safe_line(line):
+    SHELL_PRINTED.clear()
+    SHELL.plan(line)        # never raises: the boundary answers every line
+    for out in SHELL_PRINTED:
+        text = out.replace("\x1b[31m", "").replace("\x1b[0m", "")
+        assert text.endswith("\n") and text.count("\n") == 1, repr(out[:200])
+        assert first_unsafe(text.rstrip("\n")) is None, repr(out[:200])
+        assert len(text) <= MESSAGE_LIMIT + 20, len(text)
