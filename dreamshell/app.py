@@ -12,9 +12,8 @@ from .dreamlog import read_commands
 from .model_host import ModelHost
 from .models import ModelsFileError, load_registry
 from .request import DreamRequest
-from .safetext import one_line
 from .session import Control, Session
-from .ui import RichProgress, TextListener
+from .ui import RichProgress, TextListener, error_printer
 
 
 def _generator_factory(device: str, precision: str):
@@ -63,7 +62,6 @@ def build_session(args, registry, defaults: DreamRequest) -> Session:
 
 def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     from rich.console import Console
-    from rich.text import Text
 
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -71,10 +69,7 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     def echo(text: str) -> None:
         console.out(text, highlight=False)
 
-    def error(text: str) -> None:
-        # plain Text: user text is never read as rich markup; one_line makes controls visible
-        line = Text("error: ", style="red" if err.is_terminal else "") + Text(one_line(text))
-        err.print(line, highlight=False)
+    error = error_printer(err)
 
     try:
         registry = load_registry(config)

@@ -23,6 +23,16 @@ def stopped_line(stopped: Stopped) -> str:
             f"{stopped.kept} finished image(s) kept")
 
 
+def error_printer(console) -> Callable[[str], None]:
+    """`error: ...` on a rich console: one line, controls made visible, never read as markup."""
+    from rich.text import Text
+
+    def error(text: str) -> None:
+        line = Text("error: ", style="red" if console.is_terminal else "") + Text(one_line(text))
+        console.print(line, highlight=False)
+    return error
+
+
 class TextListener(Listener):
     """Events as lines of text, with an optional progress display (start/step/stop)."""
 

@@ -115,22 +115,23 @@ def _shell_error_path():
     from pathlib import Path
 
     from fake_generator import FakeGenerator
-    from rich.text import Text
 
     from dreamshell.dispatch import Dispatcher
     from dreamshell.model_host import ModelHost
     from dreamshell.models import ModelSpec, Registry
     from dreamshell.session import Session
+    from dreamshell.ui import error_printer
     folder = Path(tempfile.mkdtemp())
     spec = ModelSpec("fake", folder, "sd1", width=64, height=64, steps=2, sampler="k_euler", default=True)
     session = Session(Registry({"fake": spec}), ModelHost(lambda: FakeGenerator()), folder / "out")
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, color_system="truecolor", width=10_000)
     printed = []
+    app_error = error_printer(console)   # the printer app.py gives the dispatcher
 
     def error(text):
         start = buffer.tell()
-        console.print(Text("error: ", style="red") + Text(one_line(text)), highlight=False)
+        app_error(text)
         printed.append(buffer.getvalue()[start:])
     return Dispatcher(session, echo=lambda text: None, error=error), printed
 
