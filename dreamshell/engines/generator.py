@@ -343,9 +343,10 @@ class DiffusersGenerator:
                  on_preview=None, preview_every: int = 1):
         """One image for a resolved per-image request. Raises Interrupted or GenerationError.
 
-        on_preview(step, steps, image), if given, gets a small RGB image (latent size, w/8 x h/8) of the
-        predicted clean image every `preview_every` model evaluations and at the last one, on this
-        thread; `steps` counts model evaluations (Heun and DPM2 make about two per step)."""
+        on_preview(step, steps, image), if given, gets a small RGB image at latent size (the image's
+        size over the VAE factor: 8 for SD, 4 for the demo model) of the predicted clean image every
+        `preview_every` model evaluations and at the last one, on this thread; `steps` counts model
+        evaluations (Heun and DPM2 make about two per step, PLMS one more)."""
         mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
         pipe = self._pipe(mode)
         pipe.scheduler = self._scheduler(request.sampler, request.schedule)

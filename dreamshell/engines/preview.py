@@ -1,8 +1,8 @@
 """Live previews: a denoising latent mapped to RGB by a linear 4->3 projection ("approx cheap").
 
 The projection works on the latent the UNet sees (VAE latent times its scaling factor) and gives RGB in
-[-1, 1]: rgb = latent . factors + bias. It costs one 4x3 matrix product on a (h/8 x w/8) latent, so it
-can run at every step. `PreviewTap` catches the scheduler's prediction of the clean latent.
+[-1, 1]: rgb = latent . factors + bias. It costs one 4x3 matrix product on a (h/8 x w/8) latent
+(0.1 to 0.4 ms), so it can run at every step. `PreviewTap` catches the scheduler's prediction of the clean latent.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 FILE_NAME = "latent_rgb.json"   # a model folder's own fit (the demo model ships one)
@@ -63,13 +64,15 @@ def projection_for(spec) -> LatentRGB:
 
 def latent_to_image(latent, projection: LatentRGB, size: tuple[int, int] | None = None,
                     resample: int = Image.Resampling.BILINEAR) -> Image.Image:
-    """A (1, 4, h, w) latent as an RGB image of w x h pixels (or resized to `size`, (width, height))."""
+    """A (1, 4, h, w) latent as an RGB image of w x h pixels (or resized to `size`, (width, height)).
+
+    The product runs in numpy on the CPU: on a busy CPU torch's thread pool made this tiny product
+    take 3 to 40 ms instead of 0.1 to 0.4 ms."""
     import torch
-    x = latent[0].detach()
-    m = torch.tensor(projection.factors, dtype=x.dtype, device=x.device)
-    b = torch.tensor(projection.bias, dtype=x.dtype, device=x.device)
-    rgb = torch.einsum("chw,cr->hwr", x, m) + b
-    pixels = ((rgb.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    x = latent[0].detach().to("cpu", torch.float32).numpy()
+    rgb = np.tensordot(x, np.asarray(projection.factors, np.float32), axes=([0], [0]))
+    rgb += np.asarray(projection.bias, np.float32)
+    pixels = np.clip((rgb + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     return image if size is None or image.size == tuple(size) else image.resize(tuple(size), resample)
 
