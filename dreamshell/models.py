@@ -1,8 +1,9 @@
 """The models file -> model specs (no torch). REFERENCE.md section 4.
 
-models.yaml maps a name to weights (a diffusers folder or one .safetensors/.ckpt file), a kind
-(sd1, sd2, sdxl), a description and defaults. The reserved key `upscalers` maps factors to
-Real-ESRGAN weight files. With no models file, the built-in demo model is the default.
+models.yaml maps a name to weights (a diffusers folder or one .safetensors/.ckpt file), an optional
+kind (read from the weights when left out: checkpoint.py), a description and defaults. The reserved
+key `upscalers` maps factors to Real-ESRGAN weight files. With no models file, the built-in demo
+model is the default.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import KINDS, NotAModel, detect
 from .safetext import quoted, shorten
 
-KINDS = ("sd1", "sd2", "sdxl")
 DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+PREDICTIONS = ("v", "epsilon")
 DEMO_NAME = "demo"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -28,7 +30,7 @@ class ModelsFileError(ValueError):
 class ModelSpec:
     name: str
     weights: Path
-    kind: str = "sd1"
+    kind: str = "sd1"            # one of checkpoint.KINDS; "" = not known until the weights are read
     description: str = ""
     width: int = 512
     height: int = 512
@@ -37,6 +39,7 @@ class ModelSpec:
     sampler: str = "k_lms"
     default: bool = False
     config: Path | None = None   # diffusers config folder for a single file (default: the shipped one)
+    prediction: str | None = None  # "v" or "epsilon" where the weights cannot tell (SD 2.x)
 
     @property
     def is_single_file(self) -> bool:
@@ -87,20 +90,32 @@ def demo_spec() -> ModelSpec:
                      width=64, height=64, steps=20, cfg_scale=5.0, sampler="k_euler", default=True)
 
 
+def default_size(kind: str, prediction: str | None = None) -> int:
+    """The native size of a kind: 512 for SD 1.x and SD 2.x base/inpainting, 768 for 2.x v, 1024 for XL."""
+    family = (kind or "sd1").split("-")[0]
+    if family == "sd2" and (kind == "sd2-inpaint" or prediction == "epsilon"):
+        return 512
+    return DEFAULT_SIZES.get(family, 512)
+
+
+def detect_kind(path: Path, what: str):
+    """The detected kind of weights at path; a ModelsFileError line when they are not a model."""
+    try:
+        return detect(path)
+    except NotAModel as e:
+        raise ModelsFileError(f"{what}: {path} is {e}" if not str(e).startswith(str(path)) else f"{what}: {e}") \
+            from None
+    except OSError as e:
+        raise ModelsFileError(f"{what}: cannot read {path} ({e.strerror or e})") from None
+
+
 def spec_for_path(path: Path, name: str | None = None) -> ModelSpec:
-    """A spec for weights given by path, guessing the kind from what is there."""
-    kind = "sd1"
-    if path.is_dir():
-        if (path / "text_encoder_2").exists():
-            kind = "sdxl"
-        elif (path / "scheduler" / "scheduler_config.json").exists() and \
-                '"v_prediction"' in (path / "scheduler" / "scheduler_config.json").read_text():
-            kind = "sd2"
-    elif path.stat().st_size > 5_000_000_000:
-        kind = "sdxl"
-    size = DEFAULT_SIZES[kind]
-    return ModelSpec(name or str(path), path, kind, f"weights at {path}",
-                     width=size, height=size)
+    """A spec for weights given by path, its kind read from the weights (not guessed from the size)."""
+    found = detect_kind(path, f"--model {name or path}")
+    kind = found.kind or ""
+    size = default_size(kind, found.prediction)
+    return ModelSpec(name or str(path), path, kind, f"weights at {path} ({found.label})",
+                     width=size, height=size, prediction=found.prediction)
 
 
 def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelSpec:
@@ -110,17 +125,24 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
     weights = entry.get("weights")
     if not weights:
         raise ModelsFileError(f"{src}: model {shown} has no 'weights' (a diffusers folder or a file)")
-    kind = str(entry.get("kind", "sd1"))
-    if kind not in KINDS:
-        raise ModelsFileError(f"{src}: model {shown} has kind {quoted(kind)}; kinds are {', '.join(KINDS)}")
+    kind = str(entry.get("kind", ""))
+    if kind and kind not in KINDS:
+        raise ModelsFileError(f"{src}: model {shown} has kind {quoted(kind)}; kinds are {', '.join(KINDS)} "
+                              "(or leave 'kind' out: it is read from the weights)")
+    prediction = entry.get("prediction")
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise ModelsFileError(f"{src}: model {shown} has prediction {quoted(str(prediction))}; use v or epsilon")
     if weights == "builtin:demo":
         path = builtin_models_dir() / DEMO_NAME
     else:
         path = Path(os.path.expanduser(str(weights)))
         path = path if path.is_absolute() else base / path
-    size = DEFAULT_SIZES[kind]
+    if not kind and path.exists():
+        found = detect_kind(path, f"{src}: model {shown}")
+        kind, prediction = found.kind or "", prediction or found.prediction
+    size = default_size(kind, prediction)
     known = {"weights", "kind", "description", "width", "height", "steps", "cfg", "cfg_scale", "sampler",
-             "default", "config"}
+             "default", "config", "prediction"}
     unknown = set(entry) - known
     if unknown:
         raise ModelsFileError(f"{src}: model {shown} has unknown keys {shorten(str(sorted(unknown)), 100)}; "
@@ -131,7 +153,8 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                          steps=int(entry.get("steps", 30)),
                          cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", 7.5))),
                          sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
-                         config=(base / str(entry["config"])) if entry.get("config") else None)
+                         config=(base / str(entry["config"])) if entry.get("config") else None,
+                         prediction=prediction)
     except (TypeError, ValueError) as e:
         raise ModelsFileError(f"{src}: model {shown}: {shorten(str(e), 100)}") from None
 
@@ -177,7 +200,7 @@ def load_registry(path: Path | None) -> Registry:
     if path is not None and path.exists():
         data = _read_yaml(path)
         if not isinstance(data, dict):
-            raise ModelsFileError(f"{shorten(str(path), 120)}: expected 'name: {{weights: ..., kind: ...}}' entries")
+            raise ModelsFileError(f"{shorten(str(path), 120)}: expected 'name: {{weights: ...}}' entries")
         base = path.parent
         for name, entry in data.items():
             if name == "upscalers":

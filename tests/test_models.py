@@ -27,7 +27,7 @@ def test_models_file_entries_and_defaults(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("m:\n  kind: sd1\n", "has no 'weights'"),
-    ("m:\n  weights: x\n  kind: sd9\n", "kinds are sd1, sd2, sdxl"),
+    ("m:\n  weights: x\n  kind: sd9\n", "kinds are sd1, sd1-inpaint, sd2"),
     ("m:\n  weights: x\n  colour: red\n", "unknown keys ['colour']"),
     ("m: [1, 2\n", "not valid YAML"),
 ])
