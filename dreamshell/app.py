@@ -16,10 +16,12 @@ from .session import Control, Session
 from .ui import RichProgress, TextListener, error_printer
 
 
-def _generator_factory(device: str, precision: str):
+def _generator_factory(device: str, precision: str, lowvram: bool = False, compile: bool = False,
+                       batch_size: int = 1):
     def make():
         from .engines.generator import DiffusersGenerator
-        return DiffusersGenerator(device=device, precision=precision)
+        return DiffusersGenerator(device=device, precision=precision, lowvram=lowvram, compile=compile,
+                                  batch_size=batch_size)
     return make
 
 
@@ -56,7 +58,8 @@ class InterruptibleRun:
 
 
 def build_session(args, registry, defaults: DreamRequest) -> Session:
-    host = ModelHost(_generator_factory(args.device, args.precision), _upscaler_factory(registry, args.device))
+    factory = _generator_factory(args.device, args.precision, args.lowvram, args.compile, args.batch_size)
+    host = ModelHost(factory, _upscaler_factory(registry, args.device))
     return Session(registry, host, args.outdir, defaults=defaults, log=not args.no_log)
 
 

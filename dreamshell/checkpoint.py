@@ -157,9 +157,7 @@ def _classify_ldm(keys: dict) -> Detected:
     context = keys.get(ATTN2_K, (0, 0))[-1]
     if context == 1024 or any(k.startswith("cond_stage_model.model.") for k in keys):
         return Detected("sd2" + inpaint, _sd2_prediction(keys, inpaint), "1024-wide cross-attention (OpenCLIP-H)")
-    if context in (768, 0):
-        return Detected("sd1" + inpaint, "v" if "v_pred" in keys else None, "768-wide cross-attention (CLIP-L)")
-    raise NotAModel(f"a UNet with {context}-wide cross-attention: not an SD 1.x/2.x/XL model dreamshell knows")
+    return Detected("sd1" + inpaint, "v" if "v_pred" in keys else None, f"{context or 768}-wide cross-attention")
 
 
 def _sd2_prediction(keys: dict, inpaint: str) -> str | None:

@@ -37,6 +37,16 @@ def _table_type(sw):
     return convert
 
 
+def _positive_int(token: str) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{token}' is not a whole number of 1 or more")
+    return value
+
+
 def build_argparser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="dreamshell",
@@ -53,7 +63,16 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "
                          "without loading a model")
-    ap.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    ap.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                    help="auto: float16 on CUDA/MPS; on CPU bfloat16 where the CPU has it natively "
+                         "(AVX512-BF16/AMX; the VAE stays float32), else float32")
+    ap.add_argument("--lowvram", action="store_true",
+                    help="CUDA/MPS: keep each part of the model in CPU memory until it runs (model CPU offload) "
+                         "and decode in tiles; slower, for 4-8 GB GPUs and 8 GB Macs")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the UNet (compiled once per model and image size; the first image is slow)")
+    ap.add_argument("--batch_size", type=_positive_int, default=1, metavar="N",
+                    help="run up to N images of -n as one batch (GPU; each keeps its own seed's noise)")
     ap.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
     ap.add_argument("--history_file", type=Path, default=None,
                     help="prompt history (default: the user data folder; env DREAMSHELL_HISTORY)")

@@ -3,7 +3,8 @@
 
 `from_single_file(path, config=<folder>)` needs a folder with the JSON configs and tokenizer files
 that `save_pretrained` writes (no weights); without it diffusers asks the Hub. This writes
-dreamshell/configs/{sd1,sd2,sdxl}/ (JSON only) and dreamshell/configs/clip_tokenizer/ (CLIP's BPE
+dreamshell/configs/{sd1,sd1-inpaint,sd2,sd2-base,sd2-inpaint,sdxl,sdxl-refiner,sdxl-inpaint}/
+(JSON only) and dreamshell/configs/clip_tokenizer/ (CLIP's BPE
 vocabulary, derived from open_clip's bpe_simple_vocab_16e6.txt.gz the way CLIP builds it: 49,408
 tokens). At load time dreamshell copies the tokenizer files into each config's tokenizer folders.
 
@@ -111,7 +112,40 @@ def kinds() -> dict[str, dict]:
                                  transformer_layers_per_block=[1, 2, 10], use_linear_projection=True),
         "vae/config.json": dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
     }
-    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl}
+    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, **variants(sd1, sd2, sdxl)}
+
+
+def _inpaint(files: dict, pipeline: str) -> dict:
+    """The same model with a 9-channel UNet (4 latent + 1 mask + 4 masked-image latent channels)."""
+    return {**files, "model_index.json": dict(files["model_index.json"], _class_name=pipeline),
+            "unet/config.json": dict(files["unet/config.json"], in_channels=9)}
+
+
+def variants(sd1: dict, sd2: dict, sdxl: dict) -> dict[str, dict]:
+    """Inpainting UNets, SD 2.x base (epsilon, 512) and the SDXL refiner."""
+    sd2_base = {**sd2, "scheduler/scheduler_config.json": dict(sd2["scheduler/scheduler_config.json"],
+                                                                prediction_type="epsilon"),
+                "unet/config.json": dict(sd2["unet/config.json"], sample_size=64),
+                "vae/config.json": dict(sd2["vae/config.json"], sample_size=512)}
+    refiner = {
+        "model_index.json": dict(sdxl["model_index.json"], _class_name="StableDiffusionXLImg2ImgPipeline",
+                                 force_zeros_for_empty_prompt=False, requires_aesthetics_score=True,
+                                 text_encoder=[None, None], tokenizer=[None, None]),
+        "scheduler/scheduler_config.json": sdxl["scheduler/scheduler_config.json"],
+        "text_encoder_2/config.json": sdxl["text_encoder_2/config.json"],
+        "tokenizer_2/tokenizer_config.json": sdxl["tokenizer_2/tokenizer_config.json"],
+        "unet/config.json": dict(sdxl["unet/config.json"], attention_head_dim=[6, 12, 24, 24],
+                                 block_out_channels=[384, 768, 1536, 1536], cross_attention_dim=1280,
+                                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                                   "DownBlock2D"],
+                                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                                 "UpBlock2D"],
+                                 projection_class_embeddings_input_dim=2560, transformer_layers_per_block=4),
+        "vae/config.json": sdxl["vae/config.json"],
+    }
+    return {"sd1-inpaint": _inpaint(sd1, "StableDiffusionInpaintPipeline"), "sd2-base": sd2_base,
+            "sd2-inpaint": _inpaint(sd2_base, "StableDiffusionInpaintPipeline"),
+            "sdxl-refiner": refiner, "sdxl-inpaint": _inpaint(sdxl, "StableDiffusionXLInpaintPipeline")}
 
 
 def clip_vocab(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:

@@ -100,6 +100,9 @@ EXPECTED = {
     ("sd1", "unet"): 859_520_964, ("sd1", "vae"): 83_653_863, ("sd1", "text_encoder"): 123_060_480,
     ("sd2", "unet"): 865_910_724, ("sd2", "text_encoder"): 340_387_840,
     ("sdxl", "unet"): 2_567_463_684, ("sdxl", "text_encoder_2"): 694_659_840,
+    ("sd1-inpaint", "unet"): 859_535_364, ("sd2-inpaint", "unet"): 865_925_124, ("sd2-base", "unet"): 865_910_724,
+    ("sdxl-inpaint", "unet"): 2_567_478_084, ("sdxl-refiner", "unet"): 2_259_526_660,
+    ("sdxl-refiner", "text_encoder_2"): 694_659_840,
 }
 
 

@@ -8,6 +8,7 @@ noise, denoise (with a per-step callback that reports progress and can stop), re
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from ..prompt import split_prompt
 from ..request import DreamRequest
 from ..samplers import SamplerError, plan as scheduler_plan
 from .preview import LatentRGB, PreviewTap, projection_for
+from . import loading
 from .protocols import GenerationError, Interrupted
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -87,9 +89,13 @@ def pick_device(name: str) -> str:
 
 
 def pick_dtype(precision: str, device: str):
+    """float16 on GPUs; on CPU bfloat16 where the CPU has it natively (else float32)."""
     import torch
     if precision == "auto":
-        return torch.float16 if device in ("cuda", "mps") else torch.float32
+        if device in ("cuda", "mps"):
+            return torch.float16
+        from .loading import native_bf16
+        return torch.bfloat16 if native_bf16() else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
 
 
@@ -102,89 +108,118 @@ def is_out_of_memory(error: BaseException) -> bool:
 class DiffusersGenerator:
     """Holds one model; `generate` makes one image for one resolved, per-image request."""
 
-    def __init__(self, device: str = "auto", precision: str = "auto"):
+    def __init__(self, device: str = "auto", precision: str = "auto", *, lowvram: bool = False,
+                 compile: bool = False, batch_size: int = 1):
         _quiet_libraries()
         import torch
         self.torch = torch
         self.device = pick_device(device)
         self.dtype = pick_dtype(precision, self.device)
         self.precision = str(self.dtype).replace("torch.", "")
+        self.lowvram, self.compile, self.batch_size = lowvram, compile, max(1, batch_size)
         self.spec: ModelSpec | None = None
+        self.kind = ""
         self.model_hash = ""
         self._pipes: dict = {}
         self._scheduler_config = None
         self._compel = None
+        if self.device == "cpu":
+            loading.set_cpu_threads(torch)
 
     # ----- loading
 
     def load(self, spec: ModelSpec) -> None:
-        """Load spec's weights (offline) and make it the resident model; the old one is released."""
-        self.unload()
+        """Make spec's model resident. Its kind is read from the weights first; the previous model is
+        released only for a model that passes that check, and is loaded again if the new one fails."""
         if not spec.weights.exists():
             raise GenerationError(f"model '{spec.name}': {spec.weights} does not exist "
-                                  "(fix 'weights' in the models file or pass a path to --model)")
-        cls = self._pipeline_class(spec.kind, "txt2img")
+                                  "(fix 'weights' in the models file or pass a path to --model)"
+                                  + self._still_resident())
+        try:
+            found = loading.detect_weights(spec)
+            kind = loading.settle_kind(spec, found)
+        except GenerationError as e:
+            raise GenerationError(str(e) + self._still_resident()) from None
+        previous = self.spec
+        self.unload()
+        try:
+            self._load(spec, kind, spec.prediction or found.prediction)
+        except GenerationError as e:
+            raise GenerationError(str(e) + self._restore(previous)) from None
+
+    def _still_resident(self) -> str:
+        return f"; model '{self.spec.name}' is still loaded" if self.spec is not None else ""
+
+    def _restore(self, previous: ModelSpec | None) -> str:
+        """Load the previous model again after a failed switch; the words that say how it went."""
+        if previous is None:
+            return ""
+        try:
+            self.load(previous)
+        except GenerationError:
+            return f"; loading '{previous.name}' again failed too: no model is loaded"
+        return f"; model '{previous.name}' is loaded again"
+
+    def _load(self, spec: ModelSpec, kind: str, prediction: str | None) -> None:
+        cls = loading.pipeline_class(kind, "txt2img")
         try:
             if spec.is_single_file:
-                config = spec.config or single_file_config(spec.kind)
-                pipe = cls.from_single_file(str(spec.weights), config=str(config),
-                                            local_files_only=True, torch_dtype=self.dtype)
+                config = spec.config or single_file_config(loading.config_folder(kind, prediction))
+                pipe = cls.from_single_file(str(spec.weights), config=str(config), local_files_only=True,
+                                            torch_dtype=self.dtype)
             else:
-                extra = {} if spec.kind == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+                extra = {} if kind.startswith("sdxl") else {"safety_checker": None, "requires_safety_checker": False}
                 pipe = cls.from_pretrained(str(spec.weights), torch_dtype=self.dtype, local_files_only=True,
                                            **extra)
         except GenerationError:
             raise
         except Exception as e:  # diffusers raises many kinds; the user needs one line
-            raise GenerationError(self._load_error(spec, e)) from e
+            raise GenerationError(self._load_error(spec, kind, e)) from e
         pipe.set_progress_bar_config(disable=True)
         if hasattr(pipe, "safety_checker"):
             pipe.safety_checker = None
-        pipe = pipe.to(self.device)
-        if self.device == "mps":
-            pipe.enable_attention_slicing()  # 8 GB Macs run out of memory without it
+        loading.set_prediction(pipe, prediction)
+        if self.dtype == self.torch.bfloat16 and self.device == "cpu":
+            loading.keep_vae_float32(pipe.vae, self.dtype, self.torch)
+        loading.memory_modes(pipe, self.device, self.lowvram)
+        if self.compile:
+            pipe.unet = self.torch.compile(pipe.unet)
         self._pipes = {"txt2img": pipe}
         self._scheduler_config = pipe.scheduler.config
-        self.spec = spec
+        self.spec, self.kind = spec, kind
         self.model_hash = weights_sha256(spec.weights)
 
     @staticmethod
-    def _load_error(spec: ModelSpec, e: Exception) -> str:
+    def _load_error(spec: ModelSpec, kind: str, e: Exception) -> str:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if spec.weights.suffix.lower() == ".ckpt" and ("weights_only" in str(e) or "Unable to load" in str(e)
                                                         or "Unpickl" in type(e).__name__):
-            return (f"refusing {spec.weights}: it does not load with torch.load(weights_only=True), so it may "
-                    "hold code that would run on load; use a .safetensors file instead")
-        return f"cannot load model '{spec.name}' from {spec.weights}: {text}"
+            return loading.refuse_ckpt(spec.weights)
+        label = loading.KIND_NAMES.get(kind, kind)
+        return f"cannot load model '{spec.name}' from {spec.weights} (detected as {label}): {text}"
 
     def unload(self) -> None:
         self._pipes.clear()
         self._compel = None
-        self.spec = None
+        self.spec, self.kind = None, ""
         import gc
         gc.collect()
         if self.device == "cuda":
             self.torch.cuda.empty_cache()
 
-    def _pipeline_class(self, kind: str, mode: str):
-        import diffusers
-        names = {
-            ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
-            ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
-            ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
-            ("sd", "txt2img"): "StableDiffusionPipeline",
-            ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
-            ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
-        }
-        return getattr(diffusers, names[("sdxl" if kind == "sdxl" else "sd", mode)])
-
     def _pipe(self, mode: str):
         """The pipeline for a mode, sharing the resident components (no weights loaded or copied)."""
         if self.spec is None:
             raise GenerationError("no model is loaded")
+        if mode == "txt2img" and self.kind == "sdxl-refiner":
+            raise GenerationError(f"model '{self.spec.name}' is an SDXL refiner: it refines an image (-I), "
+                                  "it does not make one from noise")
         if mode not in self._pipes:
             base = self._pipes["txt2img"]
-            pipe = self._pipeline_class(self.spec.kind, mode).from_pipe(base)
+            cls = loading.pipeline_class(self.kind, mode)
+            if isinstance(base, cls):
+                return base
+            pipe = cls.from_pipe(base)
             pipe.set_progress_bar_config(disable=True)
             self._pipes[mode] = pipe
         return self._pipes[mode]
@@ -192,11 +227,11 @@ class DiffusersGenerator:
     @property
     def latent_rgb(self) -> LatentRGB | None:
         """The live-preview projection for the loaded model: its folder's latent_rgb.json, else by kind."""
-        return projection_for(self.spec) if self.spec is not None else None
+        return projection_for(replace(self.spec, kind=self.kind)) if self.spec is not None else None
 
     @property
     def is_sdxl(self) -> bool:
-        return self.spec is not None and self.spec.kind == "sdxl"
+        return self.kind.startswith("sdxl")
 
     # ----- samplers
 
@@ -314,7 +349,7 @@ class DiffusersGenerator:
         variation seed's noise in turn (`-V seed:weight,...`)."""
         pipe = self._pipes["txt2img"]
         factor = pipe.vae_scale_factor
-        shape = (1, pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        shape = (1, pipe.vae.config.latent_channels, request.height // factor, request.width // factor)
         latents = self._noise(request.seed, shape)
         for seed, weight in request.with_variations:
             latents = slerp(weight, latents, self._noise(seed, shape))
@@ -372,10 +407,26 @@ class DiffusersGenerator:
             args.update(image=init_image, strength=request.strength)
             if mode == "inpaint":
                 args.update(mask_image=mask, width=request.width, height=request.height)
+        if self.kind.endswith("-inpaint") and mode != "inpaint":
+            self._whole_image_mask(args, request)
+        return self._run(pipe, args, request, tap.attached(pipe.scheduler) if tap else None)[0]
+
+    def _whole_image_mask(self, args: dict, request: DreamRequest) -> None:
+        """An inpainting UNet making a new image (txt2img) or redrawing one (img2img): the whole image
+        is masked, so the masked-image channels see nothing, as such models expect."""
+        from PIL import Image
+        size = (request.width, request.height)
+        args.update(mask_image=Image.new("L", size, 255), width=request.width, height=request.height)
+        if "image" not in args:  # txt2img: pure noise in, strength 1
+            args.update(image=Image.new("RGB", size, (0, 0, 0)), strength=1.0)
+
+    def _run(self, pipe, args: dict, request: DreamRequest, context=None) -> list:
+        """Run a pipeline call with the VAE modes this size and batch need; out of memory is one line."""
+        batch = len(args["generator"]) if isinstance(args.get("generator"), list) else 1
+        loading.vae_modes(pipe, self.device, request.width * request.height, batch, self.lowvram)
         try:
-            with self.torch.inference_mode(), self._seamless(request.seamless), \
-                    (tap.attached(pipe.scheduler) if tap else contextlib.nullcontext()):
-                return pipe(**args).images[0]
+            with self.torch.inference_mode(), self._seamless(request.seamless), (context or contextlib.nullcontext()):
+                return pipe(**args).images
         except Interrupted:
             raise
         except Exception as e:
@@ -383,9 +434,56 @@ class DiffusersGenerator:
                 if self.device == "cuda":
                     self.torch.cuda.empty_cache()
                 raise GenerationError(
-                    f"out of memory on {self.device} making a {request.width}x{request.height} image: try a "
-                    "smaller -W/-H, fewer -n, or --precision float16; on a Mac, close other apps") from None
+                    f"out of memory on {self.device} making {batch} {request.width}x{request.height} image(s): "
+                    + loading.oom_advice(self.device, self.lowvram)) from None
             raise
+
+    def generate_batch(self, requests: list[DreamRequest], *, on_step=None, should_stop=None) -> list:
+        """One image per resolved txt2img request, up to batch_size at a time where the requests differ
+        only in seed and variations; image i is the image that request alone makes (its own noise and
+        sampler generator). With a batch of 1 this is exactly `generate` for each."""
+        images = []
+        for group in batches(requests, self.batch_size):
+            if len(group) == 1:
+                images.append(self.generate(group[0], on_step=on_step, should_stop=should_stop))
+                continue
+            images += self._generate_together(group, on_step, should_stop)
+        return images
+
+    def _generate_together(self, group: list[DreamRequest], on_step, should_stop) -> list:
+        torch, first = self.torch, group[0]
+        pipe = self._pipe("txt2img")
+        pipe.scheduler = self._scheduler(first.sampler, first.schedule)
+
+        def step_end(_pipe, step, _timestep, kwargs):
+            if should_stop is not None and should_stop():
+                raise Interrupted()
+            if on_step is not None:
+                on_step(step + 1, first.steps)
+            return kwargs
+
+        cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None)
+                for k, v in self._conditioning(first).items()}
+        args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
+                    callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
+                    generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
+                    latents=torch.cat([self.initial_latents(r) for r in group]))
+        if self.kind.endswith("-inpaint"):
+            self._whole_image_mask(args, first)
+        return self._run(pipe, args, first)
+
+
+def batches(requests: list[DreamRequest], size: int) -> list[list[DreamRequest]]:
+    """Consecutive runs of requests that can share one batch: the same but for seed and variations."""
+    groups: list[list[DreamRequest]] = []
+    for r in requests:
+        same = groups and len(groups[-1]) < size and r.init_img is None and \
+            groups[-1][0].with_(seed=0, with_variations=()) == r.with_(seed=0, with_variations=())
+        if same:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
 
 
 def slerp(t: float, a, b):

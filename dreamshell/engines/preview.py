@@ -59,7 +59,7 @@ def projection_for(spec) -> LatentRGB:
     weights = Path(spec.weights)
     if weights.is_dir() and (weights / FILE_NAME).exists():
         return LatentRGB.from_file(weights / FILE_NAME)
-    return SDXL if spec.kind == "sdxl" else SD1
+    return SDXL if spec.kind.startswith("sdxl") else SD1
 
 
 def latent_to_image(latent, projection: LatentRGB, size: tuple[int, int] | None = None,

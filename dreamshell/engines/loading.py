@@ -1,0 +1,186 @@
+"""Loading a model lean and right: its kind read from the weights (checked by diffusers' own
+detection), the pipeline class and shipped config for that kind, precision per part, CPU threads,
+memory modes. Imports torch; the generator calls these from `load`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checkpoint import KIND_NAMES, Detected, NotAModel, classify, detect_folder, safetensors_header
+from ..models import ModelSpec
+from .protocols import GenerationError
+
+# diffusers' infer_diffusers_model_type names -> dreamshell kinds
+DIFFUSERS_TYPES = {"v1": "sd1", "inpainting": "sd1-inpaint", "v2": "sd2", "inpainting_v2": "sd2-inpaint",
+                   "xl_base": "sdxl", "xl_inpaint": "sdxl-inpaint", "xl_refiner": "sdxl-refiner"}
+PIPELINES = {
+    ("sd", "txt2img"): "StableDiffusionPipeline", ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLPipeline", ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
+TILE_ABOVE = {"cuda": 1024 * 1024, "mps": 1024 * 1024, "cpu": 2048 * 2048}  # pixels; VAE tiles above this
+
+
+class _Shape:
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def refuse_ckpt(path: Path) -> str:
+    return (f"refusing {path}: it does not load with torch.load(weights_only=True), so it may "
+            "hold code that would run on load; use a .safetensors file instead")
+
+
+def ckpt_shapes(path: Path) -> dict:
+    """Keys and shapes of a .ckpt via torch.load(weights_only=True, mmap=True): no code runs, no copy."""
+    import torch
+    try:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # an old, non-zip torch.save
+    except Exception:
+        raise GenerationError(refuse_ckpt(path)) from None
+    step = data.get("global_step") if isinstance(data, dict) else None
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise GenerationError(f"{path} holds a {type(data).__name__}, not a dictionary of weights")
+    keys = {k: tuple(v.shape) for k, v in data.items() if hasattr(v, "shape")}
+    if isinstance(step, int):
+        keys["global_step"] = step
+    return keys
+
+
+def detect_weights(spec: ModelSpec) -> Detected:
+    """What spec's weights are: from the header (safetensors) or a safe load (.ckpt), confirmed with
+    diffusers' infer_diffusers_model_type; a diffusers folder from its configs."""
+    path = spec.weights
+    try:
+        if path.is_dir():
+            return detect_folder(path)
+        keys = safetensors_header(path) if path.suffix.lower() == ".safetensors" else ckpt_shapes(path)
+        found = classify(keys)
+    except NotAModel as e:
+        text = str(e)
+        raise GenerationError(f"model '{spec.name}': " + (text if text.startswith(str(path)) else f"{path} is {text}")) \
+            from None
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    theirs = DIFFUSERS_TYPES.get(infer_diffusers_model_type({k: _Shape(v) for k, v in keys.items()
+                                                              if isinstance(v, tuple)}))
+    if theirs and theirs != found.kind:  # diffusers converts by its own reading: follow it
+        return Detected(theirs, found.prediction, f"diffusers reads it as {KIND_NAMES[theirs]}")
+    return found
+
+
+def settle_kind(spec: ModelSpec, found: Detected) -> str:
+    """The kind to load: the detected one; a models-file kind that contradicts the weights is an error."""
+    given = spec.kind
+    if given and found.kind and given != found.kind and given != found.family:
+        raise GenerationError(f"model '{spec.name}': the models file says kind {given}, but {spec.weights} is "
+                              f"{found.label} ({found.note}); fix or remove 'kind'")
+    return found.kind or given or "sd1"
+
+
+def config_folder(kind: str, prediction: str | None) -> str:
+    """The shipped config for a kind: SD 2.x epsilon (the 512 base) has its own."""
+    return "sd2-base" if kind == "sd2" and prediction == "epsilon" else kind
+
+
+def pipeline_class(kind: str, mode: str):
+    """The diffusers pipeline for a kind and mode: an inpainting UNet runs every mode through the
+    inpaint pipeline; the SDXL refiner is an img2img pipeline."""
+    import diffusers
+    if kind.endswith("-inpaint"):
+        mode = "inpaint"
+    elif kind == "sdxl-refiner":
+        mode = "img2img"
+    family = "sdxl" if kind.startswith("sdxl") else "sd"
+    return getattr(diffusers, PIPELINES[(family, mode)])
+
+
+def set_prediction(pipe, prediction: str | None) -> None:
+    """Follow `prediction: v|epsilon` (models file or weights) in the pipeline's scheduler config."""
+    wanted = {"v": "v_prediction", "epsilon": "epsilon"}.get(prediction or "")
+    if wanted and pipe.scheduler.config.get("prediction_type") != wanted:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
+
+
+def native_bf16() -> bool:
+    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)?"""
+    env = os.environ.get("DREAMSHELL_CPU_BF16")
+    if env in ("0", "1"):
+        return env == "1"
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def physical_cores() -> int | None:
+    """Physical cores (hyper-threads share one core's units; torch runs best with one thread a core)."""
+    try:
+        import psutil
+        return psutil.cpu_count(logical=False)
+    except ImportError:
+        return None
+
+
+def set_cpu_threads(torch) -> None:
+    """torch threads = physical cores, unless the user set OMP_NUM_THREADS."""
+    cores = physical_cores()
+    if cores and "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+
+
+def keep_vae_float32(vae, dtype, torch) -> None:
+    """Run the VAE in float32 beside a bfloat16 UNet: inputs are upcast, encoded latents go back."""
+    vae.to(torch.float32)
+    vae.encoder.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+    vae.post_quant_conv.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+    vae.decoder.register_forward_pre_hook(lambda m, args, kwargs: (tuple(a.float() for a in args), kwargs),
+                                          with_kwargs=True)
+    vae.quant_conv.register_forward_hook(lambda m, args, out: out.to(dtype))
+
+
+def memory_modes(pipe, device: str, lowvram: bool) -> None:
+    """Memory modes at load: CPU offload (--lowvram) or all on the device; attention slicing on MPS."""
+    if lowvram and device in ("cuda", "mps"):
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if device == "mps":
+        pipe.enable_attention_slicing()  # 8 GB Macs run out of memory without it
+
+
+def vae_modes(pipe, device: str, pixels: int, batch: int, lowvram: bool) -> None:
+    """Per run: tile the VAE for large images, slice it (one image at a time) for batches."""
+    vae = pipe.vae
+    if lowvram or pixels > TILE_ABOVE.get(device, TILE_ABOVE["cpu"]):
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+    if batch > 1 and (lowvram or device != "cpu"):
+        vae.enable_slicing()
+    else:
+        vae.disable_slicing()
+
+
+def oom_advice(device: str, lowvram: bool) -> str:
+    """What to try after running out of memory, naming the modes."""
+    tips = ["a smaller -W/-H", "fewer -n or a smaller --batch_size"]
+    if not lowvram and device in ("cuda", "mps"):
+        tips.insert(0, "--lowvram (model CPU offload)")
+    if device == "mps":
+        tips.append("PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 in the environment (lets MPS use all memory), "
+                    "closing other apps")
+    elif device == "cuda":
+        tips.append("--precision float16")
+    return "try " + ", ".join(tips)
