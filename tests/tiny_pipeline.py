@@ -36,7 +36,7 @@ def make_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     return out
 
 
-def make_tiny_sd1_single_file(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+def make_tiny_sd1_single_file(folder: Path, seed: int = 0, in_channels: int = 4) -> tuple[Path, Path]:
     """A tiny pipeline shaped like SD 1.x (4 levels, 2 layers a block), written as one original-layout
     (LDM) .safetensors file, plus its config folder (JSON and tokenizer, no weights); the same
     pipeline in diffusers format is left in folder/diffusers."""
@@ -51,7 +51,7 @@ def make_tiny_sd1_single_file(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     torch.manual_seed(seed)
     vocab = write_tokenizer(folder / "_tok", vocabulary_words())
     tokenizer = CLIPTokenizer.from_pretrained(folder / "_tok", local_files_only=True)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 8, 16, 16), layers_per_block=2,
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 8, 16, 16), layers_per_block=2, in_channels=in_channels,
                                 norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2)
     vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=2, norm_num_groups=4, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
@@ -72,7 +72,7 @@ def make_tiny_sd1_single_file(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     # the original layout keeps CLIP's text_model. prefix (transformers >= 5.6 drops it from CLIPTextModel)
     state.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
                   for k, v in text.state_dict().items()})
-    path = folder / "tiny-sd1.safetensors"
+    path = folder / ("tiny-sd1.safetensors" if in_channels == 4 else f"tiny-sd1-{in_channels}ch.safetensors")
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path, config
 
