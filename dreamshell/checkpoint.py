@@ -179,9 +179,9 @@ def describe_other(keys: dict) -> str:
         return any(k.startswith(prefixes) for k in names)
     if starts("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"):
         base = "SDXL" if starts("lora_te1_", "lora_te2_") else "SD 1.x/2.x"
-        return f"a LoRA (kohya layout, for {base}): load it in a prompt with withLora(name), not as a model"
+        return f"a LoRA (kohya layout, for {base}), not a model: it adds to a model and is not loaded as one"
     if has(".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down.", "lora.up.", ".hada_w1", ".lokr_w1"):
-        return "a LoRA (diffusers/peft layout): load it in a prompt with withLora(name), not as a model"
+        return "a LoRA (diffusers/peft layout), not a model: it adds to a model and is not loaded as one"
     if has("joint_blocks."):
         return "a Stable Diffusion 3 checkpoint: not supported (dreamshell runs SD 1.x, 2.x and SDXL)"
     if has("double_blocks.", "single_blocks.", "single_transformer_blocks."):

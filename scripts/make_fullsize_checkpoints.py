@@ -235,7 +235,7 @@ def write_safetensors(path: Path, state: dict) -> None:
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for key in sorted(state):
-            f.write(state[key].detach().contiguous().view(torch.uint8).numpy().tobytes())
+            f.write(state[key].detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     tmp.rename(path)
 
 
