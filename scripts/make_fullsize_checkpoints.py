@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CONFIGS = ROOT / "dreamshell" / "configs"
-CHECKPOINTS = {  # file stem -> (shipped config, kind dreamshell must detect, prediction)
+CHECKPOINTS = {  # file stem -> (shipped config, kind dreamshell must detect, prediction it must run with)
     "sd15": ("sd1", "sd1", None), "sd15-inpaint": ("sd1-inpaint", "sd1-inpaint", None),
     "sd2-768v": ("sd2", "sd2", "v"), "sdxl": ("sdxl", "sdxl", None),
 }
@@ -295,7 +295,7 @@ def check(path: Path, stem: str, size: int = 64, steps: int = 2) -> dict:
     image = g.generate(request)
     result.update(image=list(image.size), image_s=round(time.time() - t, 1),
                   ok=(spec.kind == want == g.kind and equal == len(loaded) and image.size == (size, size)
-                      and (prediction is None or spec.prediction == prediction)))
+                      and result["scheduler_prediction"] == ("v_prediction" if prediction == "v" else "epsilon")))
     return result
 
 

@@ -148,3 +148,17 @@ def test_out_of_memory_names_the_modes_to_try():
     from dreamshell.engines.loading import oom_advice
     assert "--lowvram" in oom_advice("cuda", False) and "--lowvram" not in oom_advice("cuda", True)
     assert "PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0" in oom_advice("mps", False)
+
+
+def test_a_ckpt_is_read_safely_detected_and_loaded(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from tiny_pipeline import make_tiny_sd1_single_file
+    path, config = make_tiny_sd1_single_file(tmp_path)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": load_file(str(path)), "global_step": 470000}, ckpt)
+    from dreamshell.models import spec_for_path
+    assert spec_for_path(ckpt).kind == "sd1"
+    g = DiffusersGenerator(device="cpu")
+    g.load(ModelSpec("ckpt", ckpt, "", width=64, height=64, steps=2, sampler="ddim", config=config))
+    assert g.kind == "sd1" and g.generate(_request(g.spec, "a red circle -S 1")).size == (64, 64)

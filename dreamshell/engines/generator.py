@@ -255,7 +255,8 @@ class DiffusersGenerator:
 
     @property
     def tokenizer(self):
-        return self._pipes["txt2img"].tokenizer
+        pipe = self._pipes["txt2img"]
+        return pipe.tokenizer or pipe.tokenizer_2  # the SDXL refiner has only the second
 
     def _token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -296,7 +297,12 @@ class DiffusersGenerator:
                 raise GenerationError("attention syntax and prompts over 75 tokens need the 'compel' "
                                       "package: pip install compel") from None
             pipe = self._pipes["txt2img"]
-            if self.is_sdxl:
+            if self.kind == "sdxl-refiner":
+                self._compel = Compel(
+                    tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
+                    returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                    requires_pooled=True, truncate_long_prompts=False, device=self.device)
+            elif self.is_sdxl:
                 self._compel = Compel(
                     tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
                     returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
