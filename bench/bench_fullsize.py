@@ -82,13 +82,16 @@ def run_plain(args) -> dict:
 
 
 def run_load(args) -> dict:
-    """Load the single file only, with or without low_cpu_mem_usage (what accelerate turns on)."""
+    """Load the single file only, as dreamshell does, with accelerate and as if it were not installed
+    (diffusers then builds each model with random weights first and copies the file's in)."""
     import torch
+    if args.accelerate == "off":
+        import diffusers.utils.import_utils as import_utils
+        import_utils._accelerate_available = False  # before diffusers' loaders import and ask
     from diffusers import StableDiffusionPipeline
     t = time.perf_counter()
     StableDiffusionPipeline.from_single_file(args.model, config=str(ROOT / "dreamshell/configs/sd1"),
-                                             local_files_only=True, torch_dtype=torch.float32,
-                                             low_cpu_mem_usage=args.accelerate == "on")
+                                             local_files_only=True, torch_dtype=torch.float32)
     return {"load_s": time.perf_counter() - t}
 
 
