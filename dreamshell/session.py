@@ -196,31 +196,46 @@ class Session:
             self._note(result, listener, note)
         images = []
         per_image = image_requests(resolved, self.rng)
-        for index, one in enumerate(per_image):
+        index = 0
+        for group in self._groups(per_image, generator, init):
             control.before_image()
-            listener.image_started(index + 1, len(per_image), one.seed, one.steps)
+            listener.image_started(index + 1, len(per_image), group[0].seed, group[0].steps)
             try:
                 if control.stop.is_set():  # Ctrl-C between two images
                     raise Interrupted()
-                previews = {"on_preview": listener.preview} if listener.wants_preview else {}
-                image = self.host.call(lambda: generator.generate(
-                    one, init_image=init, mask=mask, on_step=listener.step, should_stop=control.stop.is_set,
-                    **previews))
+                made = self.host.call(lambda: self._generate(generator, group, init, mask, listener, control))
             except (Interrupted, KeyboardInterrupt):
                 result.stopped = Stopped(index + 1, len(per_image), len(result.records))
                 break
             except GenerationError as e:
                 raise UserError(str(e)) from None
-            if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
-                image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
-            record, saved = self._save(one, image, folder, "inpaint" if mask is not None else None, result,
-                                       listener)
-            result.records.append(record)
-            images.append(image)
-            listener.image_saved(record, saved)
+            for one, image in zip(group, made):
+                if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
+                    image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
+                record, saved = self._save(one, image, folder, "inpaint" if mask is not None else None, result,
+                                           listener)
+                result.records.append(record)
+                images.append(image)
+                listener.image_saved(record, saved)
+                index += 1
         if resolved.grid and len(images) > 1 and result.records:
             result.grid = self._save_grid(images, resolved, folder, Path(result.records[0].path))
         return result
+
+    @staticmethod
+    def _groups(per_image: list[DreamRequest], generator, init) -> list[list[DreamRequest]]:
+        """Images made together: `--batch_size N` groups txt2img images (each keeps its own seed's
+        noise); otherwise one at a time."""
+        size = getattr(generator, "batch_size", 1) if init is None else 1
+        return [per_image[i:i + size] for i in range(0, len(per_image), max(1, size))]
+
+    @staticmethod
+    def _generate(generator, group: list[DreamRequest], init, mask, listener: Listener, control: Control) -> list:
+        if len(group) > 1:
+            return generator.generate_batch(group, on_step=listener.step, should_stop=control.stop.is_set)
+        previews = {"on_preview": listener.preview} if listener.wants_preview else {}
+        return [generator.generate(group[0], init_image=init, mask=mask, on_step=listener.step,
+                                   should_stop=control.stop.is_set, **previews)]
 
     def _note(self, result: RunResult, listener: Listener, text: str) -> None:
         result.notes.append(text)
