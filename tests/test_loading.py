@@ -162,3 +162,13 @@ def test_a_ckpt_is_read_safely_detected_and_loaded(tmp_path):
     g = DiffusersGenerator(device="cpu")
     g.load(ModelSpec("ckpt", ckpt, "", width=64, height=64, steps=2, sampler="ddim", config=config))
     assert g.kind == "sd1" and g.generate(_request(g.spec, "a red circle -S 1")).size == (64, 64)
+
+
+def test_running_out_of_memory_on_the_cpu_is_recognised():
+    """CPU allocation failures are out-of-memory errors (one line with what to try), not 'unexpected'."""
+    from dreamshell.engines.generator import is_out_of_memory
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                         "can't allocate memory: you tried to allocate 40000000000000 bytes."))
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float but found Half"))

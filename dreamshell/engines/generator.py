@@ -102,7 +102,9 @@ def pick_dtype(precision: str, device: str):
 def is_out_of_memory(error: BaseException) -> bool:
     import torch
     oom = getattr(torch, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(error, oom)) or "out of memory" in str(error).lower()
+    text = str(error).lower()
+    return ((oom is not None and isinstance(error, oom)) or isinstance(error, MemoryError)
+            or "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
 
 
 class DiffusersGenerator:
