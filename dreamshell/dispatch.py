@@ -198,8 +198,8 @@ class Dispatcher:
         if not args:
             raise UserError("!replay needs a file: !replay outputs/dream_log.txt")
         path = Path(_unquote(args)).expanduser()
-        if not path.is_file():
-            raise UserError(f"!replay {args}: no such file")
+        if not path.exists():
+            raise UserError(f"!replay {shorten(args, 200)}: no such file")
         if self._replay_depth >= 5:
             raise UserError("!replay is nested 5 deep; a file probably replays itself")
         # read it all first: replaying the log this session appends to must not chase its own tail

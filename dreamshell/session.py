@@ -185,7 +185,8 @@ class Session:
         result = RunResult()
         resolved = self.prepare(request, listener)
         sized = apply_defaults(request, self.defaults)
-        init, mask, resolved = self._inputs(resolved, explicit_size=bool(sized.width or sized.height))
+        init, mask, resolved = self._inputs(resolved, explicit_size=bool(sized.width or sized.height),
+                                            note=lambda text: self._note(result, listener, text))
         folder = self.folder(resolved.outdir)
         for note in folder.open():
             self._note(result, listener, note)
@@ -250,7 +251,7 @@ class Session:
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{what} {path}: not a readable image ({e})") from None
 
-    def _inputs(self, request: DreamRequest, explicit_size: bool):
+    def _inputs(self, request: DreamRequest, explicit_size: bool, note: Callable[[str], None] = lambda _: None):
         """The init image and mask, sized to W x H (--fit resizes; otherwise sizes must agree)."""
         if not request.init_img:
             return None, None, request
@@ -270,6 +271,8 @@ class Session:
         if request.init_mask:
             mask = self._load_image(request.init_mask, "-M", "L")
             if mask.size != init.size:
+                note(f"note: -M {request.init_mask} is {mask.size[0]}x{mask.size[1]}; it is resized to the image's "
+                     f"{init.size[0]}x{init.size[1]}")
                 mask = mask.resize(init.size, Image.NEAREST)
         return init, mask, request
 
