@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .errors import LimitError
 from .request import DreamRequest
-from .safetext import quoted
+from .safetext import quoted, shorten
 from .samplers import SAMPLERS
 
 MAX_ITERATIONS = 1000          # -n: images from one line
@@ -32,9 +32,14 @@ MAX_STEPS: dict[str, int] = {s.name: _SCHEDULER_STEPS.get(s.scheduler or "", TRA
 MAX_ANY_STEPS = max(MAX_STEPS.values())
 
 
+def _number(n: int) -> str:
+    """A user's number as messages show it: a few hundred digits are shortened."""
+    return shorten(str(n), 24)
+
+
 def check_iterations(n: int) -> None:
     if n > MAX_ITERATIONS:
-        raise LimitError(f"-n {n} is too many images for one line; the most is {MAX_ITERATIONS} "
+        raise LimitError(f"-n {_number(n)} is too many images for one line; the most is {MAX_ITERATIONS} "
                          "(run the line again for more)")
 
 
@@ -43,7 +48,7 @@ def check_steps(steps: int, sampler: str | None) -> None:
     bound = MAX_STEPS.get(sampler, MAX_ANY_STEPS) if sampler else MAX_ANY_STEPS
     if steps > bound:
         which = f"the {sampler} sampler" if sampler else "any sampler"
-        raise LimitError(f"-s {steps} is more steps than {which} can take: at most {bound} "
+        raise LimitError(f"-s {_number(steps)} is more steps than {which} can take: at most {bound} "
                          f"(the model was trained on {TRAIN_TIMESTEPS} noise levels)")
 
 
