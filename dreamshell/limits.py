@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from .errors import LimitError
 from .request import DreamRequest
-from .safetext import quoted
-from .samplers import SAMPLERS
+from .safetext import quoted, shorten
+from .samplers import SAMPLERS, find_sampler
 
 MAX_ITERATIONS = 1000          # -n: images from one line
 MAX_LINE_CHARS = 10_000        # one typed line or one line of a command file
@@ -32,19 +32,33 @@ MAX_STEPS: dict[str, int] = {s.name: _SCHEDULER_STEPS.get(s.scheduler or "", TRA
 MAX_ANY_STEPS = max(MAX_STEPS.values())
 
 
+def _number(n: int) -> str:
+    """A user's number as messages show it: a few hundred digits are shortened."""
+    return shorten(str(n), 24)
+
+
 def check_iterations(n: int) -> None:
     if n > MAX_ITERATIONS:
-        raise LimitError(f"-n {n} is too many images for one line; the most is {MAX_ITERATIONS} "
+        raise LimitError(f"-n {_number(n)} is too many images for one line; the most is {MAX_ITERATIONS} "
                          "(run the line again for more)")
+
+
+def max_steps(sampler: str | None) -> int:
+    """The most steps `sampler` (any spelling, with its schedule) can take; any sampler's when unknown."""
+    found = find_sampler(sampler) if sampler else None
+    if found is None:
+        return MAX_ANY_STEPS
+    return _SCHEDULER_STEPS.get(found.scheduler or "", TRAIN_TIMESTEPS)
 
 
 def check_steps(steps: int, sampler: str | None) -> None:
     """Steps within what the sampler can take (any sampler's bound when it is not known yet)."""
-    bound = MAX_STEPS.get(sampler, MAX_ANY_STEPS) if sampler else MAX_ANY_STEPS
+    bound = max_steps(sampler)
     if steps > bound:
         which = f"the {sampler} sampler" if sampler else "any sampler"
-        raise LimitError(f"-s {steps} is more steps than {which} can take: at most {bound} "
-                         f"(the model was trained on {TRAIN_TIMESTEPS} noise levels)")
+        why = (f"the model was trained on {TRAIN_TIMESTEPS} noise levels" if bound >= TRAIN_TIMESTEPS - 1
+               else "the scheduler's own bound")
+        raise LimitError(f"-s {_number(steps)} is more steps than {which} can take: at most {bound} ({why})")
 
 
 def check_prompt_length(prompt: str) -> None:

@@ -16,7 +16,7 @@ from .limits import check_line_length, check_prompt_length, check_request
 from .prompt import PromptError, split_prompt
 from .samplers import find_sampler
 from .request import Blank, BangCommand, DreamRequest, HelpRequest
-from .safetext import first_unsafe, quoted, visible
+from .safetext import first_unsafe, quoted, shorten, visible
 from .switches import BY_SPELLING, HELP_SPELLINGS, UNSUPPORTED, Switch, SwitchError, all_spellings
 
 __all__ = ["ParseError", "LimitError", "parse_line", "parse_request", "parse_switches", "split_line",
@@ -117,7 +117,7 @@ def _unknown(token: str) -> ParseError:
         if name == spelling or (not name.startswith("--") and not spelling.startswith("--")
                                 and name.startswith(spelling)
                                 and (len(spelling) > 2 or name[2:].lstrip("-").replace(".", "", 1).isdigit())):
-            return ParseError(f"{visible(name)}: {what} is not supported by dreamshell; remove it from the line")
+            return ParseError(f"{shorten(name, 40)}: {what} is not supported by dreamshell; remove it from the line")
     near = difflib.get_close_matches(name[:40], all_spellings(), n=1, cutoff=0.6)
     if not near and name.startswith("-") and not name.startswith("--"):
         near = [s for s in all_spellings() if s.lower() == name[:2].lower()][:1]
@@ -146,10 +146,10 @@ def parse_switches(tokens: list[str]) -> tuple[dict, bool]:
         if sw is None:
             raise _unknown(token)
         if sw.field in values:
-            raise ParseError(f"{visible(spelling)} is given twice; give each switch once")
+            raise ParseError(f"{shorten(spelling, 40)} is given twice; give each switch once")
         if sw.is_flag:
             if glued:
-                raise ParseError(f"{visible(spelling)} is a flag and takes no value ({quoted(token)})")
+                raise ParseError(f"{shorten(spelling, 40)} is a flag and takes no value ({quoted(token)})")
             values[sw.field] = True
             continue
         lo, hi = sw.nargs

@@ -6,7 +6,7 @@ raw control character, which rich prints exactly as it is (markup off, or escape
 
 import io
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
@@ -78,6 +78,10 @@ def _assert_prints_exactly(message: str) -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_lines())
+@example("x -s 5" + "4294967295" * 200 + " -A plms")    # found by bench/fuzz_lines.py: numbers echoed whole
+@example("x -n " + "9" * 4000)
+@example("x -b1" + "9" * 2000)                          # an unsupported switch's name echoed whole
+@example("x --embiggen" + "[/bold]\x1b" * 500)
 def test_hostile_lines_fail_cleanly_in_one_short_safe_line(line):
     try:
         item = parse_line(line)

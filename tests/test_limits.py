@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dreamshell.errors import LimitError, ParseError
-from dreamshell.limits import (MAX_ITERATIONS, MAX_LINE_CHARS, MAX_PROMPT_CHARS, MAX_STEPS, check_request)
+from dreamshell.limits import (MAX_ITERATIONS, MAX_LINE_CHARS, MAX_PROMPT_CHARS, MAX_STEPS, check_request,
+                               max_steps)
 from dreamshell.parser import parse_line, parse_request
 from dreamshell.request import DreamRequest
 from dreamshell.samplers import SAMPLERS
@@ -36,6 +37,11 @@ def test_steps_are_bounded_per_sampler():
     check_request(DreamRequest("x", steps=1000, sampler="k_euler"))
     with pytest.raises(LimitError, match="UniPC"):
         check_request(DreamRequest("x", steps=1000, sampler="UniPC"))
+
+
+def test_a_schedule_spelling_has_its_sampler_bound():
+    assert "at most 999" in _message("x -s 1000 -A \"DPM++ 2M Karras\"")
+    assert max_steps("dpmpp_2m") == max_steps("k_dpmpp_2") == 999 and max_steps("k_euler") == 1000
 
 
 def test_every_sampler_has_a_step_bound():

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dreamshell.dreamlog import commands_from_bytes
 from dreamshell.formatter import format_request
+from dreamshell.limits import max_steps
 from dreamshell.parser import parse_request
 from dreamshell.prompt import PromptError, split_prompt
 from dreamshell.request import DreamRequest, UpscaleSpec
@@ -90,6 +91,8 @@ def requests(draw):
         values["init_img"] = "in.png"
     if values.get("save_original") and "upscale" not in values:
         values["upscale"] = UpscaleSpec(2.0)
+    if "steps" in values and "sampler" in values:  # each sampler's own bound (LCM: 50)
+        values["steps"] = min(values["steps"], max_steps(values["sampler"]))
     return DreamRequest(prompt=draw(prompts().filter(_valid_prompt)), **values)
 
 
