@@ -106,10 +106,11 @@ class BatchRun:
         """"done", "stopped" or "dead" (every worker gone)."""
         while True:
             self._prepare()
-            self._flush()
+            stopping = self.control.stop.is_set()
+            self._flush(stopping)
             if self.next >= len(self.tasks):
                 return "done"
-            if self.control.stop.is_set():
+            if stopping:
                 return "stopped"
             if not self.pool.alive and not self.pool.down:
                 return "dead"
@@ -146,7 +147,8 @@ class BatchRun:
             if not made:
                 raise LineError("-I -1 means the last image made, but none was made before this line")
             request = request.with_(init_img=made[-1])
-        return load_inputs(request, task.explicit_size)
+        init, mask, request = load_inputs(request, task.explicit_size)
+        return request, init, mask
 
     def _log(self, outdir: str | None) -> LogIndex:
         folder = self.writer.folder(outdir).folder   # opened (and repaired) before its log is read
@@ -200,10 +202,14 @@ class BatchRun:
 
     # ----- write, in the file's order
 
-    def _flush(self) -> None:
+    def _flush(self, stopping: bool = False) -> None:
+        """Write what is next in order; when stopping, only finished images (a failure seen after
+        Ctrl-C may be the stop itself, so it is not reported)."""
         while self.next < len(self.tasks):
             i, task = self.next, self.tasks[self.next]
             state = self.status[i]
+            if stopping and state not in ("done", "skipped"):
+                return
             if state == "done":
                 self.paths[i] = self.writer.write(task, self.results.pop(i))
                 self.payload.pop(i, None)

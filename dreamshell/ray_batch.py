@@ -198,7 +198,11 @@ def run_ray(args, registry, spec, defaults, echo, error, control, console=None) 
     if plan.errors:
         error(f"{len(plan.errors)} bad line(s): nothing was run (fix them; --dry_run checks a file)")
         return 2
-    started = connect(ray, getattr(args, "ray", None))
+    try:
+        started = connect(ray, args.ray)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        error(f"--ray {args.ray}: cannot reach the Ray cluster ({str(e).strip().splitlines()[0]})")
+        return 2
     count, options, device = worker_layout(ray, args.device, args.ray_cpus_per_worker, args.ray_workers)
     if count < 1:
         error(f"the Ray cluster has no room for a worker ({args.ray_cpus_per_worker} CPU(s) or 1 GPU each)")
@@ -213,6 +217,8 @@ def run_ray(args, registry, spec, defaults, echo, error, control, console=None) 
     except OutputError as e:
         error(str(e))
         end = "failed"
+    except KeyboardInterrupt:  # a second Ctrl-C: what was written stays written
+        end = "stopped"
     finally:
         if progress is not None:
             progress.stop()

@@ -51,14 +51,20 @@ def commands(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_run(commands, tmp_path_factory):
-    """The reference: the same file run locally (no Ray)."""
-    out = tmp_path_factory.mktemp("local") / "out"
-    assert main(["--from_file", str(commands), "-o", str(out), *STEPS]) == 0
-    return out
+    """The reference: the same file run locally (no Ray), into `out` below its own working folder
+    (as each Ray run below: `-I -1` names `out/NNNNNN.SEED.png` in both)."""
+    where = tmp_path_factory.mktemp("local")
+    back = os.getcwd()
+    os.chdir(where)
+    try:
+        assert main(["--from_file", str(commands), "-o", "out", *STEPS]) == 0
+    finally:
+        os.chdir(back)
+    return where / "out"
 
 
-def ray_argv(commands, out, *more):
-    return ["--from_file", str(commands), "-o", str(out), *STEPS, "--ray", "--ray_cpus_per_worker", "1", *more]
+def ray_argv(commands, *more):
+    return ["--from_file", str(commands), "-o", "out", *STEPS, "--ray", "--ray_cpus_per_worker", "1", *more]
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
@@ -91,10 +97,10 @@ def busy_worker_pids() -> list[int]:
     return pids
 
 
-def run_direct(commands, out, echo, control, *more):
+def run_direct(commands, echo, control, *more):
     """run_ray as app.py calls it, with this test's echo and Control (Ctrl-C is control.stop)."""
     ap = build_argparser()
-    args = ap.parse_args(ray_argv(commands, out, *more))
+    args = ap.parse_args(ray_argv(commands, *more))
     spec = demo_spec()
     from dreamshell.cli import session_defaults
     errors = []
@@ -104,8 +110,8 @@ def run_direct(commands, out, echo, control, *more):
 
 
 def test_a_ray_run_writes_the_local_runs_files_names_and_log(local_ray, commands, local_run, tmp_path, capsys):
-    out = tmp_path / "ray"
-    assert main(ray_argv(commands, out)) == 0
+    out = Path.cwd() / "out"
+    assert main(ray_argv(commands)) == 0
     text = capsys.readouterr().out
     assert f"{TOTAL} image(s) on 2 Ray worker(s) (cpu)" in text
     assert f"{TOTAL} image(s) written, 0 already in the log" in text
@@ -115,7 +121,7 @@ def test_a_ray_run_writes_the_local_runs_files_names_and_log(local_ray, commands
 
 
 def test_resume_after_a_stop_makes_only_the_missing_images(local_ray, commands, local_run, tmp_path, capsys):
-    out = tmp_path / "ray"
+    out = Path.cwd() / "out"
     control = Control()
     shown = []
 
@@ -123,24 +129,24 @@ def test_resume_after_a_stop_makes_only_the_missing_images(local_ray, commands, 
         shown.append(text)
         if text.startswith("[5] "):
             control.stop.set()   # Ctrl-C after the fifth image
-    code, errors = run_direct(commands, out, echo, control)
+    code, errors = run_direct(commands, echo, control)
     assert code == 130 and not errors
     first = sorted(pngs(out))
     assert 5 <= len(first) < TOTAL
     assert first == sorted(pngs(local_run))[:len(first)]   # a prefix of the file's images, nothing torn
 
-    assert main(ray_argv(commands, out, "--resume")) == 0
+    assert main(ray_argv(commands, "--resume")) == 0
     text = capsys.readouterr().out
     assert f"{TOTAL - len(first)} image(s) written, {len(first)} already in the log" in text
     assert_same_as_local(out, local_run)                    # each image once, numbered as locally
 
-    assert main(ray_argv(commands, out, "--resume")) == 0   # nothing left: nothing made again
+    assert main(ray_argv(commands, "--resume")) == 0   # nothing left: nothing made again
     assert f"0 image(s) written, {TOTAL} already in the log" in capsys.readouterr().out
     assert_same_as_local(out, local_run)
 
 
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(local_ray, commands, local_run, tmp_path):
-    out = tmp_path / "ray"
+    out = Path.cwd() / "out"
     shown = []
     killed = []
 
@@ -150,7 +156,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(local_ray, command
             pids = busy_worker_pids()
             os.kill(pids[0], signal.SIGKILL)   # it has images queued: they go to the other worker
             killed.append(pids[0])
-    code, errors = run_direct(commands, out, echo, Control())
+    code, errors = run_direct(commands, echo, Control())
     assert code == 0 and not errors and killed
     assert any("handed to another worker after a worker died" in line for line in shown)
     assert_same_as_local(out, local_run)
@@ -160,8 +166,8 @@ def test_a_bad_line_is_reported_before_any_work_starts(commands, tmp_path, capsy
     bad = tmp_path / "bad.txt"
     lines = LINES[:6] + ["a circle -Z 3", "!fetch some.png"] + LINES[6:]
     bad.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "ray"
-    assert main(ray_argv(bad, out)) == 2
+    out = Path.cwd() / "out"
+    assert main(ray_argv(bad)) == 2
     err = capsys.readouterr().err
     assert f"{bad}:7: unknown switch '-Z'" in err
     assert f"{bad}:8: !fetch is not run with --ray" in err
@@ -171,6 +177,6 @@ def test_a_bad_line_is_reported_before_any_work_starts(commands, tmp_path, capsy
 
 def test_without_ray_installed_ray_says_how_to_install_it(commands, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)   # import ray fails as if it were not installed
-    assert main(ray_argv(commands, tmp_path / "out")) == 2
+    assert main(ray_argv(commands)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['error: --ray needs Ray, an optional extra: pip install "dreamshell[ray]"']
