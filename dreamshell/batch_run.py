@@ -143,10 +143,10 @@ class BatchRun:
     def _inputs(self, task):
         request = task.request
         if request.init_img == "-1":
-            made = [self.paths[j] for j in range(task.line_start) if j in self.paths]
-            if not made:
+            last = next((self.paths[j] for j in range(task.line_start - 1, -1, -1) if j in self.paths), None)
+            if last is None:
                 raise LineError("-I -1 means the last image made, but none was made before this line")
-            request = request.with_(init_img=made[-1])
+            request = request.with_(init_img=last)
         init, mask, request = load_inputs(request, task.explicit_size)
         return request, init, mask
 

@@ -46,14 +46,16 @@ def connect(ray, address: str | None) -> bool:
 
 def worker_layout(ray, device: str, cpus_per_worker: int, limit: int | None) -> tuple[int, dict, str]:
     """How many workers, their Ray resources and their device: one per GPU, else one per N cores
-    of each node."""
+    of each node (N capped at the largest node's cores)."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     gpus = sum(int(n["Resources"].get("GPU", 0)) for n in nodes)
     if gpus and device != "cpu":
         count, options, where = gpus, {"num_gpus": 1}, device
     else:
-        count = sum(int(n["Resources"].get("CPU", 0)) // cpus_per_worker for n in nodes)
-        options, where = {"num_cpus": cpus_per_worker}, "cpu"
+        cores = [int(n["Resources"].get("CPU", 0)) for n in nodes]
+        per = max(1, min(cpus_per_worker, max(cores, default=1)))  # a small node: one worker on all its cores
+        count = sum(c // per for c in cores)
+        options, where = {"num_cpus": per}, "cpu"
     if limit:
         count = min(count, limit)
     return count, options, where

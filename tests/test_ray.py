@@ -52,14 +52,18 @@ def commands(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(commands, tmp_path_factory):
     """The reference: the same file run locally (no Ray), into `out` below its own working folder
-    (as each Ray run below: `-I -1` names `out/NNNNNN.SEED.png` in both)."""
+    (as each Ray run below: `-I -1` names `out/NNNNNN.SEED.png` in both). On one thread, as each
+    1-core worker runs: on CPU another thread count may move a few pixel values by one."""
+    import torch
     where = tmp_path_factory.mktemp("local")
-    back = os.getcwd()
+    back, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(where)
+    torch.set_num_threads(1)
     try:
         assert main(["--from_file", str(commands), "-o", "out", *STEPS]) == 0
     finally:
         os.chdir(back)
+        torch.set_num_threads(threads)
     return where / "out"
 
 
