@@ -80,6 +80,10 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     except ModelsFileError as e:
         error(str(e))
         return 2
+    if getattr(args, "ray", None) is not None:  # the images are made by Ray workers; this is the writer
+        from .ray_batch import run_ray
+        with InterruptibleRun(control := Control()):
+            return run_ray(args, registry, spec, defaults, echo, error, control, console)
     session = build_session(args, registry, defaults)
     session.model = spec
     progress = RichProgress(console) if console.is_terminal else None

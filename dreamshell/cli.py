@@ -63,6 +63,16 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "
                          "without loading a model")
+    ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="with --from_file: make the images on a Ray cluster (ADDRESS as ray.init takes it, "
+                         "e.g. auto; none starts a local Ray), one worker per GPU")
+    ap.add_argument("--ray_cpus_per_worker", type=int, default=4, metavar="N",
+                    help="with --ray on nodes without a GPU: one worker per N cores (default 4)")
+    ap.add_argument("--ray_workers", type=int, default=None, metavar="K",
+                    help="with --ray: at most K workers (default: as many as the cluster has room for)")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --ray: skip the images the output folder's log already has (a rerun "
+                         "continues a stopped batch)")
     ap.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                     help="auto: float16 on CUDA/MPS; on CPU bfloat16 where the CPU has it natively "
                          "(AVX512-BF16/AMX; the VAE stays float32), else float32")
@@ -128,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.dry_run and not args.from_file:
         ap.error("--dry_run needs --from_file FILE (the file to check)")
+    if args.ray is not None and not args.from_file:
+        ap.error("--ray needs --from_file FILE (the command file to run on the cluster)")
+    if args.resume and args.ray is None:
+        ap.error("--resume works with --ray: dreamshell --from_file FILE --ray --resume")
+    if args.ray_cpus_per_worker < 1 or (args.ray_workers is not None and args.ray_workers < 1):
+        ap.error("--ray_cpus_per_worker and --ray_workers take a whole number of at least 1")
     if args.config is not None and not args.config.exists():
         print(f"error: models file {args.config} does not exist", file=sys.stderr)
         return 2

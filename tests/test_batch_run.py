@@ -1,0 +1,141 @@
+"""The driver of a distributed batch without Ray or a model: planning, writing in the file's order
+whatever order results come back in, --resume, a lost worker, a failing line (issue 13)."""
+
+from pathlib import Path
+
+from PIL import Image
+
+from dreamshell.batch_plan import plan_lines
+from dreamshell.batch_run import BatchRun, OrderedWriter
+from dreamshell.models import Registry, demo_spec
+from dreamshell.session import Control
+
+LINES = [(1, "a red circle -S 7 -n 3"), (2, "a blue square -S -1"), (4, "a green square -S 30 -n 2"),
+         (5, "a pink circle -I -1 -f 0.5 -S 40")]
+
+
+def plan(lines=LINES):
+    spec = demo_spec()
+    return plan_lines(lines, Registry({spec.name: spec}), spec, None, "f.txt")
+
+
+class FakePool:
+    """Workers that finish their images last-submitted first; `lose` names images whose worker dies
+    once; `fail` images that fail as the worker's GenerationError would."""
+
+    def __init__(self, tasks, workers=2, lose=(), fail=()):
+        self.tasks, self.lose, self.fail = tasks, set(lose), set(fail)
+        self.actors = list(range(workers))
+        self.model = [None] * workers
+        self.load = [0] * workers
+        self.down: dict = {}
+        self.queued: list = []
+        self.made: list[int] = []
+
+    @property
+    def alive(self):
+        return len(self.actors)
+
+    def free(self):
+        return [a for a in self.actors if self.load[a] < 2]
+
+    def submit(self, actor, index, task, payload, notes):
+        self.queued.append((index, actor, payload[0]))
+        self.load[actor] += 1
+        self.model[actor] = task.spec.name
+
+    def wait(self, timeout):
+        events = []
+        while self.queued:
+            index, actor, request = self.queued.pop()   # newest first: out of the file's order
+            self.load[actor] -= 1
+            if index in self.lose:
+                self.lose.discard(index)
+                events.append(("lost", index, None))
+            elif index in self.fail:
+                events.append(("error", index, "the prompt is cursed"))
+            else:
+                self.made.append(index)
+                colour = (request.seed % 256, len(request.prompt), 9)
+                events.append(("ok", index, {"request": request, "image": Image.new("RGB", (64, 64), colour),
+                                             "notes": [], "post": (), "model_hash": "ab" * 32, "original": None}))
+        return events
+
+
+def run(p, out, pool, resume=False, control=None, echo=None):
+    errors = []
+    writer = OrderedWriter(out, True, echo or (lambda text: None))
+    batch = BatchRun(p, pool, writer, control or Control(), "f.txt", errors.append, resume)
+    return batch, batch.run(), errors
+
+
+def log_lines(out: Path) -> list[str]:
+    return (out / "dream_log.txt").read_text().splitlines()
+
+
+def test_the_plan_resolves_seeds_and_splits_lines_into_images():
+    p = plan()
+    assert not p.errors
+    assert [t.request.seed for t in p.tasks] == [7, 8, 9, 9, 30, 31, 40]
+    assert [t.number for t in p.tasks] == [1, 1, 1, 2, 4, 4, 5]
+    assert p.tasks[-1].request.init_img == "-1" and p.tasks[-1].line_start == 6
+
+
+def test_seeds_a_file_leaves_open_are_the_same_on_a_rerun():
+    lines = [(1, "a red circle -n 2"), (2, "a blue square")]
+    assert [t.request.seed for t in plan(lines).tasks] == [t.request.seed for t in plan(lines).tasks]
+
+
+def test_results_out_of_order_are_written_in_the_files_order(tmp_path):
+    out = tmp_path / "out"
+    shown = []
+    batch, end, errors = run(plan(), out, FakePool(plan().tasks), echo=shown.append)
+    assert end == "done" and not errors and batch.written == 7
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["000000.7.png", "000001.8.png", "000002.9.png", "000003.9.png", "000004.30.png",
+                     "000005.31.png", "000006.40.png"]
+    assert [line.split(": ")[0] for line in log_lines(out)] == [str(out / n) for n in names]
+    assert f"-I {out / '000005.31.png'} -f 0.5" in log_lines(out)[-1]   # -I -1: the image before it
+    assert shown[0].startswith(f"[1] {out / '000000.7.png'}: ")
+
+
+def test_resume_makes_only_what_the_log_lacks(tmp_path):
+    out = tmp_path / "out"
+    control = Control()
+
+    def stop_after_three(text):
+        if text.startswith("[3] "):
+            control.stop.set()
+    batch, end, _ = run(plan(), out, FakePool(plan().tasks), control=control, echo=stop_after_three)
+    kept = batch.written   # the finished images are written, the rest dropped
+    assert end == "stopped" and 3 <= kept < 7 and len(log_lines(out)) == kept
+    pool = FakePool(plan().tasks)
+    batch, end, errors = run(plan(), out, pool, resume=True)
+    assert end == "done" and not errors and (batch.written, batch.skipped) == (7 - kept, kept)
+    assert sorted(pool.made) == list(range(kept, 7))
+    assert len(log_lines(out)) == 7 and len(set(log_lines(out))) == 7
+    assert len(list(out.glob("*.png"))) == 7
+
+
+def test_an_image_whose_worker_died_is_made_again_and_written_once(tmp_path):
+    out = tmp_path / "out"
+    pool = FakePool(plan().tasks, lose={1, 4})
+    batch, end, errors = run(plan(), out, pool)
+    assert end == "done" and not errors and batch.retried == 2
+    assert len(log_lines(out)) == 7 and len(list(out.glob("*.png"))) == 7
+
+
+def test_a_failing_image_keeps_the_lines_earlier_images_and_drops_the_rest(tmp_path):
+    out = tmp_path / "out"
+    batch, end, errors = run(plan(), out, FakePool(plan().tasks, fail={1}))
+    assert errors == ["f.txt:1: the prompt is cursed"]
+    assert batch.bad_lines == 1
+    assert sorted(p.name for p in out.glob("*.png"))[:2] == ["000000.7.png", "000001.9.png"]
+    assert len(log_lines(out)) == 5
+
+
+def test_bad_lines_are_all_reported_with_their_numbers():
+    p = plan([(1, "a -S -1"), (2, "!fetch x.png"), (3, "b -I nofile.png"), (4, "c -Z"), (5, "ok -S 1"),
+              (6, "!switch nope")])
+    assert [e.split(":")[1] for e in p.errors] == ["1", "2", "3", "4", "6"]
+    assert p.errors[1] == "f.txt:2: !fetch is not run with --ray (only prompt lines and !switch NAME are)"
