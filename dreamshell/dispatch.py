@@ -208,18 +208,20 @@ class Dispatcher:
         def run(control: Control, listener: Listener) -> Outcome:
             self._replay_depth += 1
             try:
-                return self.run_lines(lines, label=str(path), control=control)
+                return self.run_lines(lines, label=str(path), control=control, listener=listener)
             finally:
                 self._replay_depth -= 1
         return Work(f"!replay {args}", run)
 
-    def run_lines(self, lines, label: str, control: Control | None = None) -> Outcome:
-        """Run numbered lines as if typed, one after another; one Ctrl-C ends the whole batch."""
+    def run_lines(self, lines, label: str, control: Control | None = None,
+                  listener: Listener | None = None) -> Outcome:
+        """Run numbered lines as if typed, one after another; one Ctrl-C ends the whole batch. Inside a
+        queued `!replay` the job's listener is used, so its lines show as the job's (toolbar, thumbnails)."""
         control = control or Control()
         bad = ran = 0
         for number, command in lines:
             self.echo(shorten(f"{label}:{number}: {command}"))
-            outcome = self.execute(command, control)
+            outcome = self.execute(command, control, listener)
             if outcome.interrupted or control.stop.is_set():
                 self.echo(f"{label}: batch stopped at line {number}")
                 return Outcome(interrupted=True)

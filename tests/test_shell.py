@@ -295,3 +295,21 @@ def test_completion_offers_schedules_after_schedule():
     completer = DreamCompleter(lambda: [], lambda: {})
     texts = [c.text for c in completer.get_completions(Document("a cat -A k_euler --schedule k"), None)]
     assert "karras" in texts and all(t.lower().startswith(("k", '"k')) for t in texts)
+
+
+def test_replay_typed_at_the_prompt_runs_as_one_job_with_its_pictures(drive_shell, fake_session, tmp_path):
+    s = fake_session()
+    log = tmp_path / "cmds.txt"
+    log.write_text('"one" -S 11\n"two" -S 12\n')
+    made = []
+
+    def no_batch_listener():   # a batch's listener (a rich progress bar) would garble the prompt
+        made.append(1)
+        raise AssertionError("the batch listener was used inside the shell")
+    d = drive_shell(s, dispatcher=Dispatcher(s, echo=None, listener=no_batch_listener), preview="blocks")
+    d.dispatcher.echo = d.out.append
+    d.type(f"!replay {log}\r")
+    d.wait_output("2 line(s) run, 0 with errors")
+    assert d.finish() == 0
+    assert s.seeds == [11, 12] and made == []
+    assert sum(1 for o in d.out if "\u2580" in o) == 2, "a thumbnail after each replayed image"

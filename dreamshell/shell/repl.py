@@ -16,6 +16,7 @@ from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from ..dispatch import Command, Dispatcher, Outcome, Work, data_dir
@@ -114,7 +115,9 @@ class DreamShell:
         self.prompt = PromptSession(history=self.history, auto_suggest=AutoSuggestFromHistory(),
                                     completer=completer, complete_while_typing=False,
                                     bottom_toolbar=self.toolbar, input=input, output=output,
-                                    key_bindings=self._key_bindings(), refresh_interval=0.25)
+                                    key_bindings=self._key_bindings(), refresh_interval=0.25,
+                                    # the live preview's colours are 24-bit whatever TERM says (tmux)
+                                    color_depth=ColorDepth.TRUE_COLOR if self.protocol != "off" else None)
 
     def history_lines(self) -> list[str]:
         return list(self.history.get_strings())  # oldest first
