@@ -8,7 +8,9 @@ import threading
 from pathlib import Path
 
 from .dispatch import Dispatcher
-from .dreamlog import read_commands
+from .dreamlog import read_command_stream, read_commands
+from .errors import CommandFileError
+from .safetext import shorten
 from .model_host import ModelHost
 from .models import ModelsFileError, load_registry
 from .request import DreamRequest
@@ -114,14 +116,16 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
 
 
 def _run_file(source: str, dispatcher: Dispatcher, control: Control, error):
-    if source == "-":
-        lines = ((n, line.strip()) for n, line in enumerate(sys.stdin, 1))
-    else:
-        if not Path(source).is_file():
-            error(f"--from_file {source}: no such file")
-            return None
-        lines = list(read_commands(Path(source)))  # a snapshot: the log may grow as we run
-    return dispatcher.run_lines(lines, label=source, control=control)
+    """Run a command file (or stdin), checked whole first; a snapshot: the log may grow as we run."""
+    try:
+        if source == "-":
+            lines = read_command_stream(sys.stdin.buffer, "stdin")
+        else:
+            lines = read_commands(Path(source))
+    except CommandFileError as e:
+        error(f"--from_file: {e}")
+        return None
+    return dispatcher.run_lines(lines, label=shorten(source, 120), control=control)
 
 
 def _register_fix(dispatcher: Dispatcher) -> None:

@@ -208,7 +208,7 @@ class Dispatcher:
         def run(control: Control, listener: Listener) -> Outcome:
             self._replay_depth += 1
             try:
-                return self.run_lines(lines, label=str(path), control=control, listener=listener)
+                return self.run_lines(lines, label=shorten(str(path), 120), control=control, listener=listener)
             finally:
                 self._replay_depth -= 1
         return Work(f"!replay {args}", run)
