@@ -1,12 +1,14 @@
 """A 40-image command file made locally and on a local Ray with 1 and 2 workers (issue 13).
 
-Each run is `python -m dreamshell --from_file FILE ...` in its own process on the demo model (CPU).
-Steady-state images/s is timed between the first and the last `[N]` line the run prints (so model
-loads and Ray's start are left out; they are printed apart). The Ray overhead per image is the
-steady per-image time of Ray with one worker (all cores) against the local run (all cores). The
+Each run is `python -m dreamshell --from_file FILE ...` in its own process on the demo model (CPU),
+the local run on --threads torch threads and each Ray worker on as many cores.
+Steady-state images/s is timed over the second half of the `[N]` lines the run prints (model loads
+and Ray's start are left out and printed apart; and the images other workers made ahead of a slow
+first one, written in a burst once it is written, do not inflate the rate). The Ray overhead per image is the
+steady per-image time of Ray with one worker against the local run (the same thread count). The
 driver's own cost per image (planning + writing the PNG and its log line) is timed in-process.
 
-    flock /tmp/ds-heavy.lock python bench/bench_ray.py [--images 40] [--steps 10]
+    flock /tmp/ds-heavy.lock python bench/bench_ray.py [--images 40] [--steps 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ def command_file(folder: Path, images: int) -> Path:
     return path
 
 
-def timed_run(argv: list[str], cwd: Path) -> dict:
+def timed_run(argv: list[str], cwd: Path, threads: int) -> dict:
     """Wall time, the time of each `[N]` line, and the exit status of one dreamshell run."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "dreamshell", *argv], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -67,28 +69,33 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the local run and cores of each Ray worker (the same, so the "
+                         "comparison is Ray's cost alone)")
     opts = ap.parse_args()
     cores = os.cpu_count() or 1
+    per = str(opts.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = command_file(tmp, opts.images)
         common = ["--from_file", str(path), "-s", str(opts.steps)]
         runs = {
             "local": common + ["-o", "local"],
-            "ray, 1 worker": common + ["-o", "ray1", "--ray", "--ray_workers", "1",
-                                       "--ray_cpus_per_worker", str(cores)],
-            "ray, 2 workers": common + ["-o", "ray2", "--ray", "--ray_cpus_per_worker", str(max(1, cores // 2))],
+            "ray, 1 worker": common + ["-o", "ray1", "--ray", "--ray_workers", "1", "--ray_cpus_per_worker", per],
+            "ray, 2 workers": common + ["-o", "ray2", "--ray", "--ray_workers", "2", "--ray_cpus_per_worker", per],
         }
-        print(f"{opts.images} images, demo model 64x64, {opts.steps} steps, {cores} cores, CPU")
+        print(f"{opts.images} images, demo model 64x64, {opts.steps} steps, CPU ({cores} cores), "
+              f"{opts.threads} thread(s) for the local run and per worker")
         print(f"{'run':16} {'wall s':>7} {'first image s':>14} {'steady img/s':>13} {'s/img':>7}")
         per_image = {}
         for name, argv in runs.items():
-            r = timed_run(argv, tmp)
+            r = timed_run(argv, tmp, opts.threads)
             stamps = r["stamps"]
             if r["code"] != 0 or len(stamps) != opts.images:
                 print(f"{name}: failed (exit {r['code']}, {len(stamps)} images)")
                 continue
-            steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+            half = len(stamps) // 2   # the second half: images made ahead of a slow first one are
+            steady = (stamps[-1] - stamps[half]) / (len(stamps) - 1 - half)   # written in a burst early on
             per_image[name] = steady
             print(f"{name:16} {r['wall']:7.1f} {stamps[0]:14.1f} {1 / steady:13.2f} {steady:7.3f}")
         if "local" in per_image and "ray, 1 worker" in per_image:

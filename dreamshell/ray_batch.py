@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .batch_plan import plan_lines
 from .batch_run import DEPTH, BatchRun, OrderedWriter
-from .dreamlog import read_commands
+from .dreamlog import read_command_stream, read_commands
+from .errors import CommandFileError
 from .output import OutputError
 
 INSTALL = '--ray needs Ray, an optional extra: pip install "dreamshell[ray]"'
@@ -175,13 +176,15 @@ class BatchProgress:
 
 
 def read_lines(source: str, error) -> list[tuple[int, str]] | None:
+    """The command file (or stdin) through the checked reader a local run uses; None after one line."""
     import sys
-    if source == "-":
-        return [(n, line.strip()) for n, line in enumerate(sys.stdin, 1)]
-    if not Path(source).is_file():
-        error(f"--from_file {source}: no such file")
+    try:
+        if source == "-":
+            return read_command_stream(sys.stdin.buffer, "stdin")
+        return read_commands(Path(source))
+    except CommandFileError as e:
+        error(f"--from_file: {e}")
         return None
-    return list(read_commands(Path(source)))
 
 
 def run_ray(args, registry, spec, defaults, echo, error, control, console=None) -> int:

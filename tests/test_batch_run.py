@@ -45,6 +45,7 @@ class FakePool:
         self.model[actor] = task.spec.name
 
     def wait(self, timeout):
+        assert self.queued, "the driver waits on nothing: it stalled"
         events = []
         while self.queued:
             index, actor, request = self.queued.pop()   # newest first: out of the file's order
