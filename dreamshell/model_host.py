@@ -94,6 +94,8 @@ class ModelHost:
         except (GenerationError, OSError, ValueError) as e:
             message = _one_line(e)
             kept = self._restore(previous)
+            if previous is not None and self.spec == previous and f"'{previous.name}'" in message:
+                kept = ""   # the engine has said already that the previous model is loaded again
             raise LoadError(message + kept) from None
         except BaseException:
             self._restore(previous)
