@@ -93,15 +93,18 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     _register_fix(dispatcher)
 
     if args.line is not None or args.from_file is not None:
+        lines = None
+        if args.from_file is not None:
+            lines = _read_file(args.from_file, error)   # a bad file is told before any model loads
+            if lines is None:
+                return 2
         session.host.preload(spec)
         control = Control()
         with InterruptibleRun(control):
-            if args.line is not None:
+            if lines is None:
                 outcome = dispatcher.execute(args.line, control)
             else:
-                outcome = _run_file(args.from_file, dispatcher, control, error)
-                if outcome is None:
-                    return 2
+                outcome = dispatcher.run_lines(lines, label=shorten(args.from_file, 120), control=control)
         return 1 if outcome.failed else 130 if outcome.interrupted else 0
 
     from .shell.repl import DreamShell, open_history
@@ -115,17 +118,15 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     return shell.run()
 
 
-def _run_file(source: str, dispatcher: Dispatcher, control: Control, error):
-    """Run a command file (or stdin), checked whole first; a snapshot: the log may grow as we run."""
+def _read_file(source: str, error):
+    """A command file's (or stdin's) lines, checked whole first; a snapshot: the log may grow as we run."""
     try:
         if source == "-":
-            lines = read_command_stream(sys.stdin.buffer, "stdin")
-        else:
-            lines = read_commands(Path(source))
+            return read_command_stream(sys.stdin.buffer, "stdin")
+        return read_commands(Path(source))
     except CommandFileError as e:
         error(f"--from_file: {e}")
         return None
-    return dispatcher.run_lines(lines, label=shorten(source, 120), control=control)
 
 
 def _register_fix(dispatcher: Dispatcher) -> None:

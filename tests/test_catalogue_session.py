@@ -79,11 +79,14 @@ def test_a_mask_of_another_size_is_resized_with_a_note(shell_like, tmp_path):
     assert errors == []
 
 
-def test_a_binary_command_file_is_one_line_before_anything_loads(tmp_path, capsys):
+def test_a_binary_command_file_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
     from dreamshell.cli import main
+    preloads = []
+    monkeypatch.setattr(ModelHost, "preload", lambda self, spec: preloads.append(spec))
     binary = tmp_path / "image.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
     assert main(["--from_file", str(binary), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is binary" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    assert preloads == [], "no model load was started"
