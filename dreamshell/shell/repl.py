@@ -110,6 +110,7 @@ class DreamShell:
         self.live_preview = None
         self.protocol = self._pick_protocol(preview)
         self._leave_asked = False
+        self._timer: threading.Timer | None = None
         self._register_queue_commands()
         completer = DreamCompleter(lambda: list(session.registry.models), lambda: dispatcher.commands)
         self.prompt = PromptSession(history=self.history, auto_suggest=AutoSuggestFromHistory(),
@@ -294,9 +295,9 @@ class DreamShell:
         """Start the deferred work (loading the model) just after the first prompt is drawn."""
         if self._on_first_prompt is not None:
             start, self._on_first_prompt = self._on_first_prompt, None
-            timer = threading.Timer(self._delay, start)
-            timer.daemon = True
-            timer.start()
+            self._timer = threading.Timer(self._delay, start)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _may_leave(self) -> bool:
         """Leave at once when nothing is queued; otherwise say what would be dropped and ask again."""
@@ -340,6 +341,8 @@ class DreamShell:
             else:
                 code = asyncio.run(self._loop())
         finally:
+            if self._timer is not None:
+                self._timer.cancel()      # leaving at once: the model need not start loading
             self.jobs.close()
             self.jobs.wait_idle(timeout=30)
         self.echo("bye")
