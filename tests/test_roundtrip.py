@@ -18,7 +18,8 @@ from dreamshell.switches import MAX_SEED, SWITCHES
 
 # a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
 WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="[]:")
-words = st.text(WORD_CHARS, min_size=1, max_size=12).filter(lambda w: w.strip())
+# ... nor the bidirectional overrides the parser refuses with them (safetext.is_unsafe)
+words = st.text(WORD_CHARS, min_size=1, max_size=12).filter(lambda w: w.strip() and first_unsafe(w) is None)
 
 
 def _valid_prompt(p: str) -> bool:
