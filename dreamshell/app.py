@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from pathlib import Path
 
 from .dispatch import Dispatcher
-from .dreamlog import read_command_stream, read_commands
+from .dreamlog import read_command_source
 from .errors import CommandFileError
 from .safetext import shorten
 from .model_host import ModelHost
@@ -121,9 +120,7 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
 def _read_file(source: str, error):
     """A command file's (or stdin's) lines, checked whole first; a snapshot: the log may grow as we run."""
     try:
-        if source == "-":
-            return read_command_stream(sys.stdin.buffer, "stdin")
-        return read_commands(Path(source))
+        return read_command_source(source)
     except CommandFileError as e:
         error(f"--from_file: {e}")
         return None

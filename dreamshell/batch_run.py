@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from .batch_plan import LineError, LogIndex, Plan, load_inputs
 from .formatter import format_request
-from .output import OutputFolder
+from .output import OutputFolder, compose_grid
 from .pngmeta import ImageMeta
 from .request import ImageRecord
 from .ui import record_line
@@ -67,13 +67,7 @@ class OrderedWriter:
             return
         first, _, result = made[0]
         images = [image for _, image, _ in made]
-        cols = int(len(images) ** 0.5 + 0.999)
-        rows = -(-len(images) // cols)
-        from PIL import Image
-        w, h = images[0].size
-        grid = Image.new("RGB", (cols * w, rows * h), "black")
-        for i, img in enumerate(images):
-            grid.paste(img, ((i % cols) * w, (i // cols) * h))
+        grid = compose_grid(images)
         one = result["request"]
         line = task.line_request.with_(grid=False, width=one.width, height=one.height, init_img=one.init_img)
         meta = ImageMeta(line, result["model_hash"], __version__, (), "grid")

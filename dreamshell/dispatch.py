@@ -164,6 +164,8 @@ class Dispatcher:
         result = self.session.run(request, listener, control)
         if result.stopped is not None:
             self.echo(stopped_line(result.stopped))
+        if result.grid is not None:
+            self.echo(f"grid: {result.grid}")
         return Outcome(interrupted=result.interrupted)
 
     # ----- commands

@@ -114,3 +114,11 @@ def commands_from_bytes(data: bytes, label: str) -> list[tuple[int, str]]:
         if line and not is_comment(line):
             out.append((number, strip_log_prefix(line).strip()))
     return out
+
+
+def read_command_source(source: str) -> list[tuple[int, str]]:
+    """`--from_file FILE|-`: the file's (or stdin's) lines, checked whole first (CommandFileError)."""
+    if source == "-":
+        import sys
+        return read_command_stream(sys.stdin.buffer, "stdin")
+    return read_commands(Path(source))

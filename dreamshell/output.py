@@ -163,6 +163,18 @@ class OutputFolder:
                                 on_placed=self._log_line(command))
 
 
+def compose_grid(images: list):
+    """The images of one line side by side in a near-square grid (`-g`), on black."""
+    from PIL import Image
+    cols = int(len(images) ** 0.5 + 0.999)
+    rows = -(-len(images) // cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "black")
+    for i, img in enumerate(images):
+        grid.paste(img, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
 def _plain_png(image) -> bytes:
     import io
     buf = io.BytesIO()

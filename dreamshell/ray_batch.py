@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .batch_plan import plan_lines
 from .batch_run import DEPTH, BatchRun, OrderedWriter
-from .dreamlog import read_command_stream, read_commands
+from .dreamlog import read_command_source
 from .errors import CommandFileError
 from .output import OutputError
 
@@ -177,11 +177,8 @@ class BatchProgress:
 
 def read_lines(source: str, error) -> list[tuple[int, str]] | None:
     """The command file (or stdin) through the checked reader a local run uses; None after one line."""
-    import sys
     try:
-        if source == "-":
-            return read_command_stream(sys.stdin.buffer, "stdin")
-        return read_commands(Path(source))
+        return read_command_source(source)
     except CommandFileError as e:
         error(f"--from_file: {e}")
         return None

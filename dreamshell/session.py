@@ -22,7 +22,7 @@ from .limits import check_request
 from .formatter import format_request
 from .model_host import LoadError, ModelHost
 from .models import ModelSpec, ModelsFileError, Registry
-from .output import OutputFolder
+from .output import OutputFolder, compose_grid
 from .pngmeta import ImageMeta
 from .request import DreamRequest, ImageRecord
 from .resolve import ResolveError, apply_defaults, image_requests, resolve_request
@@ -307,13 +307,7 @@ class Session:
         return up, request, [{"type": "esrgan", "scale": spec.factor, "strength": spec.strength}]
 
     def _save_grid(self, images: list, request: DreamRequest, folder: OutputFolder, first: Path) -> Path:
-        cols = int(len(images) ** 0.5 + 0.999)
-        rows = -(-len(images) // cols)
-        w, h = images[0].size
-        grid = Image.new("RGB", (cols * w, rows * h), "black")
-        for i, img in enumerate(images):
-            grid.paste(img, ((i % cols) * w, (i // cols) * h))
-        return folder.save_grid(first, grid, self._meta(request.with_(grid=False), "grid"), len(images))
+        return folder.save_grid(first, compose_grid(images), self._meta(request.with_(grid=False), "grid"), len(images))
 
     # ----- post-processing (!fix)
 
