@@ -17,6 +17,8 @@ MAX_LINE_CHARS = 10_000        # one typed line or one line of a command file
 MAX_PROMPT_CHARS = 2000        # the prompt; compel encodes long prompts in 75-token chunks
 MAX_PAREN_DEPTH = 3            # ((( ))) nesting: compel's parser is exponential in the depth
 MAX_PAREN_GROUPS = 40          # ( ) groups in one prompt: each costs compel's parser time
+MAX_HIRES_SIZE = 8192          # the hires fix's second pass, like -W/-H
+MAX_LORAS = 16                 # <lora:...> tags in one prompt
 MAX_COMMAND_FILE_BYTES = 64 * 1024 * 1024   # --from_file, !replay, the dry run
 
 # Steps each sampler takes: the SD schedulers are trained on 1000 timesteps. DDIM raises above it,
@@ -79,3 +81,12 @@ def check_request(request: DreamRequest) -> None:
     check_iterations(request.iterations)
     if request.steps is not None:
         check_steps(request.steps, request.sampler)
+    if request.hires_steps is not None:
+        check_steps(request.hires_steps, request.sampler)
+    if request.hires_fix and request.width and request.height:
+        from .hires import DEFAULT_SCALE, target_size
+        scale = request.hires_scale or DEFAULT_SCALE
+        w, h = target_size(request.width, request.height, scale)
+        if max(w, h) > MAX_HIRES_SIZE:
+            raise LimitError(f"--hires_fix makes {w}x{h} from {request.width}x{request.height} at scale {scale:g}; "
+                             f"sides are at most {MAX_HIRES_SIZE}: lower --hires_scale or -W/-H")

@@ -1,19 +1,21 @@
 """The models file -> model specs (no torch). REFERENCE.md section 4.
 
 models.yaml maps a name to weights (a diffusers folder or one .safetensors/.ckpt file), an optional
-kind (read from the weights when left out: checkpoint.py), a description and defaults. The reserved
-key `upscalers` maps factors to Real-ESRGAN weight files. With no models file, the built-in demo
-model is the default.
+kind (read from the weights when left out: checkpoint.py), a description, defaults, a `vae` and a
+`clip_skip`. Reserved keys: `upscalers` maps factors to Real-ESRGAN weight files; `loras`,
+`embeddings` and `vaes` name those folders (default: the shipped models folder's loras/, embeddings/,
+vae/). With no models file, the built-in demo model is the default.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .checkpoint import KINDS, NotAModel, detect
+from .extras import Folders
 from .safetext import quoted, shorten
 
 DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
@@ -40,6 +42,8 @@ class ModelSpec:
     default: bool = False
     config: Path | None = None   # diffusers config folder for a single file (default: the shipped one)
     prediction: str | None = None  # "v" or "epsilon" where the weights cannot tell (SD 2.x)
+    vae: str | None = None       # a VAE to use instead of the weights' own (a path, or a name in the VAE folder)
+    clip_skip: int = 1           # A1111's numbering: 1 = off
 
     @property
     def is_single_file(self) -> bool:
@@ -51,6 +55,7 @@ class Registry:
     models: dict[str, ModelSpec]
     upscalers: dict[str, Path] = field(default_factory=dict)
     source: Path | None = None
+    folders: Folders = field(default_factory=lambda: Folders.under(builtin_models_dir()))
 
     @property
     def default(self) -> ModelSpec:
@@ -142,11 +147,21 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
         kind, prediction = found.kind or "", prediction or found.prediction
     size = default_size(kind, prediction)
     known = {"weights", "kind", "description", "width", "height", "steps", "cfg", "cfg_scale", "sampler",
-             "default", "config", "prediction"}
+             "default", "config", "prediction", "vae", "clip_skip"}
     unknown = set(entry) - known
     if unknown:
         raise ModelsFileError(f"{src}: model {shown} has unknown keys {shorten(str(sorted(unknown)), 100)}; "
                               f"known: {', '.join(sorted(known))}")
+    vae = entry.get("vae")
+    if vae is not None:
+        vae = str(vae)
+        local = Path(os.path.expanduser(vae))
+        local = local if local.is_absolute() else base / local
+        vae = str(local) if local.exists() else vae   # else a name in the VAE folder, looked up when used
+    clip_skip = entry.get("clip_skip", 1)
+    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
+        raise ModelsFileError(f"{src}: model {shown} has clip_skip {quoted(str(clip_skip))}; it is a whole number "
+                              "from 1 (off) to 12, A1111's numbering")
     try:
         return ModelSpec(name, path, kind, str(entry.get("description", "")),
                          width=int(entry.get("width", size)), height=int(entry.get("height", size)),
@@ -154,12 +169,13 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                          cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", 7.5))),
                          sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
                          config=(base / str(entry["config"])) if entry.get("config") else None,
-                         prediction=prediction)
+                         prediction=prediction, vae=vae, clip_skip=clip_skip)
     except (TypeError, ValueError) as e:
         raise ModelsFileError(f"{src}: model {shown}: {shorten(str(e), 100)}") from None
 
 
 MAX_MODELS_FILE_BYTES = 1024 * 1024
+FOLDER_KEYS = {"loras": "loras", "embeddings": "embeddings", "vaes": "vaes"}   # top-level keys: folders
 
 
 def _read_yaml(path: Path):
@@ -197,6 +213,7 @@ def load_registry(path: Path | None) -> Registry:
     """Read a models file; with none (or a missing default file) the demo model is the registry."""
     models: dict[str, ModelSpec] = {}
     upscalers: dict[str, Path] = {}
+    folders = Folders.under(builtin_models_dir())
     if path is not None and path.exists():
         data = _read_yaml(path)
         if not isinstance(data, dict):
@@ -211,6 +228,12 @@ def load_registry(path: Path | None) -> Registry:
                     p = Path(os.path.expanduser(str(weights)))
                     upscalers[str(factor)] = p if p.is_absolute() else base / p
                 continue
+            if name in FOLDER_KEYS:
+                if not isinstance(entry, str) or not entry.strip():
+                    raise ModelsFileError(f"{shorten(str(path), 120)}: '{name}' is a folder path ({name}: my/{name})")
+                p = Path(os.path.expanduser(entry))
+                folders = replace(folders, **{FOLDER_KEYS[name]: p if p.is_absolute() else base / p})
+                continue
             models[str(name)] = _spec_from_entry(str(name), entry, base, path)
     if not models:
         models[DEMO_NAME] = demo_spec()
@@ -218,4 +241,4 @@ def load_registry(path: Path | None) -> Registry:
     if anchor.exists() and not any(s.weights.resolve() == anchor.resolve() for s in models.values()):
         models["stable-diffusion-1.4"] = ModelSpec("stable-diffusion-1.4", anchor.resolve(), "sd1",
                                                    "the original shell's checkpoint path")
-    return Registry(models, upscalers, path if path is not None and path.exists() else None)
+    return Registry(models, upscalers, path if path is not None and path.exists() else None, folders)

@@ -197,6 +197,11 @@ def parse_request(line: str) -> DreamRequest | HelpRequest:
     if values.get("schedule") and values.get("sampler") and find_sampler(values["sampler"]).schedule:
         raise ParseError(f"-A {values['sampler']} already names its schedule; give --schedule with the plain "
                          "sampler name instead")
+    if any(k.startswith("hires_") for k in values):
+        values["hires_fix"] = True   # --hires_scale and the rest imply the hires fix
+        if values.get("init_img"):
+            raise ParseError("--hires_fix starts from noise; with -I give -W/-H at the size you want "
+                             "(and --fit) instead")
     if values.get("init_mask") and not values.get("init_img"):
         raise ParseError("-M (inpainting mask) needs -I (the image to paint into)")
     request = DreamRequest(prompt=prompt, **values)

@@ -1,4 +1,8 @@
-"""The prompt's own syntax: `[negative]` groups and weighted sub-prompts `a:0.25 b:0.75` (stdlib only).
+"""The prompt's own syntax: `[negative]` groups, weighted sub-prompts `a:0.25 b:0.75` and A1111's
+`<lora:NAME:WEIGHT>` tags (stdlib only).
+
+A LoRA tag applies to the whole image wherever it stands (as in A1111) and is taken out of the text
+that reaches the text encoder.
 
 The attention syntax inside a sub-prompt (`(word)1.3`, `word+`) is left as text for compel.
 """
@@ -8,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .limits import MAX_PAREN_DEPTH, MAX_PAREN_GROUPS
+from .limits import MAX_LORAS, MAX_PAREN_DEPTH, MAX_PAREN_GROUPS
 from .safetext import quoted
 
 
@@ -17,9 +21,18 @@ class PromptError(ValueError):
 
 
 @dataclass(frozen=True)
+class LoraTag:
+    """`<lora:NAME:WEIGHT>`: the LoRA file NAME (its stem in the LoRA folder) at WEIGHT."""
+
+    name: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class PromptParts:
     positive: tuple[tuple[str, float], ...]   # (text, weight) sub-prompts, weights as written
     negative: str
+    loras: tuple[LoraTag, ...] = ()
 
     def normalized(self, skip_normalize: bool = False) -> tuple[tuple[str, float], ...]:
         """Weights scaled to sum 1 (the anchor's blend rule) unless skip_normalize (`-x`)."""
@@ -27,6 +40,50 @@ class PromptParts:
             return self.positive
         total = sum(w for _, w in self.positive)
         return tuple((t, w / total) for t, w in self.positive)
+
+
+LORA_TAG = re.compile(r"<\s*lora\s*:([^<>]*)>", re.I)
+_OTHER_NETWORK = re.compile(r"<\s*(lyco|lycoris|locon|loha|hypernet)\s*:[^<>]*>", re.I)
+MAX_LORA_WEIGHT = 10.0
+
+
+def _lora_tag(body: str, tag: str) -> LoraTag:
+    parts = [p.strip() for p in body.split(":")]
+    name = parts[0]
+    rule = "write <lora:NAME> or <lora:NAME:WEIGHT>, e.g. <lora:demo_orange:0.8>"
+    if not name:
+        raise PromptError(f"{quoted(tag)} has no LoRA name; {rule}")
+    if len(parts) > 2:
+        raise PromptError(f"{quoted(tag)}: dreamshell takes one weight per LoRA (A1111's separate text-encoder "
+                          f"and UNet weights are not supported); {rule}")
+    weight = 1.0
+    if len(parts) == 2 and parts[1]:
+        try:
+            weight = float(parts[1])
+        except ValueError:
+            raise PromptError(f"{quoted(tag)}: the weight {quoted(parts[1])} is not a number; {rule}") from None
+        if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # also refuses nan and inf
+            raise PromptError(f"{quoted(tag)}: LoRA weights go from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}")
+    return LoraTag(name, weight)
+
+
+def extract_loras(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
+    """(the prompt without its `<lora:...>` tags, the tags in order). Each LoRA may be tagged once."""
+    other = _OTHER_NETWORK.search(prompt)
+    if other:
+        raise PromptError(f"{quoted(other.group(0))}: {other.group(1)} networks are not supported by dreamshell "
+                          "(LoRAs are: <lora:NAME:WEIGHT>); remove the tag")
+    tags: list[LoraTag] = []
+    for m in LORA_TAG.finditer(prompt):
+        tag = _lora_tag(m.group(1), m.group(0))
+        if any(t.name == tag.name for t in tags):
+            raise PromptError(f"LoRA {quoted(tag.name)} is tagged twice; tag each LoRA once")
+        tags.append(tag)
+    if len(tags) > MAX_LORAS:
+        raise PromptError(f"{len(tags)} LoRA tags; at most {MAX_LORAS} in one prompt")
+    if not tags:
+        return prompt, ()
+    return re.sub(r"\s+", " ", LORA_TAG.sub(" ", prompt)).strip(), tuple(tags)
 
 
 # one sub-prompt: text (with `\:` allowed) followed by `:weight` or the end of the line
@@ -99,12 +156,14 @@ def check_parentheses(text: str, where: str = "the prompt") -> None:
 
 
 def split_prompt(prompt: str) -> PromptParts:
-    """Parse negatives and weighted sub-prompts; raise PromptError on text that cannot mean anything."""
+    """Parse LoRA tags, negatives and weighted sub-prompts; raise PromptError on text that cannot mean
+    anything."""
+    prompt, loras = extract_loras(prompt)
     positive, negative = extract_negative(prompt)
     check_parentheses(positive)
     check_parentheses(negative, "the negative prompt")
     if ":" not in positive.replace("\\:", ""):
-        return PromptParts(((positive.replace("\\:", ":"), 1.0),), negative)
+        return PromptParts(((positive.replace("\\:", ":"), 1.0),), negative, loras)
     parts: list[tuple[str, float]] = []
     pos = 0
     while pos < len(positive):
@@ -121,4 +180,4 @@ def split_prompt(prompt: str) -> PromptParts:
         raise PromptError("the prompt has weights but no text")
     if len(parts) > 1 and abs(sum(w for _, w in parts)) < 1e-9:
         raise PromptError("the sub-prompt weights add up to 0: they cannot be normalized (use -x to skip)")
-    return PromptParts(tuple(parts), negative)
+    return PromptParts(tuple(parts), negative, loras)

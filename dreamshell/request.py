@@ -40,6 +40,13 @@ class DreamRequest:
     outdir: str | None = None
     seamless: bool = False
     model: str | None = None
+    clip_skip: int | None = None    # A1111's numbering: 1 = the last layer (off); None: the model's own
+    vae: str | None = None          # a VAE file or folder (name in the VAE folder, or a path); None: the model's
+    hires_fix: bool = False         # first pass at W x H, upscaled, then an img2img pass at the target size
+    hires_scale: float | None = None      # target = W x H times this (default 2)
+    hires_steps: int | None = None        # steps of the second pass (default: -s)
+    hires_strength: float | None = None   # denoising strength of the second pass (default 0.7, A1111's)
+    hires_upscaler: str | None = None     # latent | lanczos | esrgan (default latent)
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

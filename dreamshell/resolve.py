@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import fields
 
+from . import hires
 from .models import ModelSpec
 from .request import REQUEST_DEFAULTS, DreamRequest
 from .switches import MAX_SEED
@@ -46,9 +47,22 @@ def resolve_seed(seed: int | None, earlier: list[int], rng: random.Random | None
 
 def resolve_request(request: DreamRequest, spec: ModelSpec, earlier_seeds: list[int],
                     rng: random.Random | None = None) -> DreamRequest:
-    """The request with steps, seed, size, cfg, sampler and model set (the canonical line's fields)."""
+    """The request with steps, seed, size, cfg, sampler, model, clip skip, VAE and the hires fix's values
+    set (the canonical line's fields)."""
+    steps = request.steps or spec.steps
+    clip_skip = request.clip_skip or spec.clip_skip
+    changes = {}
+    if request.hires_fix:
+        changes = dict(hires_scale=request.hires_scale or hires.DEFAULT_SCALE,
+                       hires_steps=request.hires_steps or steps,
+                       hires_strength=request.hires_strength or hires.DEFAULT_STRENGTH,
+                       hires_upscaler=request.hires_upscaler or hires.DEFAULT_UPSCALER)
     return request.with_(
-        steps=request.steps or spec.steps,
+        **changes,
+        # written when it is not 1, or when the model's own is not 1 (so the line replays on that model)
+        clip_skip=clip_skip if (clip_skip != 1 or spec.clip_skip != 1) else None,
+        vae=request.vae or spec.vae,
+        steps=steps,
         seed=resolve_seed(request.seed, earlier_seeds, rng),
         width=request.width or spec.width,
         height=request.height or spec.height,

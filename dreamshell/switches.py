@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import hires
 from .request import UpscaleSpec
 from .safetext import quoted
 from .samplers import find_sampler, find_schedule, nearest_sampler, sampler_names, schedule_names
@@ -96,6 +97,21 @@ def text(rule: str) -> Callable[[str], str]:
             raise SwitchError(f"an empty value; {rule}")
         return token
     return convert
+
+
+def clip_skip(token: str) -> int:
+    rule = "--clip_skip goes from 1 (the text encoder's last layer: off) to 12 (A1111's numbering)"
+    value = _int(token, rule)
+    if not 1 <= value <= 12:
+        raise SwitchError(f"{quoted(token)} is out of range; {rule}")
+    return value
+
+
+def hires_upscaler(token: str) -> str:
+    found = hires.find_upscaler(token)
+    if found is None:
+        raise SwitchError(f"unknown hires upscaler {quoted(token)}; use one of {', '.join(hires.upscaler_names())}")
+    return found
 
 
 def variations(token: str) -> tuple[tuple[int, float], ...]:
@@ -214,6 +230,24 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("outdir", "--outdir", ("-o",), text("-o takes a folder"), "output folder for this line", "DIR",
            complete="path"),
     _flag("seamless", "--seamless", (), "tileable output"),
+    Switch("clip_skip", "--clip_skip", (), clip_skip,
+           "stop the text encoder N layers from its end (A1111's Clip skip; 1 = off, 2 for many anime models)",
+           "N"),
+    Switch("vae", "--vae", (), text("--vae takes a VAE file name from the VAE folder, or a path"),
+           "use this VAE (a .safetensors file or a diffusers folder) instead of the model's own", "NAME",
+           complete="vae"),
+    _flag("hires_fix", "--hires_fix", (), "make W x H, upscale, then redraw at the larger size (A1111's Hires. fix)"),
+    Switch("hires_scale", "--hires_scale", (),
+           float_range(1, hires.MAX_SCALE, f"the hires scale goes from 1 to {hires.MAX_SCALE:g}", lo_open=True),
+           f"hires fix: the final size is W x H times this (default {hires.DEFAULT_SCALE:g})", "F"),
+    Switch("hires_steps", "--hires_steps", (), positive_int("hires steps are a whole number >= 1"),
+           "hires fix: steps of the second pass (default: -s)", "N"),
+    Switch("hires_strength", "--hires_strength", (),
+           float_range(0, 1, "the hires strength is above 0 and at most 1", lo_open=True),
+           f"hires fix: denoising strength of the second pass (default {hires.DEFAULT_STRENGTH:g})", "F"),
+    Switch("hires_upscaler", "--hires_upscaler", (), hires_upscaler,
+           "hires fix: " + ", ".join(hires.upscaler_names()) + f" (default {hires.DEFAULT_UPSCALER})", "NAME",
+           complete="hires_upscaler"),
 )
 
 HELP_SPELLINGS = ("-h", "--help")
@@ -225,7 +259,7 @@ UNSUPPORTED: dict[str, str] = {
     "-cf": "CodeFormer face restoration", "--codeformer_fidelity": "CodeFormer face restoration",
     "-b": "batch size (each image is made on its own; -b1 is accepted)", "--batch_size": "batch size",
     "--embiggen": "embiggen", "--embiggen_tiles": "embiggen", "-embiggen": "embiggen",
-    "--hires_fix": "the high-resolution fix", "--threshold": "thresholding", "--perlin": "perlin noise",
+    "--threshold": "thresholding", "--perlin": "perlin noise",
     "--save_intermediates": "saving intermediate steps", "-tm": "text masks", "--text_mask": "text masks",
     "--invert_mask": "inverted masks", "-r": "inpaint replace", "--inpaint_replace": "inpaint replace",
     "-c": "outcropping", "--outcrop": "outcropping", "-D": "outpainting directions",

@@ -75,7 +75,14 @@ ERRORS = [
     ("x -ft gfpgan", "-ft: face restoration is not supported"),
     ("x -cf 0.7", "-cf: CodeFormer face restoration is not supported"),
     ("x --embiggen 2", "--embiggen: embiggen is not supported"),
-    ("x --hires_fix", "not supported"),
+    ("x --hires_fix -I a.png", "--hires_fix starts from noise"),
+    ("x --hires_scale 9", "the hires scale goes from 1 to 8"),
+    ("x --hires_upscaler bicubic", "use one of latent, lanczos, esrgan"),
+    ("x --clip_skip 0", "--clip_skip goes from 1"),
+    ("x <lora:a:1:2>", "one weight per LoRA"),
+    ("x <lora:a:heavy>", "is not a number"),
+    ("x <lora:a> <lora:a:0.5>", "tagged twice"),
+    ("x <hypernet:h:1>", "not supported"),
     ("x -b 2", "-b: batch size"),
     ("-S 3", "no prompt"),
     ("x -S", "-S needs a value"),
@@ -107,7 +114,7 @@ def test_bad_lines_get_one_line_that_names_the_problem(line, message):
 
 
 def test_unsupported_is_never_called_unknown():
-    for switch in ("-G 1", "-ft x", "-cf 1", "--embiggen 1", "--hires_fix", "-b 4", "-G0.8"):
+    for switch in ("-G 1", "-ft x", "-cf 1", "--embiggen 1", "-b 4", "-G0.8"):
         with pytest.raises(ParseError) as info:
             parse_request(f"a cat {switch}")
         assert "not supported" in str(info.value) and "unknown" not in str(info.value)

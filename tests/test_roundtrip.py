@@ -38,6 +38,11 @@ def prompts(draw):
     if draw(st.booleans()):
         w1 = draw(st.integers(1, 9))
         text = f"{text}:0.{w1} " + draw(words).replace("-", "") + f":{w1}"
+    if draw(st.booleans()):
+        name = draw(st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="<>:"),
+                            min_size=1, max_size=10).filter(lambda n: n.strip() and first_unsafe(n) is None))
+        weight = draw(st.sampled_from(["", ":1", ":0.5", ":-0.25", ":0"]))
+        text = f"{text} <lora:{name}{weight}>" if draw(st.booleans()) else f"<lora:{name}{weight}> {text}"
     return text
 
 
@@ -72,6 +77,13 @@ FIELD_STRATEGIES = {
     "log_tokenization": st.booleans(),
     "outdir": paths,
     "seamless": st.booleans(),
+    "clip_skip": st.integers(1, 12),
+    "vae": paths,
+    "hires_fix": st.booleans(),
+    "hires_scale": st.floats(1, 8, allow_nan=False).filter(lambda x: x > 1),
+    "hires_steps": st.integers(1, 999),
+    "hires_strength": unit.filter(lambda x: x > 0),
+    "hires_upscaler": st.sampled_from(["latent", "lanczos", "esrgan"]),
 }
 
 
@@ -92,8 +104,19 @@ def requests(draw):
         values["init_img"] = "in.png"
     if values.get("save_original") and "upscale" not in values:
         values["upscale"] = UpscaleSpec(2.0)
-    if "steps" in values and "sampler" in values:  # each sampler's own bound (LCM: 50)
-        values["steps"] = min(values["steps"], max_steps(values["sampler"]))
+    if any(k.startswith("hires_") for k in values):
+        values["hires_fix"] = True   # --hires_scale and the rest imply --hires_fix
+        for k in ("init_img", "init_mask", "strength", "fit"):   # the hires fix starts from noise
+            values.pop(k, None)
+    for key in ("steps", "hires_steps"):
+        if key in values and "sampler" in values:  # each sampler's own bound (LCM: 50)
+            values[key] = min(values[key], max_steps(values["sampler"]))
+    if values.get("hires_fix") and values.get("width", 0) * values.get("hires_scale", 2) > 8192 + 8:
+        values["hires_scale"] = 1.5
+        values["width"] = min(values["width"], 4096)
+    if values.get("hires_fix") and values.get("height", 0) * values.get("hires_scale", 2) > 8192 + 8:
+        values["hires_scale"] = 1.5
+        values["height"] = min(values["height"], 4096)
     return DreamRequest(prompt=draw(prompts().filter(_valid_prompt)), **values)
 
 

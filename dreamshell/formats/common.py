@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..extras import RecipeExtras
 from ..prompt import PromptError, split_prompt
 from ..request import DreamRequest
 from ..switches import BY_SPELLING, SwitchError
@@ -29,6 +30,7 @@ class ImageMeta:
     app_version: str = ""
     postprocessing: tuple[dict, ...] = field(default_factory=tuple)
     image_type: str = "txt2img"
+    extras: RecipeExtras = field(default_factory=RecipeExtras)   # LoRAs, embeddings, VAE with A1111's hashes
 
 
 @dataclass(frozen=True)
