@@ -18,11 +18,11 @@ from .ui import RichProgress, TextListener, error_printer
 
 
 def _generator_factory(device: str, precision: str, lowvram: bool = False, compile: bool = False,
-                       batch_size: int = 1):
+                       batch_size: int = 1, folders=None):
     def make():
         from .engines.generator import DiffusersGenerator
         return DiffusersGenerator(device=device, precision=precision, lowvram=lowvram, compile=compile,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, folders=folders)
     return make
 
 
@@ -31,6 +31,15 @@ def _upscaler_factory(registry, device: str):
         from .engines.upscaler import make_upscaler
         return make_upscaler(registry, device)
     return make
+
+
+def with_folders(registry, args):
+    """The registry with the LoRA, embedding and VAE folders the launch switches name (over the models file's)."""
+    from dataclasses import replace
+    changes = {field: Path(value).expanduser() for field, value in
+               (("loras", getattr(args, "lora_dir", None)), ("embeddings", getattr(args, "embedding_dir", None)),
+                ("vaes", getattr(args, "vae_dir", None))) if value}
+    return replace(registry, folders=replace(registry.folders, **changes)) if changes else registry
 
 
 class InterruptibleRun:
@@ -59,7 +68,8 @@ class InterruptibleRun:
 
 
 def build_session(args, registry, defaults: DreamRequest) -> Session:
-    factory = _generator_factory(args.device, args.precision, args.lowvram, args.compile, args.batch_size)
+    factory = _generator_factory(args.device, args.precision, args.lowvram, args.compile, args.batch_size,
+                                 registry.folders)
     host = ModelHost(factory, _upscaler_factory(registry, args.device))
     return Session(registry, host, args.outdir, defaults=defaults, log=not args.no_log)
 
@@ -76,7 +86,7 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     error = error_printer(err)
 
     try:
-        registry = load_registry(config)
+        registry = with_folders(load_registry(config), args)
         spec = registry.get(args.model) if args.model else registry.default
     except ModelsFileError as e:
         error(str(e))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .batch_plan import LineError, LogIndex, Plan, load_inputs
+from .extras import RecipeExtras
 from .formatter import format_request
 from .output import OutputFolder, compose_grid
 from .pngmeta import ImageMeta
@@ -48,12 +49,13 @@ class OrderedWriter:
         folder = self.folder(request.outdir)
         for note in result["notes"]:
             self.echo(note)
-        meta = ImageMeta(request, result["model_hash"], __version__, tuple(result["post"]), image_type)
+        extras = result.get("extras") or RecipeExtras()
+        meta = ImageMeta(request, result["model_hash"], __version__, tuple(result["post"]), image_type, extras)
         path = folder.save_image(image, meta)
         if request.upscale and request.save_original and result["original"] is not None:
             plain = request.with_(upscale=None, save_original=False)
             folder.save_original(path, result["original"], ImageMeta(plain, result["model_hash"], __version__,
-                                                                     (), image_type))
+                                                                     (), image_type, extras))
         self.count += 1
         self.echo(record_line(ImageRecord(str(path), request.seed, format_request(request), self.count)))
         if task.grid:
@@ -70,7 +72,7 @@ class OrderedWriter:
         grid = compose_grid(images)
         one = result["request"]
         line = task.line_request.with_(grid=False, width=one.width, height=one.height, init_img=one.init_img)
-        meta = ImageMeta(line, result["model_hash"], __version__, (), "grid")
+        meta = ImageMeta(line, result["model_hash"], __version__, (), "grid", result.get("extras") or RecipeExtras())
         self.folder(one.outdir).save_grid(first, grid, meta, len(images))
 
 

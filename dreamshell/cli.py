@@ -59,6 +59,14 @@ def build_argparser() -> argparse.ArgumentParser:
                     help="models file (default: models/models.yaml if present, else the built-in demo model)")
     ap.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="where images and dream_log.txt go")
     ap.add_argument("--model", default=None, help="the model to load: a name from the models file or a path")
+    ap.add_argument("--lora_dir", metavar="DIR", default=None,
+                    help="folder of LoRA .safetensors files for <lora:NAME:WEIGHT> (default: 'loras:' in the models "
+                         "file, else the shipped models/loras)")
+    ap.add_argument("--embedding_dir", metavar="DIR", default=None,
+                    help="folder of textual-inversion embeddings, used by file name as a word of the prompt "
+                         "(default: 'embeddings:' in the models file, else the shipped models/embeddings)")
+    ap.add_argument("--vae_dir", metavar="DIR", default=None,
+                    help="folder --vae NAME looks in (default: 'vaes:' in the models file, else the shipped models/vae)")
     ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "
@@ -120,6 +128,8 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
         if v not in (None, False):
             values[sw.field] = v
     values = {k: v for k, v in values.items() if v != REQUEST_DEFAULTS[k]}
+    if any(k.startswith("hires_") for k in values):
+        values["hires_fix"] = True   # as on a line: --hires_scale and the rest imply the hires fix
     defaults = DreamRequest(prompt="", **values)
     try:
         check_request(defaults)

@@ -86,6 +86,8 @@ class ModelHost:
             return spec
         if self.generator is None:
             self.generator = self._generator_factory()
+            if hasattr(self.generator, "esrgan"):   # the hires fix's Real-ESRGAN upscaler (runs on this thread)
+                self.generator.esrgan = self._hires_esrgan
         previous = self.spec
         self.loading = spec
         try:
@@ -120,6 +122,13 @@ class ModelHost:
         """The generator with spec resident (host thread only)."""
         self._ensure(spec)
         return self.generator
+
+    def _hires_esrgan(self, image, factor: float):
+        try:
+            upscaler = self.upscaler()
+        except LoadError as e:
+            raise GenerationError(f"--hires_upscaler esrgan: {e}; use latent or lanczos") from None
+        return upscaler.upscale(image, factor, 1.0)
 
     def upscaler(self):
         """The upscaler, made on first use (its weights load only when -U or !fix asks)."""

@@ -13,7 +13,7 @@ import shlex
 
 from .errors import LimitError, ParseError
 from .limits import check_line_length, check_prompt_length, check_request
-from .prompt import PromptError, split_prompt
+from .prompt import LORA_TAG, PromptError, split_prompt
 from .samplers import find_sampler
 from .request import Blank, BangCommand, DreamRequest, HelpRequest
 from .safetext import first_unsafe, quoted, shorten, visible
@@ -182,6 +182,10 @@ def parse_request(line: str) -> DreamRequest | HelpRequest:
     """Parse a prompt line (no `!` command) into a DreamRequest, or a HelpRequest for -h."""
     check_text(line)
     prompt, tokens = split_line(strip_log_prefix(line))
+    tags = [t for t in tokens if LORA_TAG.fullmatch(t)]
+    if tags:   # `a cat -S 5 <lora:x:0.5>`: a LoRA tag after the switches still belongs to the prompt
+        tokens = [t for t in tokens if not LORA_TAG.fullmatch(t)]
+        prompt = " ".join([prompt.strip()] + tags)
     values, help_asked = parse_switches(tokens)
     if help_asked:
         return HelpRequest()

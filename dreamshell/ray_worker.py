@@ -36,7 +36,9 @@ class ImageWorker:
     def _run(self, request, spec, init, mask, notes) -> dict:
         if self.generator is None:
             from .engines.generator import DiffusersGenerator
-            self.generator = DiffusersGenerator(device=self.device, precision=self.precision)
+            self.generator = DiffusersGenerator(device=self.device, precision=self.precision,
+                                                folders=self.registry.folders)
+            self.generator.esrgan = lambda image, factor: self._esrgan().upscale(image, factor, 1.0)
         if self.generator.spec != spec:
             self.generator.load(spec)
         told = []
@@ -48,23 +50,28 @@ class ImageWorker:
         if mask is not None:  # the unmasked part exactly as it was, as the local run keeps it
             from PIL import Image
             image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
+        from .extras import Library
         out = {"image": image, "request": request, "post": (), "original": None, "notes": told,
-               "model_hash": self.generator.model_hash or "", "pid": os.getpid()}
+               "model_hash": self.generator.model_hash or "", "pid": os.getpid(),
+               "extras": Library(self.registry.folders).recipe_extras(request.prompt, request.vae)}
         if request.upscale:
             up = self._upscale(image, request)
             out["notes"] = told + up.pop("notes", [])
             out.update(up)
         return out
 
+    def _esrgan(self):
+        if self.upscaler is None:
+            from .engines.upscaler import make_upscaler
+            self.upscaler = make_upscaler(self.registry, self.device)
+        return self.upscaler
+
     def _upscale(self, image, request: DreamRequest) -> dict:
         """As the local run: upscaled, or kept as it is with -U dropped from its recipe and a note."""
         from .engines.protocols import GenerationError
         spec = request.upscale
         try:
-            if self.upscaler is None:
-                from .engines.upscaler import make_upscaler
-                self.upscaler = make_upscaler(self.registry, self.device)
-            up = self.upscaler.upscale(image, spec.factor, spec.strength)
+            up = self._esrgan().upscale(image, spec.factor, spec.strength)
         except (GenerationError, OSError, ValueError) as e:
             return {"request": request.with_(upscale=None, save_original=False),
                     "notes": [f"-U: {e}; the image is saved without upscaling"]}

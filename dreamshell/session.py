@@ -18,12 +18,14 @@ from PIL import Image
 from . import __version__
 from .engines.protocols import GenerationError, Interrupted
 from .errors import LimitError
+from .extras import ExtraError, Library, RecipeExtras
 from .limits import check_request
 from .formatter import format_request
 from .model_host import LoadError, ModelHost
 from .models import ModelSpec, ModelsFileError, Registry
 from .output import OutputFolder, compose_grid
 from .pngmeta import ImageMeta
+from .prompt import PromptError
 from .request import DreamRequest, ImageRecord
 from .resolve import ResolveError, apply_defaults, image_requests, resolve_request
 from .switches import MAX_SIZE, MIN_SIZE
@@ -110,6 +112,7 @@ class Session:
         self.images: list[Path] = []     # images made (-I -1 is the last)
         self.count = 0
         self._folders: dict[Path, OutputFolder] = {}
+        self.library = Library(registry.folders)   # LoRA, embedding and VAE files
 
     @property
     def spec(self) -> ModelSpec | None:
@@ -130,12 +133,26 @@ class Session:
         when `files`: a queued line's files are looked for when it runs, since lines before it may
         make them)."""
         request = apply_defaults(request, self.defaults)
-        if request.model is not None:
-            self.lookup(request.model)
+        spec = self.lookup(request.model) if request.model is not None else self.model
+        self.check_extras(request.prompt, request.vae or spec.vae)
         for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")) if files else ():
             if path and path != "-1" and not Path(path).expanduser().is_file():
                 raise UserError(f"{what} {path}: no such file")
         return request
+
+    def check_extras(self, prompt: str, vae: str | None) -> None:
+        """A LoRA the prompt tags or a VAE the line names that is not there: one line naming the folder."""
+        try:
+            self.library.check(prompt, vae)
+        except (ExtraError, PromptError) as e:
+            raise UserError(str(e)) from None
+
+    def recipe_extras(self, request: DreamRequest) -> RecipeExtras:
+        """The LoRAs, embeddings and VAE a resolved line uses, with A1111's hashes."""
+        try:
+            return self.library.recipe_extras(request.prompt, request.vae)
+        except (ExtraError, PromptError, OSError) as e:
+            raise UserError(str(e)) from None
 
     def lookup(self, name: str) -> ModelSpec:
         try:
@@ -187,14 +204,18 @@ class Session:
         sized = apply_defaults(request, self.defaults)
         init, mask, resolved = self._inputs(resolved, explicit_size=bool(sized.width or sized.height),
                                             note=lambda text: self._note(result, listener, text))
+        extras = self.recipe_extras(resolved)
         folder = self.folder(resolved.outdir)
         for note in folder.open():
             self._note(result, listener, note)
         generator = self.host.generator
-        if resolved.log_tokenization:
-            self._note(result, listener, self.host.call(lambda: generator.tokenization(resolved.prompt)))
-        for note in self.host.call(lambda: generator.prompt_notes(resolved.prompt)):
-            self._note(result, listener, note)
+        try:
+            if resolved.log_tokenization:
+                self._note(result, listener, self.host.call(lambda: generator.tokenization(resolved.prompt)))
+            for note in self.host.call(lambda: generator.prompt_notes(resolved.prompt)):
+                self._note(result, listener, note)
+        except GenerationError as e:   # an embedding that does not fit the model
+            raise UserError(str(e)) from None
         images = []
         per_image = image_requests(resolved, self.rng)
         index = 0
@@ -214,13 +235,13 @@ class Session:
                 if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
                     image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
                 record, saved = self._save(one, image, folder, "inpaint" if mask is not None else None, result,
-                                           listener)
+                                           listener, extras)
                 result.records.append(record)
                 images.append(image)
                 listener.image_saved(record, saved)
                 index += 1
         if resolved.grid and len(images) > 1 and result.records:
-            result.grid = self._save_grid(images, resolved, folder, Path(result.records[0].path))
+            result.grid = self._save_grid(images, resolved, folder, Path(result.records[0].path), extras)
         return result
 
     @staticmethod
@@ -276,21 +297,23 @@ class Session:
                 mask = mask.resize(init.size, Image.NEAREST)
         return init, mask, request
 
-    def _meta(self, request: DreamRequest, image_type: str, postprocessing=()) -> ImageMeta:
+    def _meta(self, request: DreamRequest, image_type: str, postprocessing=(), extras: RecipeExtras | None = None) \
+            -> ImageMeta:
         model_hash = getattr(self.host.generator, "model_hash", "") or ""
-        return ImageMeta(request, model_hash, __version__, tuple(postprocessing), image_type)
+        return ImageMeta(request, model_hash, __version__, tuple(postprocessing), image_type,
+                         extras or RecipeExtras())
 
     def _save(self, request: DreamRequest, image, folder: OutputFolder, image_type: str | None,
-              result: RunResult, listener: Listener):
+              result: RunResult, listener: Listener, extras: RecipeExtras | None = None):
         original = image
         postprocessing: list[dict] = []
         if request.upscale:
             image, request, postprocessing = self._upscale(image, request, result, listener)
         image_type = image_type or ("img2img" if request.init_img else "txt2img")
-        path = folder.save_image(image, self._meta(request, image_type, postprocessing))
+        path = folder.save_image(image, self._meta(request, image_type, postprocessing, extras))
         if request.upscale and request.save_original:
             plain = request.with_(upscale=None, save_original=False)
-            folder.save_original(path, original, self._meta(plain, image_type))
+            folder.save_original(path, original, self._meta(plain, image_type, (), extras))
         self.seeds.append(request.seed)
         self.images.append(path)
         self.count += 1
@@ -306,8 +329,10 @@ class Session:
             return image, request.with_(upscale=None, save_original=False), []
         return up, request, [{"type": "esrgan", "scale": spec.factor, "strength": spec.strength}]
 
-    def _save_grid(self, images: list, request: DreamRequest, folder: OutputFolder, first: Path) -> Path:
-        return folder.save_grid(first, compose_grid(images), self._meta(request.with_(grid=False), "grid"), len(images))
+    def _save_grid(self, images: list, request: DreamRequest, folder: OutputFolder, first: Path,
+                   extras: RecipeExtras | None = None) -> Path:
+        return folder.save_grid(first, compose_grid(images), self._meta(request.with_(grid=False), "grid", (), extras),
+                                len(images))
 
     # ----- post-processing (!fix)
 
@@ -324,5 +349,9 @@ class Session:
             return ImageRecord(str(out), -1, "", 0)
         request = recipe.with_(upscale=spec)
         post = ({"type": "esrgan", "scale": spec.factor, "strength": spec.strength, "source": str(path)},)
-        out = folder.save_fix(path, up, self._meta(request, "txt2img", post))
+        try:   # the source image's LoRAs, embeddings and VAE, where their files are here
+            extras = self.library.recipe_extras(recipe.prompt, recipe.vae)
+        except (ExtraError, PromptError, OSError):
+            extras = None
+        out = folder.save_fix(path, up, self._meta(request, "txt2img", post, extras))
         return ImageRecord(str(out), request.seed, format_request(request), 0)

@@ -15,13 +15,16 @@ import re
 import warnings
 from pathlib import Path
 
+from .. import hires
+from ..extras import Folders, Library
 from ..hashing import weights_sha256
-from ..models import ModelSpec
+from ..models import ModelSpec, builtin_models_dir
 from ..prompt import split_prompt
 from ..request import DreamRequest
 from ..samplers import SamplerError, plan as scheduler_plan
 from .preview import LatentRGB, PreviewTap, projection_for
 from . import loading
+from .adapters import Adapters, clip_skip
 from .protocols import GenerationError, Interrupted
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -44,6 +47,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")  # a second LoRA
 
 
 def single_file_config(kind: str) -> Path:
@@ -111,7 +115,7 @@ class DiffusersGenerator:
     """Holds one model; `generate` makes one image for one resolved, per-image request."""
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, lowvram: bool = False,
-                 compile: bool = False, batch_size: int = 1):
+                 compile: bool = False, batch_size: int = 1, folders: Folders | None = None):
         _quiet_libraries()
         import torch
         self.torch = torch
@@ -125,6 +129,8 @@ class DiffusersGenerator:
         self._pipes: dict = {}
         self._scheduler_config = None
         self._compel = None
+        self.adapters = Adapters(Library(folders or Folders.under(builtin_models_dir())))
+        self.esrgan = None   # (image, factor) -> image: the Real-ESRGAN upscaler for --hires_upscaler esrgan
         if self.device == "cpu":
             loading.set_cpu_threads(torch)
 
@@ -203,6 +209,7 @@ class DiffusersGenerator:
     def unload(self) -> None:
         self._pipes.clear()
         self._compel = None
+        self.adapters.reset()
         self.spec, self.kind = None, ""
         import gc
         gc.collect()
@@ -263,11 +270,21 @@ class DiffusersGenerator:
     def _token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def _encoder_texts(self, prompt: str) -> list[tuple[str, str]]:
+        """(label, text as the tokenizer sees it) for each part of the prompt; the prompt's embeddings
+        are loaded first, so their words count as the tokens they are."""
+        if self.spec is not None:
+            self.adapters.ensure_embeddings(self._pipes["txt2img"], prompt, self.is_sdxl)
+        parts = split_prompt(prompt)
+        out = [(f"prompt (weight {w:g})", self.adapters.encoder_text(t)) for t, w in parts.positive]
+        if parts.negative:
+            out.append(("negative", self.adapters.encoder_text(parts.negative)))
+        return out
+
     def prompt_notes(self, prompt: str) -> list[str]:
         """Visible notes about a prompt: long ones are chunked, never silently cut."""
         notes = []
-        parts = split_prompt(prompt)
-        for text in [t for t, _ in parts.positive] + ([parts.negative] if parts.negative else []):
+        for _, text in self._encoder_texts(prompt):
             n = self._token_count(text)
             if n > CLIP_CHUNK:
                 chunks = -(-n // CLIP_CHUNK)
@@ -278,9 +295,7 @@ class DiffusersGenerator:
     def tokenization(self, prompt: str) -> str:
         """The tokens of each part of the prompt, with those past CLIP's limit marked (`-t`)."""
         lines = []
-        parts = split_prompt(prompt)
-        for label, text in [(f"prompt (weight {w:g})", t) for t, w in parts.positive] + \
-                [("negative", parts.negative)] * bool(parts.negative):
+        for label, text in self._encoder_texts(prompt):
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
             toks = [self.tokenizer.convert_ids_to_tokens(i).replace("</w>", " ").strip() for i in ids]
             shown = " ".join(toks[:CLIP_CHUNK])
@@ -299,19 +314,25 @@ class DiffusersGenerator:
                 raise GenerationError("attention syntax and prompts over 75 tokens need the 'compel' "
                                       "package: pip install compel") from None
             pipe = self._pipes["txt2img"]
+            ti = {}
+            try:
+                from compel import DiffusersTextualInversionManager
+                ti = {"textual_inversion_manager": DiffusersTextualInversionManager(pipe)}
+            except ImportError:
+                pass
             if self.kind == "sdxl-refiner":
                 self._compel = Compel(
                     tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
                     returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                    requires_pooled=True, truncate_long_prompts=False, device=self.device)
+                    requires_pooled=True, truncate_long_prompts=False, device=self.device, **ti)
             elif self.is_sdxl:
                 self._compel = Compel(
                     tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
                     returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                    requires_pooled=[False, True], truncate_long_prompts=False, device=self.device)
+                    requires_pooled=[False, True], truncate_long_prompts=False, device=self.device, **ti)
             else:
                 self._compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
-                                      truncate_long_prompts=False, device=self.device)
+                                      truncate_long_prompts=False, device=self.device, **ti)
         return self._compel
 
     def _encode(self, texts: list[str]):
@@ -338,7 +359,10 @@ class DiffusersGenerator:
     def _conditioning(self, request: DreamRequest) -> dict:
         parts = split_prompt(request.prompt)
         positives = parts.normalized(request.skip_normalize)
-        encoded = self._encode([t for t, _ in positives] + [parts.negative])
+        pipe = self._pipes["txt2img"]
+        texts = [self.adapters.encoder_text(t) for t, _ in positives] + [self.adapters.encoder_text(parts.negative)]
+        with clip_skip([getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)], request.clip_skip):
+            encoded = self._encode(texts)
         cond = sum(w * e for (_, w), (e, _) in zip(positives, encoded[:-1]))
         kwargs = {"prompt_embeds": cond, "negative_prompt_embeds": encoded[-1][0]}
         if self.is_sdxl:
@@ -382,6 +406,24 @@ class DiffusersGenerator:
             for m, mode in zip(convs, old):
                 m.padding_mode = mode
 
+    def prepare(self, request: DreamRequest) -> None:
+        """Make the line's LoRAs, embeddings and VAE the active ones (each loaded once per model)."""
+        if self.spec is None:
+            raise GenerationError("no model is loaded")
+        base = self._pipes["txt2img"]
+        self.adapters.apply_loras(base, request.prompt, self.spec.name)
+        self.adapters.ensure_embeddings(base, request.prompt, self.is_sdxl)
+        self.adapters.apply_vae(list(self._pipes.values()), request.vae, None, self._vae_swapped)
+
+    def _vae_swapped(self, vae) -> None:
+        if self.dtype == self.torch.bfloat16 and self.device == "cpu" and not getattr(vae, "_ds_float32", False):
+            loading.keep_vae_float32(vae, self.dtype, self.torch)
+            vae._ds_float32 = True
+        if self.lowvram and self.device in ("cuda", "mps"):
+            loading.memory_modes(self._pipes["txt2img"], self.device, self.lowvram)
+        else:
+            vae.to(self.device)
+
     def generate(self, request: DreamRequest, *, init_image=None, mask=None, on_step=None, should_stop=None,
                  on_preview=None, preview_every: int = 1):
         """One image for a resolved per-image request. Raises Interrupted or GenerationError.
@@ -389,7 +431,15 @@ class DiffusersGenerator:
         on_preview(step, steps, image), if given, gets a small RGB image at latent size (the image's
         size over the VAE factor: 8 for SD, 4 for the demo model) of the predicted clean image every
         `preview_every` model evaluations and at the last one, on this thread; `steps` counts model
-        evaluations (Heun and DPM2 make about two per step, PLMS one more)."""
+        evaluations (Heun and DPM2 make about two per step, PLMS one more). With --hires_fix the steps
+        of both passes count as one run."""
+        self.prepare(request)
+        if request.hires_fix and init_image is None and mask is None:
+            return self._generate_hires(request, on_step, should_stop, on_preview, preview_every)
+        return self._generate_one(request, init_image, mask, on_step, should_stop, on_preview, preview_every)
+
+    def _generate_one(self, request: DreamRequest, init_image, mask, on_step, should_stop, on_preview,
+                      preview_every: int, output_type: str = "pil", steps_before: int = 0, steps_all: int | None = None):
         mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
         pipe = self._pipe(mode)
         pipe.scheduler = self._scheduler(request.sampler, request.schedule)
@@ -399,13 +449,13 @@ class DiffusersGenerator:
             if should_stop is not None and should_stop():
                 raise Interrupted()
             if on_step is not None:
-                on_step(step + 1, total)
+                on_step(steps_before + step + 1, steps_all or total)
             if tap is not None:
                 tap(step + 1, _pipe.num_timesteps, kwargs["latents"])
             return kwargs
 
         args = dict(self._conditioning(request), num_inference_steps=request.steps,
-                    guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type="pil",
+                    guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type=output_type,
                     generator=self.torch.Generator("cpu").manual_seed(request.seed))
         if mode == "txt2img":
             total = request.steps
@@ -418,6 +468,43 @@ class DiffusersGenerator:
         if self.kind.endswith("-inpaint") and mode != "inpaint":
             self._whole_image_mask(args, request)
         return self._run(pipe, args, request, tap.attached(pipe.scheduler) if tap else None)[0]
+
+    def _generate_hires(self, request: DreamRequest, on_step, should_stop, on_preview, preview_every: int):
+        """A1111's hires fix: the first pass at W x H, upscaled (latents resized, Lanczos or Real-ESRGAN),
+        then an img2img pass at the target size with the same seed."""
+        upscaler = request.hires_upscaler or hires.DEFAULT_UPSCALER
+        scale = request.hires_scale or hires.DEFAULT_SCALE
+        strength = request.hires_strength or hires.DEFAULT_STRENGTH
+        steps2 = request.hires_steps or request.steps
+        if upscaler == "latent" and self.kind.endswith("-inpaint"):
+            raise GenerationError("--hires_upscaler latent does not work with an inpainting model (it needs an "
+                                  "image for its masked-image input); use --hires_upscaler lanczos or esrgan")
+        if upscaler == "esrgan" and self.esrgan is None:
+            raise GenerationError("--hires_upscaler esrgan needs the Real-ESRGAN upscaler, which is not set up here; "
+                                  "use latent or lanczos")
+        width, height = hires.target_size(request.width, request.height, scale)
+        first = request.with_(hires_fix=False, hires_scale=None, hires_steps=None, hires_strength=None,
+                              hires_upscaler=None)
+        second = first.with_(width=width, height=height, steps=steps2, strength=strength, with_variations=())
+        total = request.steps + max(1, int(steps2 * strength))
+        latent = upscaler == "latent"
+        out = self._generate_one(first, None, None, on_step, should_stop, on_preview, preview_every,
+                                 output_type="latent" if latent else "pil", steps_all=total)
+        if latent:
+            factor = self._pipes["txt2img"].vae_scale_factor
+            size = (height // factor, width // factor)
+            image = self.torch.nn.functional.interpolate(out[None].float(), size=size, mode="bilinear",
+                                                         antialias=False).to(out.dtype)
+        elif upscaler == "lanczos":
+            from PIL import Image
+            image = out.resize((width, height), Image.LANCZOS)
+        else:
+            from PIL import Image
+            image = self.esrgan(out, scale)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.LANCZOS)
+        return self._generate_one(second, image, None, on_step, should_stop, on_preview, preview_every,
+                                  steps_before=request.steps, steps_all=total)
 
     def _whole_image_mask(self, args: dict, request: DreamRequest) -> None:
         """An inpainting UNet making a new image (txt2img) or redrawing one (img2img): the whole image
@@ -451,6 +538,8 @@ class DiffusersGenerator:
         only in seed and variations; image i is the image that request alone makes (its own noise and
         sampler generator). With a batch of 1 this is exactly `generate` for each."""
         images = []
+        if requests:
+            self.prepare(requests[0])   # one line's images: the same prompt, VAE and clip skip
         for group in batches(requests, self.batch_size):
             if len(group) == 1:
                 images.append(self.generate(group[0], on_step=on_step, should_stop=should_stop))
@@ -485,7 +574,7 @@ def batches(requests: list[DreamRequest], size: int) -> list[list[DreamRequest]]
     """Consecutive runs of requests that can share one batch: the same but for seed and variations."""
     groups: list[list[DreamRequest]] = []
     for r in requests:
-        same = groups and len(groups[-1]) < size and r.init_img is None and \
+        same = groups and len(groups[-1]) < size and r.init_img is None and not r.hires_fix and \
             groups[-1][0].with_(seed=0, with_variations=()) == r.with_(seed=0, with_variations=())
         if same:
             groups[-1].append(r)

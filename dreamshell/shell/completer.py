@@ -1,21 +1,25 @@
 """Completion from the switch table: switch names with help, samplers after -A, models after
---model and !switch, paths after -I, -M, -o and !fetch, !replay, !fix."""
+--model and !switch, paths after -I, -M, -o and !fetch, !replay, !fix, the LoRA folder after `<lora:`,
+the VAE folder after --vae."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
+from ..hires import upscaler_names
 from ..samplers import sampler_names, schedule_names
 from ..switches import BY_SPELLING, SWITCHES
 
 
 class DreamCompleter(Completer):
-    def __init__(self, model_names, command_table):
+    def __init__(self, model_names, command_table, library=None):
         self.model_names = model_names          # callable -> list[str]
         self.command_table = command_table      # callable -> {name: Command}
+        self.library = library                  # extras.Library (LoRA and VAE folders), or None
         self.paths = PathCompleter(expanduser=True)
 
     def _values(self, kind: str, word: str):
@@ -32,12 +36,30 @@ class DreamCompleter(Completer):
             for name in self.model_names():
                 if name.startswith(word):
                     yield Completion(name, start_position=-len(word))
+        elif kind == "hires_upscaler":
+            for name in upscaler_names():
+                if name.startswith(word):
+                    yield Completion(name, start_position=-len(word))
+        elif kind == "vae":
+            names = sorted(p.name for p in self.library.vaes().values()) if self.library else []
+            for name in names:
+                if name.startswith(word):
+                    yield Completion(name, start_position=-len(word), display_meta="VAE folder")
+            if not names or "/" in word:
+                yield from self.paths.get_completions(Document(word, len(word)), None)
         elif kind == "path":
             sub = Document(word, len(word))
             yield from self.paths.get_completions(sub, None)
 
     def get_completions(self, document, complete_event):
         text = document.text_before_cursor
+        lora = re.search(r"<\s*lora\s*:([^:<>]*)$", text, re.I)
+        if lora and not text.startswith("!"):
+            partial = lora.group(1)
+            for name in sorted(self.library.loras()) if self.library else []:
+                if name.lower().startswith(partial.lower()):
+                    yield Completion(name + ":1>", start_position=-len(partial), display=name, display_meta="LoRA")
+            return
         try:
             tokens = shlex.split(text, posix=True)
         except ValueError:

@@ -111,7 +111,8 @@ class DreamShell:
         self._leave_asked = False
         self._timer: threading.Timer | None = None
         self._register_queue_commands()
-        completer = DreamCompleter(lambda: list(session.registry.models), lambda: dispatcher.commands)
+        completer = DreamCompleter(lambda: list(session.registry.models), lambda: dispatcher.commands,
+                                   getattr(session, "library", None))
         self.prompt = PromptSession(history=self.history, auto_suggest=AutoSuggestFromHistory(),
                                     completer=completer, complete_while_typing=False,
                                     bottom_toolbar=self.toolbar, input=input, output=output,
