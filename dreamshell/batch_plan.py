@@ -16,6 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from .extras import ExtraError, Library
+from .limits import check_request
+from .prompt import PromptError
 from .dreamlog import LOG_NAME
 from .formatter import format_request
 from .models import ModelsFileError, ModelSpec, Registry
@@ -66,7 +69,7 @@ def plan_lines(lines: list[tuple[int, str]], registry: Registry, model: ModelSpe
     for number, text in lines:
         try:
             model = _plan_line(number, text, registry, model, defaults, rng, seeds, tasks)
-        except (ParseError, ResolveError, ModelsFileError, LineError) as e:
+        except (ParseError, ResolveError, ModelsFileError, LineError, ExtraError, PromptError) as e:
             errors.append(f"{label}:{number}: {e}")
     return Plan(tasks, errors)
 
@@ -89,6 +92,8 @@ def _plan_line(number, text, registry, model, defaults, rng, seeds, tasks) -> Mo
     if request.init_img == "-1" and not tasks:
         raise LineError("-I -1 means the last image made, but no line before this one makes an image")
     resolved = resolve_request(request, spec, seeds, rng).with_(model=spec.name)
+    check_request(resolved)
+    Library(registry.folders).check(resolved.prompt, resolved.vae)   # the LoRAs and VAE it names are there
     per_image = image_requests(resolved, rng)
     start = len(tasks)
     explicit = bool(request.width or request.height)

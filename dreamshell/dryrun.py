@@ -13,6 +13,8 @@ from collections import deque
 from pathlib import Path
 from typing import TextIO
 
+from .extras import ExtraError, Library
+from .prompt import PromptError
 from .dreamlog import CommandFileError, read_command_stream, read_commands
 from .formatter import format_request
 from .limits import check_request
@@ -27,7 +29,7 @@ from .switches import MAX_SEED
 RANDOM = "<random>"
 KEPT_SEEDS = 100_000   # -S -N can look this far back
 
-USER_ERRORS = (ParseError, MetadataError, ModelsFileError, ResolveError)
+USER_ERRORS = (ParseError, MetadataError, ModelsFileError, ResolveError, ExtraError, PromptError)
 
 
 class DryRun:
@@ -80,6 +82,7 @@ class DryRun:
             seed = self.seeds[seed]
         resolved = resolve_request(req.with_(seed=0 if seed is None else seed), spec, [])
         check_request(resolved)
+        Library(self.registry.folders).check(resolved.prompt, resolved.vae)   # its LoRAs and VAE are there
         for i in range(resolved.iterations):   # -v: every image a variation of the one seed
             step = 0 if resolved.variation_amount else i
             self.seeds.append(None if seed is None else (seed + step) % (MAX_SEED + 1))
