@@ -16,11 +16,13 @@ def _linear_shapes(model, wanted) -> dict[str, tuple[int, int]]:
             if isinstance(m, torch.nn.Linear) and wanted(name)}
 
 
-def make_kohya_lora(path: Path, seed: int = 0, rank: int = 4, scale: float = 0.5, text_encoder: bool = True) -> Path:
-    """A random LoRA over the demo UNet's attention (and the text encoder's), in kohya/A1111 key layout."""
+def make_kohya_lora(path: Path, seed: int = 0, rank: int = 4, scale: float = 0.5, text_encoder: bool = True,
+                    unet=None, te=None) -> Path:
+    """A random LoRA over a UNet's attention (and its text encoder's), in kohya/A1111 key layout; the
+    demo model's unless `unet`/`te` are given."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
-    unet = UNet2DConditionModel.from_pretrained(DEMO / "unet", local_files_only=True)
+    unet = unet if unet is not None else UNet2DConditionModel.from_pretrained(DEMO / "unet", local_files_only=True)
     g = torch.Generator().manual_seed(seed)
     tensors = {}
 
@@ -33,7 +35,7 @@ def make_kohya_lora(path: Path, seed: int = 0, rank: int = 4, scale: float = 0.5
                                             ("to_q", "to_k", "to_v") or n.endswith("to_out.0")).items():
         add("lora_unet_", name, fin, fout)
     if text_encoder:
-        te = CLIPTextModel.from_pretrained(DEMO / "text_encoder", local_files_only=True)
+        te = te if te is not None else CLIPTextModel.from_pretrained(DEMO / "text_encoder", local_files_only=True)
         for name, (fin, fout) in _linear_shapes(te, lambda n: n.split(".")[-1] in
                                                 ("q_proj", "k_proj", "v_proj", "out_proj")).items():
             add("lora_te_", name if name.startswith("text_model.") else "text_model." + name, fin, fout)

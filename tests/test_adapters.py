@@ -308,3 +308,9 @@ def test_completion_after_lora_lists_the_folder(library):
     assert found == [("rnd:1>", "rnd"), ("unet_only:1>", "unet_only")]
     found = [c.text for c in completer.get_completions(Document("a cat <lora:un"), None)]
     assert found == ["unet_only:1>"]
+
+
+def test_tokenization_counts_an_embedding_as_its_vectors(demo_generator):
+    text = demo_generator.tokenization("a qqword <lora:rnd:1>")
+    tokens = text.split("tokens: ", 1)[1].split()
+    assert tokens == ["a", "qqword", "qqword_1", "qqword_2"], text

@@ -276,10 +276,18 @@ class DiffusersGenerator:
         if self.spec is not None:
             self.adapters.ensure_embeddings(self._pipes["txt2img"], prompt, self.is_sdxl)
         parts = split_prompt(prompt)
-        out = [(f"prompt (weight {w:g})", self.adapters.encoder_text(t)) for t, w in parts.positive]
+        out = [(f"prompt (weight {w:g})", self._as_tokens(t)) for t, w in parts.positive]
         if parts.negative:
-            out.append(("negative", self.adapters.encoder_text(parts.negative)))
+            out.append(("negative", self._as_tokens(parts.negative)))
         return out
+
+    def _as_tokens(self, text: str) -> str:
+        """The text with each embedding's word as its vectors' tokens (a 2-vector word is 2 tokens)."""
+        text = self.adapters.encoder_text(text)
+        pipe = self._pipes.get("txt2img")
+        if self.adapters.embeddings and pipe is not None and hasattr(pipe, "maybe_convert_prompt"):
+            text = pipe.maybe_convert_prompt(text, self.tokenizer)
+        return text
 
     def prompt_notes(self, prompt: str) -> list[str]:
         """Visible notes about a prompt: long ones are chunked, never silently cut."""
