@@ -314,3 +314,24 @@ def test_tokenization_counts_an_embedding_as_its_vectors(demo_generator):
     text = demo_generator.tokenization("a qqword <lora:rnd:1>")
     tokens = text.split("tokens: ", 1)[1].split()
     assert tokens == ["a", "qqword", "qqword_1", "qqword_2"], text
+
+
+def test_a_lora_with_layers_the_model_lacks_says_which_are_left_out(session, library):
+    from safetensors.torch import load_file, save_file
+    import torch
+    tensors = load_file(str(library.loras / "rnd.safetensors"))
+    ghost = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"   # block 0 has no attention
+    tensors.update({ghost + ".lora_down.weight": torch.zeros(4, 32), ghost + ".lora_up.weight": torch.zeros(32, 4),
+                    ghost + ".alpha": torch.tensor(4.0)})
+    path = library.loras / "partial.safetensors"
+    save_file(tensors, str(path))
+    try:
+        s = session()
+        result = run(s, BASE + " <lora:partial:0.5>")
+        assert result.records, "the layers that fit are used"
+        notes = [n for n in result.notes if "LoRA 'partial'" in n]
+        assert notes and "1 of its layers have no place in model 'demo'" in notes[0]
+        assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in notes[0]
+        assert not [n for n in run(s, BASE + " <lora:partial:0.5>").notes if "LoRA" in n], "told once, at load"
+    finally:
+        path.unlink()

@@ -46,14 +46,20 @@ class Adapters:
 
     # ----- LoRAs
 
-    def apply_loras(self, pipe, prompt: str, model_name: str) -> None:
+    def load_loras(self, pipe, prompt: str, model_name: str) -> tuple[list[UsedLora], list[str]]:
+        """The prompt's LoRAs, each loaded once; notes for weights a file has that the model has no place for."""
         try:
             used = self.library.used_loras(prompt)
         except (ExtraError, PromptError) as e:
             raise GenerationError(str(e)) from None
+        notes = []
         for u in used:
             if str(u.path.resolve()) not in self.loras:
-                self._load_lora(pipe, u, model_name)
+                notes += self._load_lora(pipe, u, model_name)
+        return used, notes
+
+    def apply_loras(self, pipe, prompt: str, model_name: str) -> None:
+        used, _ = self.load_loras(pipe, prompt, model_name)
         if used:
             names = [self.loras[str(u.path.resolve())] for u in used]
             try:
@@ -67,18 +73,26 @@ class Adapters:
             pipe.disable_lora()
             self.lora_active = False
 
-    def _load_lora(self, pipe, used: UsedLora, model_name: str) -> None:
+    def _load_lora(self, pipe, used: UsedLora, model_name: str) -> list[str]:
         adapter = f"lora{len(self.loras)}"
         path = used.path
         folder, weight_name = (path, DIFFUSERS_LORA_FILE) if path.is_dir() else (path.parent, path.name)
+        compiled = pipe.unet if hasattr(pipe.unet, "_orig_mod") else None   # --compile: load into the module
         try:
-            pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter, local_files_only=True)
+            if compiled is not None:
+                pipe.unet = compiled._orig_mod
+            with _warnings_of("diffusers", "peft") as warned:
+                pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter,
+                                       local_files_only=True)
         except ImportError as e:
             raise GenerationError(f"LoRAs need the 'peft' package: pip install peft ({_one_line(e)})") from None
         except Exception as e:
             self._forget(pipe, adapter)
             raise GenerationError(f"LoRA {quoted(used.name)} ({shorten(str(path), 120)}) does not fit model "
                                   f"'{model_name}': {_one_line(e)}") from e
+        finally:
+            if compiled is not None:
+                pipe.unet = compiled   # the compiled wrapper of the same module: it recompiles on its next call
         present = {a for names in pipe.get_list_adapters().values() for a in names}
         if adapter not in present:
             raise GenerationError(f"LoRA {quoted(used.name)} ({shorten(str(path), 120)}) has no weights for model "
@@ -86,6 +100,14 @@ class Adapters:
         self.loras[str(path.resolve())] = adapter
         pipe.disable_lora()   # loaded, not yet asked for: apply_loras turns on what a line tags
         self.lora_active = False
+        notes = []
+        for text in warned:
+            m = re.search(r"led to (unexpected|missing) keys[^:]*:\s*(.*)", text, re.S)
+            if m and m.group(1) == "unexpected":
+                keys = sorted({k.rsplit(".lora_", 1)[0] for k in re.split(r",\s*", m.group(2).strip().rstrip(".")) if k})
+                notes.append(f"note: LoRA {quoted(used.name)}: {len(keys)} of its layers have no place in model "
+                             f"'{model_name}' and are left out ({shorten(', '.join(keys), 100)})")
+        return notes
 
     @staticmethod
     def _forget(pipe, adapter: str) -> None:
@@ -170,6 +192,32 @@ class Adapters:
             p.vae = vae
         self.vae_key = key
         after_swap(vae)
+
+
+@contextlib.contextmanager
+def _warnings_of(*loggers: str):
+    """Collect the warnings these loggers log (diffusers tells of LoRA keys it skipped only this way),
+    printing nothing."""
+    import logging
+    caught: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            caught.append(record.getMessage())
+    saved = []
+    for name in loggers:
+        log = logging.getLogger(name)
+        saved.append((log, log.level, log.propagate, list(log.handlers)))
+        log.handlers = [Keep()]
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+    try:
+        yield caught
+    finally:
+        for log, level, propagate, handlers in saved:
+            log.handlers = handlers
+            log.setLevel(level)
+            log.propagate = propagate
 
 
 def _read_embedding(path: Path, name: str):

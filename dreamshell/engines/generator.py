@@ -290,8 +290,12 @@ class DiffusersGenerator:
         return text
 
     def prompt_notes(self, prompt: str) -> list[str]:
-        """Visible notes about a prompt: long ones are chunked, never silently cut."""
+        """Visible notes about a prompt: long ones are chunked, never silently cut; a LoRA whose file
+        has layers the model lacks says so (its LoRAs and embeddings are loaded here, before the first
+        image)."""
         notes = []
+        if self.spec is not None:
+            notes += self.adapters.load_loras(self._pipes["txt2img"], prompt, self.spec.name)[1]
         for _, text in self._encoder_texts(prompt):
             n = self._token_count(text)
             if n > CLIP_CHUNK:
