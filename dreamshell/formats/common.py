@@ -3,13 +3,15 @@ and a builder that turns foreign values into a valid DreamRequest without droppi
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
+from .. import hires
 from ..extras import RecipeExtras
 from ..prompt import PromptError, split_prompt
 from ..request import DreamRequest
-from ..switches import BY_SPELLING, SwitchError
+from ..switches import BY_SPELLING, SwitchError, format_number
 
 APP_ID = "dreamshell"
 MAX_CHUNK = 1 << 20          # one text chunk (decompressed) a recipe may come from
@@ -40,6 +42,7 @@ class Recipe:
     request: DreamRequest
     notes: tuple[str, ...] = ()
     source: str = ""
+    recorded: RecipeExtras = field(default_factory=RecipeExtras)   # the LoRA/embedding/VAE hashes the file names
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -107,7 +110,27 @@ class Builder:
             self.values.pop("seed")
             self.drop(f"seed {text} (negative)")
 
-    def build(self, prompt: str) -> "Recipe":
+    def convert(self, spelling: str, token):
+        """The value the switch `spelling` reads from token; SwitchError when it cannot."""
+        return BY_SPELLING[spelling].convert(str(token))
+
+    def hires_scale(self, first: tuple[int, int], final: tuple[int, int], label: str, how: str) -> float:
+        """The --hires_scale that takes the first pass (W x H) to the final size; when no one scale gives it
+        exactly (a different aspect ratio), the one that covers it, with a note naming the size made instead.
+        `how` says what the other tool did with such a size."""
+        (w, h), (fw, fh) = first, final
+        want = (fw // 8 * 8, fh // 8 * 8)
+        for ratio in (fw / w, fh / h):     # the shortest scale that makes the size (latents are 1/8 of it)
+            for scale in (round(ratio, 2), round(ratio, 3), round(ratio, 4), round(ratio, 6), ratio):
+                if hires.target_size(w, h, scale) == want:
+                    return scale
+        scale = math.ceil(max(fw / w, fh / h) * 10_000) / 10_000
+        made = hires.target_size(w, h, scale)
+        self.note(f"{label} is not {w}x{h} times one scale ({how}): read as --hires_scale {format_number(scale)}, "
+                  f"which makes {made[0]}x{made[1]}")
+        return scale
+
+    def build(self, prompt: str, recorded: RecipeExtras | None = None) -> "Recipe":
         if _CONTROL.search(prompt.strip()):
             self.note("line breaks and control characters in the prompt became spaces (a command is one line)")
         prompt = one_line(prompt)
@@ -121,7 +144,7 @@ class Builder:
             self.values.pop("init_mask")
             self.drop("the inpainting mask (no init image)")
         request = DreamRequest(prompt=prompt, **self.values)
-        return Recipe(request, self.finish(), self.source)
+        return Recipe(request, self.finish(), self.source, recorded or RecipeExtras())
 
     def finish(self) -> tuple[str, ...]:
         notes = list(self.notes)
