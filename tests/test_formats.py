@@ -197,6 +197,24 @@ def test_a1111_hires_fix_dreamshell_cannot_run_is_dropped_whole(tmp_path):
                             "0.4; '1' is out of range; the hires scale goes from 1 to 8)",)
 
 
+def test_a1111_hires_fix_over_dreamshell_limits_is_dropped_whole(tmp_path):
+    text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 4096x4096, Denoising strength: 0.5, "
+            "Hires upscale: 4, Hires upscaler: Latent")
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request == DreamRequest("a cat", steps=20, seed=1, width=4096, height=4096, cfg_scale=7.0,
+                                          sampler="k_euler", schedule="uniform")
+    assert recipe.notes == (NOT_CARRIED + "hires fix (hires_scale 4, hires_steps 20, hires_strength 0.5, "
+                            "hires_upscaler latent; --hires_fix makes 16384x16384 from 4096x4096 at scale 4; sides "
+                            "are at most 8192: lower --hires_scale or -W/-H)",)
+
+
+def test_invokeai_size_that_is_not_a_number_is_named(tmp_path):
+    recipe = fetch_recipe(png(tmp_path, {"invokeai_metadata": '{"positive_prompt": "a cat", "width": 1e999, '
+                                                              '"height": 512, "seed": 1}'}))
+    assert recipe.request == DreamRequest("a cat", seed=1)
+    assert recipe.notes == (NOT_CARRIED + "size infx512 (not numbers)",)
+
+
 def test_a1111_old_first_pass_size(tmp_path):
     text = ("a castle on a hill\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 77, Size: 1024x1024, "
             "Model hash: 7460a6fa, Denoising strength: 0.7, First pass size: 0x0")

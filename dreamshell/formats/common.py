@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .. import hires
 from ..extras import RecipeExtras
+from ..limits import LimitError, check_request
 from ..prompt import PromptError, split_prompt
 from ..request import DreamRequest
 from ..switches import BY_SPELLING, SwitchError, format_number
@@ -91,7 +92,7 @@ class Builder:
         """Width and height, rounded to a multiple of 8 with a note when they are not one."""
         try:
             w, h = int(float(width)), int(float(height))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self.drop(f"{label} {short(width)}x{short(height)} (not numbers)")
             return
         rw, rh = (max(64, min(8192, 8 * round(v / 8))) for v in (w, h))
@@ -143,8 +144,23 @@ class Builder:
         if self.values.get("init_mask") and not self.values.get("init_img"):
             self.values.pop("init_mask")
             self.drop("the inpainting mask (no init image)")
+        self._hires_within_limits()
         request = DreamRequest(prompt=prompt, **self.values)
         return Recipe(request, self.finish(), self.source, recorded or RecipeExtras())
+
+    def _hires_within_limits(self) -> None:
+        """A hires fix dreamshell's limits refuse (its size, its steps) is dropped by name, the rest kept."""
+        fields = ("hires_fix", "hires_scale", "hires_steps", "hires_strength", "hires_upscaler")
+        if not self.values.get("hires_fix"):
+            return
+        keep = ("width", "height", "sampler", *fields)
+        try:
+            check_request(DreamRequest(prompt="x", **{k: v for k, v in self.values.items() if k in keep}))
+        except LimitError as e:
+            taken = {k: self.values.pop(k) for k in fields if k in self.values}
+            described = ", ".join(f"{k} {format_number(v) if isinstance(v, float) else v}" for k, v in taken.items()
+                                  if k != "hires_fix")
+            self.drop(f"hires fix ({described}; {e})")
 
     def finish(self) -> tuple[str, ...]:
         notes = list(self.notes)
