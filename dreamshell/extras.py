@@ -9,15 +9,18 @@ records them).
   as a word of the prompt or the negative prompt (A1111's rule; case does not matter).
 - VAE: `--vae NAME` (a path, or a file or folder name in the VAE folder).
 
-Hashes (A1111 `modules/hashes.py`): a LoRA's is the sha256 of a .safetensors file's payload after its
-header (`addnet_hash_safetensors`), of the whole file otherwise, shown as its first 12 hex digits; an
-embedding's is the sha256 of the whole file (12 hex); a VAE's is the sha256 of the whole file (10 hex).
+Hashes (A1111 `modules/hashes.py`): a LoRA's is the `sshs_model_hash` its .safetensors metadata records
+(kohya's trainer writes it; A1111's `NetworkOnDisk` takes it first), else the sha256 of a .safetensors
+file's payload after its header (`addnet_hash_safetensors`), of the whole file otherwise, shown as its
+first 12 hex digits; an embedding's is the sha256 of the whole file (12 hex); a VAE's is the sha256 of the
+whole file (10 hex).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import re
 import threading
@@ -107,12 +110,42 @@ def addnet_hash(path: Path) -> str:
     return _digest(Path(path), skip_header=True)
 
 
+MAX_HEADER = 100 << 20      # a safetensors JSON header read for its metadata
+_HEX = re.compile(r"[0-9a-fA-F]{12,64}")
+
+
+def recorded_lora_hash(path: Path) -> str:
+    """The `sshs_model_hash` a .safetensors file's `__metadata__` records, "" when none (or not hex)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, "sshs")
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    value = ""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n) if 2 < n <= MAX_HEADER else b""
+    try:
+        meta = json.loads(raw).get("__metadata__") if raw else None
+    except (ValueError, AttributeError):
+        meta = None
+    recorded = meta.get("sshs_model_hash") if isinstance(meta, dict) else None
+    if isinstance(recorded, str) and _HEX.fullmatch(recorded.strip()):
+        value = recorded.strip()
+    with _cache_lock:
+        _cache[key] = value
+    return value
+
+
 def lora_hash(path: Path) -> str:
-    """A1111's `Lora hashes` value: 12 hex of the addnet hash (.safetensors) or of the file's sha256."""
+    """A1111's `Lora hashes` value (extensions-builtin/Lora/network.py `NetworkOnDisk`): 12 hex of the
+    file's recorded `sshs_model_hash`, else of the addnet hash (.safetensors) or of the file's sha256."""
     path = Path(path)
     if path.is_dir():
         path = path / DIFFUSERS_LORA_FILE
-    return (addnet_hash(path) if path.suffix.lower() == ".safetensors" else sha256_file(path))[:12]
+    if path.suffix.lower() != ".safetensors":
+        return sha256_file(path)[:12]
+    return (recorded_lora_hash(path) or addnet_hash(path))[:12]
 
 
 def embedding_hash(path: Path) -> str:

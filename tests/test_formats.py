@@ -2,6 +2,7 @@
 InvokeAI 1.x-2.x Dream/sd-metadata, InvokeAI 3+ invokeai_metadata, ComfyUI prompt graphs. Each
 fixture follows the documented format; each test asserts every field and every note."""
 
+import hashlib
 import io
 import json
 import struct
@@ -10,6 +11,7 @@ import zlib
 import pytest
 from PIL import Image, PngImagePlugin
 
+from dreamshell.extras import Folders, Library, RecipeExtras
 from dreamshell.formatter import format_request
 from dreamshell.pngmeta import MetadataError, fetch_recipe, read_recipe
 from dreamshell.request import DreamRequest, UpscaleSpec
@@ -78,12 +80,13 @@ def test_a1111_automatic_schedule_means_what_that_version_ran(tmp_path, version,
     assert (req.sampler, req.schedule) == ("k_dpmpp_2", schedule)
 
 
-def test_a1111_1_10_everything_dropped_is_named(tmp_path):
+def test_a1111_1_10_lora_vae_clip_skip_and_hires_fix_are_read(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"parameters": A1111_V1_10}))
     assert recipe.request == DreamRequest(
-        "masterpiece, (best quality)1.2, cat, a castle [lowres, (bad anatomy)0.9091]", steps=28, width=984,
-        height=1264, cfg_scale=7.0, sampler="k_dpmpp_2", schedule="karras", model="v1-5-pruned-emaonly",
-        with_variations=((77, 0.3),), seamless=True)
+        "masterpiece, (best quality)1.2, <lora:add_detail:0.8> cat, a castle [lowres, (bad anatomy)0.9091]", steps=28,
+        width=984, height=1264, cfg_scale=7.0, sampler="k_dpmpp_2", schedule="karras", model="v1-5-pruned-emaonly",
+        with_variations=((77, 0.3),), seamless=True, clip_skip=2, vae="vae-ft-mse.safetensors", hires_fix=True,
+        hires_scale=2.0, hires_steps=10, hires_strength=0.7, hires_upscaler="latent")
     assert recipe.request.seed is None      # Seed: -1 is a new random seed, not -S -1 (the last image's)
     assert recipe.source == "A1111 parameters (v1.10.1)"
     assert recipe.notes == (
@@ -91,11 +94,190 @@ def test_a1111_1_10_everything_dropped_is_named(tmp_path):
         "[dog:cat:0.5] (A1111 prompt editing: 'dog' then 'cat' from 0.5) kept as 'cat', the part A1111 uses for "
         "50% of the steps",
         "seed -1 (random) read as a new random seed; no -S on the line",
-        "size 985x1266 rounded to 984x1264 (dreamshell sizes are multiples of 8 from 64 to 8192)",
-        NOT_CARRIED + "LoRA add_detail (weight 0.8; lora tags are not applied by dreamshell yet); "
-        "hires fix (Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.7; it comes "
-        "with a later dreamshell); VAE hash: 735e4c3a44; VAE: vae-ft-mse.safetensors; Clip skip: 2; "
-        "Lora hashes: add_detail: 7c6bad76eb54")
+        "size 985x1266 rounded to 984x1264 (dreamshell sizes are multiples of 8 from 64 to 8192)")
+    assert recipe.recorded == RecipeExtras((("add_detail", 0.8, "7c6bad76eb54"),), (),
+                                           ("vae-ft-mse.safetensors", "735e4c3a44"))
+
+
+# As CivitAI shows an A1111 1.6 image: two LoRAs (one with separate text-encoder and UNet weights), a LyCORIS,
+# negative embeddings (A1111 repeats a TI hash when the negative is encoded twice), a VAE, an ESRGAN model upscaler
+CIVITAI = """masterpiece, best quality, 1girl, solo, <lora:add_detail:0.6>, <lora:more_details:0.4:0.8>, \
+<lyco:GoodHands-beta2:1.0>
+Negative prompt: EasyNegative, badhandv4, (worst quality:1.4)
+Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 3450239586, Size: 512x768, Model hash: 7f96a1a9ca, \
+Model: anything-v5-PrtRE, VAE hash: df3c506e51, VAE: kl-f8-anime2.ckpt, Denoising strength: 0.5, Clip skip: 2, \
+Hires upscale: 2, Hires steps: 15, Hires upscaler: 4x-UltraSharp, \
+Lora hashes: "add_detail: 7c6bad76eb54, more_details: 3b8aa1d351ef", \
+TI hashes: "EasyNegative: c74b4e810b03, badhandv4: 5e40d722fc3d, EasyNegative: c74b4e810b03", Version: v1.6.0"""
+
+# Forge (f2.0.1, on A1111 1.10): its own Hires keys, a latent variant, an SDXL VAE and a Module key
+FORGE = """cinematic photo of a red fox in snow <lora:fox_style_xl:0.9>
+Negative prompt: blurry
+Steps: 30, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 5, Seed: 123456789, Size: 832x1216, \
+Model hash: 31e35c80fc, Model: sd_xl_base_1.0, VAE hash: 235745af8d, VAE: sdxl_vae.safetensors, \
+Denoising strength: 0.35, Hires Module 1: Use same choices, Hires CFG Scale: 5, Hires upscale: 1.5, Hires steps: 12, \
+Hires upscaler: Latent (bicubic antialiased), Lora hashes: "fox_style_xl: 1a2b3c4d5e6f", \
+Version: f2.0.1v1.10.1-previous-313-g8a042934, Module 1: sdxl_vae"""
+
+# A1111 1.10 with `Hires resize` to another aspect ratio, its own hires sampler and prompt, upscaler None
+A1111_HIRES_RESIZE = """a knight in armor <lora:detail:1.2>
+Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 5, Size: 512x512, Model hash: 6ce0161689, \
+Model: v1-5-pruned-emaonly, Denoising strength: 0.55, Clip skip: 2, Hires resize: 1024x1536, Hires sampler: DPM++ 2M, \
+Hires prompt: "a knight in shining armor, detailed", Hires upscaler: None, Lora hashes: "detail: 0123456789ab", \
+Version: v1.10.1"""
+
+
+def test_civitai_a1111_1_6_infotext(tmp_path):
+    recipe = fetch_recipe(png(tmp_path, {"parameters": CIVITAI}))
+    assert recipe.request == DreamRequest(
+        "masterpiece, best quality, 1girl, solo, <lora:add_detail:0.6>, <lora:more_details:0.8>, "
+        "[EasyNegative, badhandv4, (worst quality)1.4]", steps=25, seed=3450239586, width=512, height=768,
+        cfg_scale=7.0, sampler="k_dpmpp_2", schedule="karras", model="anything-v5-PrtRE", clip_skip=2,
+        vae="kl-f8-anime2.ckpt", hires_fix=True, hires_scale=2.0, hires_steps=15, hires_strength=0.5,
+        hires_upscaler="esrgan")
+    assert recipe.notes == (
+        "<lora:more_details:0.4:0.8> (A1111: text-encoder weight 0.4, UNet weight 0.8) kept as "
+        "<lora:more_details:0.8>: dreamshell gives a LoRA one weight for both, and the UNet's is the one that "
+        "shapes the image most",
+        "Hires upscaler: 4x-UltraSharp (an ESRGAN-family model) read as esrgan (Real-ESRGAN 4x+)",
+        NOT_CARRIED + "LyCORIS GoodHands-beta2 (weight 1.0; <lyco:...> tags are not supported by dreamshell)")
+    assert recipe.recorded == RecipeExtras(
+        (("add_detail", 0.6, "7c6bad76eb54"), ("more_details", 0.8, "3b8aa1d351ef")),
+        (("EasyNegative", "c74b4e810b03"), ("badhandv4", "5e40d722fc3d")), ("kl-f8-anime2.ckpt", "df3c506e51"))
+
+
+def test_forge_infotext(tmp_path):
+    recipe = fetch_recipe(png(tmp_path, {"parameters": FORGE}))
+    assert recipe.request == DreamRequest(
+        "cinematic photo of a red fox in snow <lora:fox_style_xl:0.9> [blurry]", steps=30, seed=123456789,
+        width=832, height=1216, cfg_scale=5.0, sampler="DPM++ 2M SDE", schedule="karras", model="sd_xl_base_1.0",
+        vae="sdxl_vae.safetensors", hires_fix=True, hires_scale=1.5, hires_steps=12, hires_strength=0.35,
+        hires_upscaler="latent")
+    assert recipe.notes == ("Hires upscaler: Latent (bicubic antialiased) read as latent (A1111's plain Latent: "
+                            "bilinear)",
+                            NOT_CARRIED + "Module 1: sdxl_vae")
+
+
+def test_a1111_hires_resize_other_sampler_and_prompt_are_named(tmp_path):
+    recipe = fetch_recipe(png(tmp_path, {"parameters": A1111_HIRES_RESIZE}))
+    assert recipe.request == DreamRequest(
+        "a knight in armor <lora:detail:1.2>", steps=20, seed=5, width=512, height=512, cfg_scale=7.0,
+        sampler="k_euler_a", schedule="uniform", model="v1-5-pruned-emaonly", clip_skip=2, hires_fix=True,
+        hires_scale=3.0, hires_steps=20, hires_strength=0.55, hires_upscaler="lanczos")
+    assert recipe.notes == (
+        "Hires resize: 1024x1536 is not 512x512 times one scale (A1111 upscales to cover it and crops the rest): "
+        "read as --hires_scale 3, which makes 1536x1536",
+        "Hires upscaler: None (A1111 then resizes the image with Lanczos) read as lanczos",
+        NOT_CARRIED + "Hires sampler: DPM++ 2M (dreamshell's hires pass uses the first pass's sampler); "
+        "Hires prompt: a knight in shining armor, detailed (dreamshell's hires pass uses the first pass's prompt)")
+
+
+@pytest.mark.parametrize("keys, scale, note", [
+    ("Hires upscale: 1.5", 1.5, None),
+    ("Hires resize: 768x1152", 1.5, None),
+    ("Hires resize: 0x1536", 2.0, None),          # one side 0: A1111 keeps the aspect ratio
+    ("Hires resize: 1000x1500", 1.953125, None),  # 1000x1496 in both (latents are 1/8 of the size)
+    ("Hires sampler: Use same sampler, Hires checkpoint: Use same checkpoint, Hires CFG Scale: 7, "
+     "Hires prompt: a cat, Hires schedule type: Karras", 2.0, None),
+])
+def test_a1111_hires_scales(tmp_path, keys, scale, note):
+    text = ("a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x768, "
+            f"Denoising strength: 0.7, {keys}, Hires upscaler: Latent, Version: v1.10.1")
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert (recipe.request.hires_fix, recipe.request.hires_scale, recipe.request.hires_steps) == (True, scale, 20)
+    assert recipe.notes == ((note,) if note else ())
+
+
+def test_a1111_hires_fix_dreamshell_cannot_run_is_dropped_whole(tmp_path):
+    text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.4, "
+            "Hires upscale: 1, Hires upscaler: Latent")
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert not recipe.request.hires_fix and recipe.request.hires_scale is None
+    assert recipe.notes == (NOT_CARRIED + "hires fix (Hires upscale: 1, Hires upscaler: Latent, Denoising strength: "
+                            "0.4; '1' is out of range; the hires scale goes from 1 to 8)",)
+
+
+def test_a1111_hires_fix_over_dreamshell_limits_is_dropped_whole(tmp_path):
+    text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 4096x4096, Denoising strength: 0.5, "
+            "Hires upscale: 4, Hires upscaler: Latent")
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request == DreamRequest("a cat", steps=20, seed=1, width=4096, height=4096, cfg_scale=7.0,
+                                          sampler="k_euler", schedule="uniform")
+    assert recipe.notes == (NOT_CARRIED + "hires fix (hires_scale 4, hires_steps 20, hires_strength 0.5, "
+                            "hires_upscaler latent; --hires_fix makes 16384x16384 from 4096x4096 at scale 4; sides "
+                            "are at most 8192: lower --hires_scale or -W/-H)",)
+
+
+def test_invokeai_size_that_is_not_a_number_is_named(tmp_path):
+    recipe = fetch_recipe(png(tmp_path, {"invokeai_metadata": '{"positive_prompt": "a cat", "width": 1e999, '
+                                                              '"height": 512, "seed": 1}'}))
+    assert recipe.request == DreamRequest("a cat", seed=1)
+    assert recipe.notes == (NOT_CARRIED + "size infx512 (not numbers)",)
+
+
+def test_a1111_old_first_pass_size(tmp_path):
+    text = ("a castle on a hill\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 77, Size: 1024x1024, "
+            "Model hash: 7460a6fa, Denoising strength: 0.7, First pass size: 0x0")
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request == DreamRequest("a castle on a hill", steps=30, seed=77, width=512, height=512,
+                                          cfg_scale=7.0, sampler="k_euler_a", schedule="uniform", hires_fix=True,
+                                          hires_scale=2.0, hires_steps=30, hires_strength=0.7, hires_upscaler="latent")
+    assert recipe.notes == (
+        "First pass size: 0x0 (A1111's old hires fix, where Size 1024x1024 is the final size) read as a first pass "
+        "of 512x512",
+        "A1111's old hires fix did not record its upscaler: latent used",
+        NOT_CARRIED + "Model hash: 7460a6fa (no model name; dreamshell's model is used)")
+
+
+@pytest.mark.parametrize("name, ours, kind", [
+    ("Latent", "latent", None), ("Lanczos", "lanczos", None), ("R-ESRGAN 4x+", "esrgan", None),
+    ("Latent (nearest-exact)", "latent", "latent"), ("None", "lanczos", "none"), ("Nearest", "lanczos", "nearest"),
+    ("R-ESRGAN 4x+ Anime6B", "esrgan", "ESRGAN-family"), ("ESRGAN_4x", "esrgan", "ESRGAN-family"),
+    ("4x_foolhardy_Remacri", "esrgan", "ESRGAN-family"), ("SwinIR 4x", "esrgan", "lacks"),
+    ("DAT x4", "esrgan", "lacks"), ("LDSR", "esrgan", "lacks"),
+])
+def test_a1111_hires_upscaler_names(name, ours, kind):
+    from dreamshell.formats.a1111 import hires_upscaler
+    got, note = hires_upscaler(name)
+    assert got == ours
+    if kind is None:
+        assert note is None
+    else:
+        assert note.startswith(f"Hires upscaler: {name} ") and note.endswith(f"read as {ours}" + (
+            " (Real-ESRGAN 4x+)" if ours == "esrgan" else "" if ours == "lanczos" else " (A1111's plain Latent: "
+            "bilinear)"))
+        assert {"ESRGAN-family": "an ESRGAN-family model", "lacks": "an image upscaler dreamshell lacks",
+                "none": "Lanczos", "nearest": "nearest-neighbour", "latent": "Latent"}[kind] in note
+
+
+@pytest.mark.parametrize("tag, kept, note, dropped", [
+    ("<lora:detail:0.80>", "<lora:detail:0.80>", None, None),
+    ("<lora:detail>", "<lora:detail>", None, None),
+    ("<lora:detail:0.5:0.5>", "<lora:detail:0.5>", None, None),
+    ("<lora:detail:unet=0.6:te=0.2>", "<lora:detail:0.6>",
+     "<lora:detail:unet=0.6:te=0.2> (A1111: text-encoder weight 0.2, UNet weight 0.6) kept as <lora:detail:0.6>: "
+     "dreamshell gives a LoRA one weight for both, and the UNet's is the one that shapes the image most", None),
+    ("<lora:detail:1:1:16>", "<lora:detail:1>", None, "dyn=16 of <lora:detail:1:1:16> (A1111's dynamic LoRA rank)"),
+    ("<lora:detail:strong>", "", None, "<lora:detail:strong> (the weight is not a number)"),
+    ("<lora:detail:12>", "", None, "<lora:detail:12> (dreamshell's LoRA weights go from -10 to 10)"),
+    ("<hypernet:anime:0.5>", "", None, "hypernetwork anime (weight 0.5; <hypernet:...> tags are not supported by "
+                                       "dreamshell)"),
+])
+def test_a1111_lora_tags(tmp_path, tag, kept, note, dropped):
+    text = f"a cat {tag}, sitting\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 512x512, Version: v1.10.1"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request.prompt == f"a cat {kept}, sitting".replace("  ", " ").replace(" ,", ",")
+    assert recipe.notes == tuple(([note] if note else []) + ([NOT_CARRIED + dropped] if dropped else []))
+
+
+def test_a1111_lora_tag_in_the_negative_prompt_and_twice(tmp_path):
+    text = ("<lora:a:0.5> cat <lora:a:1>\nNegative prompt: <lora:b:1> blurry\nSteps: 20, Sampler: Euler, "
+            "CFG scale: 7, Seed: 5, Size: 512x512")
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request.prompt == "<lora:a:0.5> cat [blurry]"
+    assert recipe.notes == (NOT_CARRIED + "<lora:a:1> (LoRA a is tagged again; dreamshell tags each LoRA once and "
+                            "keeps the first); <lora:b:1> in the negative prompt (A1111 applies no LoRA from the "
+                            "negative prompt)",)
 
 
 @pytest.mark.parametrize("prompt, ours, note", [
@@ -165,8 +347,9 @@ def test_invokeai_2_dream_with_switches_we_lack_keeps_the_rest(tmp_path):
     assert recipe.notes == (
         "--schedule uniform: InvokeAI 2.2.4 ran k_dpmpp_2_a on the model's own sigmas at 20 steps (Karras below 10)",
         NOT_CARRIED + "-G 0.8 (face restoration (GFPGAN)); -ft gfpgan (face restoration); --embiggen 2 0.75 "
-        "(embiggen); --hires_fix (the high-resolution fix); --karras_max 10 (karras_max); -b 2 (batch size (each "
-        "image is made on its own; -b1 is accepted))",
+        "(embiggen); --karras_max 10 (karras_max); -b 2 (batch size (each image is made on its own; -b1 is "
+        "accepted)); --hires_fix (dreamshell's hires fix starts from noise and cannot take -I; the init image is "
+        "kept)",
         "cannot run here as it is: sampler 'k_dpmpp_2_a' (A1111 'DPM++ 2S a'), ancestral, has no diffusers "
         "scheduler, so dreamshell cannot run it; try k_euler_a or k_dpm_2_a (ancestral), or dpmpp_2s (diffusers' "
         "DPMSolverSinglestepScheduler, not ancestral, which dreamshell ran for this name before)")
@@ -197,6 +380,22 @@ def test_invokeai_2_sd_metadata(tmp_path):
         NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)',
         "cannot run here as it is: sampler 'k_euler_a' cannot run with the 'Karras' schedule: diffusers' "
         "EulerAncestralDiscreteScheduler has no use_karras_sigmas")
+
+
+def test_invokeai_2_hires_fix_without_an_init_image_is_named(tmp_path):
+    # InvokeAI 2.x's -W/-H are the final size of its hires fix; dreamshell's are the first pass
+    dream = '"a castle" -s 30 -S 5 -W 1024 -H 1024 -C 7.5 -A k_euler --hires_fix'
+    meta = {"app_id": "invoke-ai/InvokeAI", "app_version": "2.2.5",
+            "image": {"prompt": [{"prompt": "a castle", "weight": 1}], "seed": 5, "steps": 30, "width": 1024,
+                      "height": 1024, "sampler": "k_euler", "cfg_scale": 7.5, "hires_fix": True, "type": "txt2img"}}
+    for chunks, source in (({"Dream": dream}, "Dream (InvokeAI 1.x/2.x or dreamshell)"),
+                           ({"sd-metadata": json.dumps(meta)}, "sd-metadata (invoke-ai/InvokeAI 2.2.5)")):
+        recipe = fetch_recipe(png(tmp_path, chunks))
+        assert (recipe.request.width, recipe.request.hires_fix, recipe.request.hires_scale) == (1024, False, None)
+        assert recipe.source == source
+        assert recipe.notes[-1].startswith(NOT_CARRIED) and "InvokeAI 2.x's: " in recipe.notes[-1]
+        assert recipe.notes[-1].endswith("is the final size, made from a first pass near the model's own size; for "
+                                         "dreamshell's, give the first pass's -W/-H and --hires_scale)")
 
 
 def test_invokeai_1_x_sd_metadata_with_a_string_prompt(tmp_path):
@@ -232,16 +431,58 @@ INVOKEAI_3 = {"generation_mode": "txt2img", "positive_prompt": "a cat: sitting (
 
 def test_invokeai_3_metadata(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"invokeai_metadata": json.dumps(INVOKEAI_3), "invokeai_graph": "{}"}))
-    assert recipe.request == DreamRequest("a cat\\: sitting (fluffy)1.2 (sic) [blurry]", steps=30, seed=42,
-                                          width=768, height=1024, cfg_scale=6.5, sampler="k_euler",
-                                          schedule="karras", model="Juggernaut XL")
+    assert recipe.request == DreamRequest("a cat\\: sitting (fluffy)1.2 (sic) <lora:detail:0.7> [blurry]", steps=30,
+                                          seed=42, width=768, height=1024, cfg_scale=6.5, sampler="k_euler",
+                                          schedule="karras", model="Juggernaut XL", clip_skip=3, vae="sdxl-vae")
     assert recipe.source == "InvokeAI 3.4.0 invokeai_metadata"
     assert recipe.notes == (
         "square brackets in the prompt became parentheses (in dreamshell [ ] is the negative prompt)",
         "size 768x1020 rounded to 768x1024 (dreamshell sizes are multiples of 8 from 64 to 8192)",
-        NOT_CARRIED + "seamless on the x axis only (dreamshell tiles both); LoRA detail (weight 0.7; LoRAs come "
-        "with a later dreamshell); clip_skip: 2 (comes with a later dreamshell); vae: sdxl-vae (comes with a "
-        "later dreamshell)")
+        "clip_skip 2 (InvokeAI counts the layers skipped) read as --clip_skip 3 (A1111's numbering)",
+        NOT_CARRIED + "seamless on the x axis only (dreamshell tiles both)")
+
+
+INVOKEAI_4 = {"app_version": "4.2.9", "generation_mode": "txt2img", "positive_prompt": "a lighthouse at dusk",
+              "negative_prompt": "", "width": 1024, "height": 1024, "seed": 11, "rand_device": "cpu", "cfg_scale": 7.5,
+              "steps": 30, "scheduler": "dpmpp_2m_k",
+              "model": {"key": "a1b2", "hash": "blake3:9f", "name": "Dreamshaper 8", "base": "sd-1", "type": "main"},
+              "loras": [{"model": {"key": "c3", "hash": "blake3:1e", "name": "add_detail", "base": "sd-1",
+                                   "type": "lora"}, "weight": 0.75},
+                        {"model": {"key": "c4", "hash": "blake3:2e", "name": "film grain", "base": "sd-1",
+                                   "type": "lora"}, "weight": 1}],
+              "vae": {"key": "d5", "hash": "blake3:3e", "name": "vae-ft-mse-840000-ema-pruned", "base": "sd-1",
+                      "type": "vae"},
+              "clip_skip": 1, "hrf_enabled": True, "hrf_method": "ESRGAN", "hrf_strength": 0.45}
+
+
+def test_invokeai_4_loras_vae_clip_skip_and_high_resolution_fix(tmp_path):
+    recipe = fetch_recipe(png(tmp_path, {"invokeai_metadata": json.dumps(INVOKEAI_4)}))
+    # InvokeAI's 1024x1024 is the final size; its first pass is the model's own size (512 for sd-1)
+    assert recipe.request == DreamRequest(
+        "a lighthouse at dusk <lora:add_detail:0.75> <lora:film grain:1>", steps=30, seed=11, width=512, height=512,
+        cfg_scale=7.5, sampler="k_dpmpp_2", schedule="karras", model="Dreamshaper 8", clip_skip=2,
+        vae="vae-ft-mse-840000-ema-pruned", hires_fix=True, hires_scale=2.0, hires_steps=14, hires_strength=0.45,
+        hires_upscaler="esrgan")
+    assert recipe.notes == (
+        "InvokeAI's hires pass ran about 14 of 30 steps (from 0.55 of the way): --hires_steps 14",
+        "clip_skip 1 (InvokeAI counts the layers skipped) read as --clip_skip 2 (A1111's numbering)")
+
+
+def test_invokeai_4_high_resolution_fix_of_another_shape(tmp_path):
+    meta = dict(INVOKEAI_4, width=1216, height=832, hrf_method="bilinear", loras=[], clip_skip=0, vae=None)
+    recipe = fetch_recipe(png(tmp_path, {"invokeai_metadata": json.dumps(meta)}))
+    req = recipe.request
+    # calculateHrfRes: 512x512's area at 1216:832 is 618.98x423.51, in multiples of 8 616x424; times 1.974026 that
+    # is 1216x836.99, whose latents make 1216x832
+    assert (req.width, req.height, req.hires_scale, req.hires_upscaler) == (616, 424, 1.974026, "lanczos")
+    assert recipe.notes == (
+        "InvokeAI's hires pass ran about 14 of 30 steps (from 0.55 of the way): --hires_steps 14",
+        "hrf_method bilinear (InvokeAI resizes the decoded image) read as lanczos")
+    meta.update(width=1000, height=1000, model=dict(INVOKEAI_4["model"], base="sd-3"))
+    recipe = fetch_recipe(png(tmp_path, {"invokeai_metadata": json.dumps(meta)}, "sd3.png"))
+    assert not recipe.request.hires_fix and recipe.request.width == 1000
+    assert recipe.notes[-1] == NOT_CARRIED + ("high-resolution fix (hrf_method bilinear, hrf_strength 0.45) (its first "
+                                              "pass depends on the model's base, sd-3)")
 
 
 def test_invokeai_5_img2img_metadata(tmp_path):
@@ -292,7 +533,99 @@ def test_comfyui_plain_graph(tmp_path):
 def test_comfyui_graph_with_a_lora_loader(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"prompt": json.dumps(comfy_graph(lora=True))}))
     assert recipe.request.model == "v1-5-pruned-emaonly"
-    assert recipe.notes[-1] == NOT_CARRIED + "LoRA detail.safetensors (weight 0.8; LoRAs come with a later dreamshell)"
+    assert recipe.request.prompt == "glass bottle, (purple galaxy)1.2 stars <lora:detail:0.8> [text, watermark]"
+    assert recipe.notes == ("size 512x510 rounded to 512x512 (dreamshell sizes are multiples of 8 from 64 to 8192)",)
+
+
+def test_comfyui_loras_clip_skip_and_vae(tmp_path):
+    graph = comfy_graph(lora=True)
+    graph["10"]["inputs"].update(strength_model=0.8, strength_clip=0.5, lora_name="styles/detail.safetensors")
+    graph["11"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "lcm-lora-sdv1-5.safetensors",
+                                                                   "strength_model": 1.0, "model": ["10", 0]}}
+    graph["3"]["inputs"]["model"] = ["11", 0]
+    graph["12"] = {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -2, "clip": ["10", 1]}}
+    graph["6"]["inputs"].update(clip=["12", 0], text="glass bottle <lora:ignored:1>")
+    graph["13"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sd15/vae-ft-mse-840000-ema-pruned.safetensors"}}
+    graph["8"]["inputs"]["vae"] = ["13", 0]
+    recipe = fetch_recipe(png(tmp_path, {"prompt": json.dumps(graph)}))
+    assert recipe.request == DreamRequest(
+        "glass bottle <lora:detail:0.8> <lora:lcm-lora-sdv1-5:1> [text, watermark]", steps=20, seed=8566257,
+        width=512, height=512, cfg_scale=8.0, sampler="k_dpmpp_2", schedule="karras", model="v1-5-pruned-emaonly",
+        clip_skip=2, vae="vae-ft-mse-840000-ema-pruned.safetensors")
+    assert recipe.notes == (
+        "LoRA lcm-lora-sdv1-5.safetensors (model only, strength_model 1) kept as <lora:lcm-lora-sdv1-5:1>: "
+        "dreamshell gives a LoRA one weight for the UNet and the text encoder",
+        "LoRA styles/detail.safetensors (strength_clip 0.5, strength_model 0.8) kept as <lora:detail:0.8>: "
+        "dreamshell gives a LoRA one weight for the UNet and the text encoder",
+        "size 512x510 rounded to 512x512 (dreamshell sizes are multiples of 8 from 64 to 8192)",
+        NOT_CARRIED + "<lora:ignored:1> in the prompt (ComfyUI reads it as plain text; its LoraLoader nodes are the "
+        "LoRAs)")
+
+
+# ----- the session's LoRA, embedding and VAE folders (fetch_recipe's library)
+
+def _safetensors(path, payload: bytes, metadata=None):
+    header = {"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + payload)
+    return path
+
+
+def test_fetch_checks_the_hashes_against_the_session_folders(tmp_path):
+    folders = Folders.under(tmp_path / "extras")
+    _safetensors(folders.loras / "add_detail.safetensors", b"another file")       # not 7c6bad76eb54
+    _safetensors(folders.loras / "sub" / "more_details.safetensors", b"x",
+                 {"sshs_model_hash": "3b8aa1d351ef" + "0" * 52})                  # as the image records
+    folders.embeddings.mkdir(parents=True)
+    (folders.embeddings / "badhandv4.pt").write_bytes(b"not the same embedding")  # EasyNegative is missing
+    folders.vaes.mkdir(parents=True)
+    (folders.vaes / "kl-f8-anime2.ckpt").write_bytes(b"another VAE")
+    library = Library(folders)
+    path = png(tmp_path, {"parameters": CIVITAI})
+    plain = fetch_recipe(path)
+    recipe = fetch_recipe(path, library)
+    assert recipe.request == plain.request
+    assert recipe.notes[:len(plain.notes)] == plain.notes
+    from dreamshell.extras import embedding_hash, lora_hash, vae_hash
+    lora, emb, vae = (lora_hash(folders.loras / "add_detail.safetensors"),
+                      embedding_hash(folders.embeddings / "badhandv4.pt"), vae_hash(folders.vaes / "kl-f8-anime2.ckpt"))
+    assert recipe.notes[len(plain.notes):] == (
+        f"LoRA add_detail: the file here (add_detail.safetensors, hash {lora}) is not the one the image was made "
+        "with (hash 7c6bad76eb54); the image may come out different",
+        f"embedding EasyNegative is not in the embeddings folder {folders.embeddings}: the word is read as plain text",
+        f"embedding badhandv4: the file here (badhandv4.pt, hash {emb}) is not the one the image was made with "
+        "(hash 5e40d722fc3d); the image may come out different",
+        f"VAE kl-f8-anime2.ckpt: the file here (kl-f8-anime2.ckpt, hash {vae}) is not the one the image was made "
+        "with (hash df3c506e51); the image may come out different")
+
+
+def test_fetch_with_the_same_files_adds_no_note_and_names_a_missing_lora(tmp_path):
+    from dreamshell.extras import vae_hash
+    from dreamshell.parser import parse_request
+    from dreamshell.pngmeta import ImageMeta, png_bytes
+    folders = Folders.under(tmp_path / "extras")
+    _safetensors(folders.loras / "detail.safetensors", b"weights")
+    folders.embeddings.mkdir(parents=True)
+    (folders.embeddings / "EasyNegative.safetensors").write_bytes(b"embedding")
+    _safetensors(folders.vaes / "vae-ft-mse.safetensors", b"vae")
+    library = Library(folders)
+    req = parse_request('"a cat <lora:detail:0.7> [EasyNegative]" -s 20 -S 1 -W 512 -H 512 -C 7 -A k_euler '
+                        '--model m --vae vae-ft-mse.safetensors')
+    data = png_bytes(Image.new("RGB", (8, 8)), ImageMeta(req, extras=library.recipe_extras(req.prompt, req.vae)))
+    path = tmp_path / "ours.png"
+    path.write_bytes(data)
+    assert fetch_recipe(path, library).notes == ()
+    digest = hashlib.sha256(b"weights").hexdigest()[:12]
+    assert fetch_recipe(path).recorded == RecipeExtras((("detail", 0.7, digest),), (("EasyNegative",
+                                                        hashlib.sha256(b"embedding").hexdigest()[:12]),),
+                                                       ("vae-ft-mse.safetensors", vae_hash(folders.vaes /
+                                                                                           "vae-ft-mse.safetensors")))
+    (folders.loras / "detail.safetensors").unlink()
+    assert fetch_recipe(path, library).notes == (
+        f"LoRA detail is not in the LoRA folder {folders.loras} (the image's has hash {digest})",)
 
 
 def test_comfyui_other_graphs_are_one_clear_line(tmp_path):

@@ -6,6 +6,7 @@ import json
 import pytest
 from PIL import Image, PngImagePlugin
 
+from dreamshell.extras import RecipeExtras
 from dreamshell.formatter import format_request
 from dreamshell.parser import parse_request
 from dreamshell.pngmeta import (ImageMeta, MetadataError, a1111_parameters, fetch_recipe, parse_a1111, png_bytes,
@@ -16,6 +17,14 @@ RESOLVED = parse_request('"a fantastic alien landscape, 8k [blurry, dark]" -s 60
 FULL = parse_request('"a (red)1.3 circle+ on style\\: flat:0.7 a square:0.3 [blurry]" -s 20 -S 7 -W 64 -H 64 -C 5 '
                      '-A k_dpmpp_2 --schedule karras --model demo -I in.png -f 0.6 --fit -U 2 0.5 '
                      '-V 3:0.2 --seamless')
+# a resolved hires line (all its values set) with two LoRAs, a negative embedding, clip skip 2 and a VAE
+EXTRAS_LINE = parse_request('"a cat <lora:add_detail:0.8>, (red)1.3 fur <lora:film_grain:0.5> [lowres, EasyNegative]" '
+                            '-s 28 -S 42 -W 512 -H 768 -C 7 -A k_dpmpp_2 --schedule karras --model dreamshaper_8 '
+                            '--clip_skip 2 --vae vae-ft-mse-840000-ema-pruned.safetensors --hires_fix --hires_scale 2 '
+                            '--hires_steps 15 --hires_strength 0.45 --hires_upscaler esrgan')
+EXTRAS = RecipeExtras((("add_detail", 0.8, "7c6bad76eb54"), ("film_grain", 0.5, "0123456789ab")),
+                      (("EasyNegative", "c74b4e810b03"),), ("vae-ft-mse-840000-ema-pruned.safetensors", "735e4c3a44"))
+MODEL_HASH = "879db523c30d3b9017143d56705015e15a2cb5628762c11d086fed9538abd7fd"
 
 
 def png_with(chunks: dict[str, str]) -> bytes:
@@ -156,3 +165,88 @@ def test_metadata_is_never_evaluated(tmp_path):
         else:
             assert req.prompt == payload, key
         assert not marker.exists(), key
+
+
+# ----- LoRAs, embeddings, clip skip, VAE and the hires fix (REFERENCE.md 8)
+
+def test_a1111_parameters_write_extras_and_the_hires_fix_as_a1111_does():
+    # key names, order and quoting of A1111 1.10's processing.create_infotext (checked against it, with its
+    # txt2img init and Lora extension filling the same values); Size is the first pass
+    text = a1111_parameters(ImageMeta(EXTRAS_LINE, model_hash=MODEL_HASH, extras=EXTRAS))
+    assert text.splitlines() == [
+        "a cat <lora:add_detail:0.8>, (red:1.3) fur <lora:film_grain:0.5>",
+        "Negative prompt: lowres, EasyNegative",
+        "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 512x768, "
+        "Model hash: 879db523c3, Model: dreamshaper_8, VAE hash: 735e4c3a44, "
+        "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, "
+        "Hires steps: 15, Hires upscaler: R-ESRGAN 4x+, Lora hashes: \"add_detail: 7c6bad76eb54, film_grain: "
+        "0123456789ab\", TI hashes: \"EasyNegative: c74b4e810b03\", Dreamshell: "
+        + json.dumps(format_request(EXTRAS_LINE))]
+
+
+def test_a1111_parameters_leave_out_what_a1111_leaves_out():
+    req = parse_request('"a cat <lora:x:1>" -s 20 -S 1 -W 512 -H 512 -C 7 -A ddim --model m --clip_skip 1 '
+                        '--vae my_vaes/kl-f8.safetensors')
+    params = parse_a1111(a1111_parameters(ImageMeta(req, extras=RecipeExtras((), (), ("kl-f8.safetensors", "")))))[2]
+    assert "Clip skip" not in params            # A1111 writes it only when above 1
+    assert "VAE hash" not in params and params["VAE"] == "kl-f8.safetensors"   # a diffusers folder has no hash
+    assert "Lora hashes" not in params and "Denoising strength" not in params and "Hires upscale" not in params
+    loose = parse_request('"a cat < lora : x y : 0.50 > [dog <lora:z:-1>]" -s 20 -S 1 -W 512 -H 512 -C 7 -A ddim')
+    prompt, negative, _ = parse_a1111(a1111_parameters(ImageMeta(loose)))
+    assert (prompt, negative) == ("a cat <lora:x y:0.5> <lora:z:-1>", "dog")   # A1111 applies no tag in the negative
+
+
+ROUND_TRIP = [
+    (EXTRAS_LINE, EXTRAS),
+    (parse_request('"<lora:style:1> portrait, (soft light)1.2 [blurry]" -s 20 -S 7 -W 512 -H 640 -C 7.5 -A ddim '
+                   '--model v1-5 --hires_fix --hires_scale 1.5 --hires_steps 20 --hires_strength 0.7 '
+                   '--hires_upscaler latent -V 99:0.25 --seamless'),
+     RecipeExtras((("style", 1.0, "aaaaaaaaaaaa"),))),
+    (parse_request('"a castle" -s 30 -S 1 -W 768 -H 512 -C 6 -A k_lms --schedule karras --model anything-v3 '
+                   '--clip_skip 3 --vae orangemix.vae.pt --hires_fix --hires_scale 2.5 --hires_steps 12 '
+                   '--hires_strength 0.6 --hires_upscaler lanczos'),
+     RecipeExtras((), (), ("orangemix.vae.pt", "b4b04361c3"))),
+    (parse_request('"a fox <lora:x:-0.25> [EasyNegative, badhandv4]" -s 25 -S 9 -W 640 -H 384 -C 5 -A ddim --model m '
+                   '--vae vae-ft-mse.safetensors'),
+     RecipeExtras((("x", -0.25, "0123456789ab"),), (("EasyNegative", "c74b4e810b03"), ("badhandv4", "5e40d722fc3d")),
+                  ("vae-ft-mse.safetensors", "735e4c3a44"))),
+]
+
+
+@pytest.mark.parametrize("request_, extras", ROUND_TRIP)
+def test_a1111_keys_alone_give_back_the_request(tmp_path, request_, extras):
+    text = a1111_parameters(ImageMeta(request_, model_hash=MODEL_HASH, extras=extras))
+    without = text[:text.index(", Dreamshell: ")]            # as A1111 alone would have written it
+    assert "Dreamshell" not in without
+    recipe = fetch_recipe(_write(tmp_path, png_with({"parameters": without}), "a1111.png"))
+    assert recipe.request == request_ and recipe.notes == () and recipe.source == "A1111 parameters"
+    assert recipe.recorded == extras
+
+
+@pytest.mark.parametrize("keep", ["sd-metadata", "parameters"])
+def test_each_chunk_alone_gives_back_extras_and_the_hires_fix(tmp_path, keep):
+    full = _chunks(tmp_path, EXTRAS_LINE, model_hash=MODEL_HASH, extras=EXTRAS)
+    recipe = fetch_recipe(_write(tmp_path, png_with({keep: full[keep]}), "one.png"))
+    assert recipe.request == EXTRAS_LINE and recipe.notes == ()
+    assert recipe.recorded == (EXTRAS if keep == "parameters" else RecipeExtras(
+        tuple((n, 1.0, h) for n, _, h in EXTRAS.loras), EXTRAS.embeddings, EXTRAS.vae))
+
+
+def test_dream_and_sd_metadata_carry_extras_and_the_hires_fix(tmp_path):
+    full = _chunks(tmp_path, EXTRAS_LINE, model_hash=MODEL_HASH, extras=EXTRAS)
+    assert full["Dream"] == format_request(EXTRAS_LINE.with_(model=None))
+    assert "--clip_skip 2 --vae vae-ft-mse-840000-ema-pruned.safetensors --hires_fix --hires_scale 2" in full["Dream"]
+    alone = fetch_recipe(_write(tmp_path, png_with({"Dream": full["Dream"]}), "dream.png"))
+    assert alone.request == EXTRAS_LINE.with_(model=None) and alone.notes == ()
+    image = json.loads(full["sd-metadata"])["image"]
+    # InvokeAI 2.x's own hires_fix: its width/height are then the final size, so ours are too
+    assert (image["hires_fix"], image["width"], image["height"], image["first_pass_width"],
+            image["first_pass_height"]) == (True, 1024, 1536, 512, 768)
+    assert {k: image[k] for k in ("hires_scale", "hires_steps", "hires_strength", "hires_upscaler", "clip_skip", "vae",
+                                  "vae_hash", "lora_hashes", "ti_hashes")} == {
+        "hires_scale": 2.0, "hires_steps": 15, "hires_strength": 0.45, "hires_upscaler": "esrgan", "clip_skip": 2,
+        "vae": "vae-ft-mse-840000-ema-pruned.safetensors", "vae_hash": "735e4c3a44",
+        "lora_hashes": {"add_detail": "7c6bad76eb54", "film_grain": "0123456789ab"},
+        "ti_hashes": {"EasyNegative": "c74b4e810b03"}}
+    assert image["prompt"] == [{"prompt": "a cat <lora:add_detail:0.8>, (red)1.3 fur <lora:film_grain:0.5> "
+                                          "[lowres, EasyNegative]", "weight": 1.0}]

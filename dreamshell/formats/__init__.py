@@ -2,14 +2,18 @@
 
 `fetch_recipe(path)` returns the request with notes naming everything that could not be carried
 over; `dreamshell.pngmeta` keeps the older names. Metadata is data: parsed, never evaluated.
+`fetch_recipe(path, library)` also checks the LoRA, embedding and VAE files the image names against the
+session's folders (`extras.Library`): one missing, or with another hash than the image records, is a note.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..formatter import format_request
+from ..prompt import PromptError, split_prompt
 from ..samplers import cannot_run
 from .a1111 import a1111_parameters, parse_a1111, read_a1111
 from .comfyui import read_comfyui
@@ -35,7 +39,7 @@ def _with_model(recipe: Recipe, texts: dict[str, str]) -> Recipe:
         model = parse_a1111(texts["parameters"])[2].get("Model")
     if model and not isinstance(model, str):
         model = None
-    return Recipe(recipe.request.with_(model=model), recipe.notes, recipe.source) if model else recipe
+    return replace(recipe, request=recipe.request.with_(model=model)) if model else recipe
 
 
 def _app(texts: dict[str, str]) -> tuple[str, str]:
@@ -65,8 +69,10 @@ def _readers(kind: str, texts: dict[str, str]):
     return pairs
 
 
-def fetch_recipe(path) -> Recipe:
-    """The request that made the image at path, the notes on what was not carried over, and its source."""
+def fetch_recipe(path, library=None) -> Recipe:
+    """The request that made the image at path, the notes on what was not carried over, and its source.
+    With `library` (an `extras.Library`), the LoRAs, embeddings and VAE the image used are looked up in the
+    session's folders and their hashes compared with those the image records."""
     path = Path(path)
     kind, texts, skipped = read_texts(path)
     errors: list[str] = []
@@ -78,7 +84,7 @@ def fetch_recipe(path) -> Recipe:
         except (MetadataError, ValueError, TypeError, KeyError, AttributeError) as e:
             errors.append(f"{key}: {short(e, 300)}")
             continue
-        return _checked(path, recipe, skipped)
+        return _checked(path, recipe, skipped, library)
     why = "; ".join(errors + skipped)
     if errors or skipped:
         raise MetadataError(f"{path}: its recipe cannot be read ({why})")
@@ -86,8 +92,9 @@ def fetch_recipe(path) -> Recipe:
                         "or ComfyUI prompt text)")
 
 
-def _checked(path: Path, recipe: Recipe, skipped: list[str]) -> Recipe:
-    """Refuse an absurdly long command; add notes for skipped chunks and samplers that cannot run here."""
+def _checked(path: Path, recipe: Recipe, skipped: list[str], library=None) -> Recipe:
+    """Refuse an absurdly long command; add notes for skipped chunks, samplers that cannot run here and
+    extras that differ from the session's files."""
     command = format_request(recipe.request)
     if len(command) > MAX_COMMAND:
         raise MetadataError(f"{path}: the recovered command is {len(command):,} characters, over the "
@@ -98,4 +105,59 @@ def _checked(path: Path, recipe: Recipe, skipped: list[str]) -> Recipe:
     why = cannot_run(recipe.request.sampler, recipe.request.schedule)
     if why:
         notes.append(f"cannot run here as it is: {why}")
-    return Recipe(recipe.request, tuple(notes), recipe.source)
+    if library is not None:
+        notes += library_notes(recipe, library)
+    return replace(recipe, notes=tuple(notes))
+
+
+def _differs(what: str, path: Path, have: str, recorded: str) -> str:
+    return (f"{what}: the file here ({short(path.name, 60)}, hash {have}) is not the one the image was made with "
+            f"(hash {short(recorded, 20)}); the image may come out different")
+
+
+def library_notes(recipe: Recipe, library) -> list[str]:
+    """Notes for the LoRAs, embeddings and VAE of a recipe that are missing from the session's folders or whose
+    files have other hashes than the image records (A1111's: `extras.lora_hash`, `embedding_hash`,
+    `vae_hash`). Hashing reads each file once (cached); a file that cannot be read is named, not fatal."""
+    from ..extras import ExtraError, embedding_hash, lora_hash, vae_hash
+    notes: list[str] = []
+    rec = recipe.recorded
+    try:
+        tags = split_prompt(recipe.request.prompt).loras
+    except PromptError:
+        tags = ()
+    try:
+        found = library.loras() if tags else {}
+        hashes = {name.translate(str.maketrans("", "", ":,")): digest for name, _, digest in rec.loras}
+        for tag in tags:
+            path = found.get(tag.name)
+            digest = hashes.get(tag.name.translate(str.maketrans("", "", ":,")))
+            if path is None:
+                folder = short(str(library.folders.loras), 80)
+                notes.append(f"LoRA {short(tag.name, 60)} is not in the LoRA folder {folder}"
+                             + (f" (the image's has hash {short(digest, 20)})" if digest else ""))
+            elif digest and lora_hash(path).lower() != digest.lower():
+                notes.append(_differs(f"LoRA {short(tag.name, 60)}", path, lora_hash(path), digest))
+        if rec.embeddings:
+            have = library.embeddings()
+            lowered = {k.lower(): v for k, v in have.items()}
+            for word, digest in rec.embeddings:
+                path = have.get(word) or lowered.get(word.lower())
+                if path is None:
+                    notes.append(f"embedding {short(word, 60)} is not in the embeddings folder "
+                                 f"{short(str(library.folders.embeddings), 80)}: the word is read as plain text")
+                elif embedding_hash(path).lower() != digest.lower():
+                    notes.append(_differs(f"embedding {short(word, 60)}", path, embedding_hash(path), digest))
+        vae = recipe.request.vae
+        if vae:
+            try:
+                path = library.find_vae(vae)
+            except ExtraError as e:
+                notes.append(str(e))
+            else:
+                digest = rec.vae[1] if rec.vae else ""
+                if digest and path.is_file() and vae_hash(path).lower() != digest.lower():
+                    notes.append(_differs(f"VAE {short(vae, 60)}", path, vae_hash(path), digest))
+    except OSError as e:
+        notes.append(f"the LoRA, embedding and VAE files could not all be checked ({short(e, 120)})")
+    return notes

@@ -1,26 +1,34 @@
 """AUTOMATIC1111's infotext (`parameters` in PNG, EXIF UserComment in JPEG/WebP): written for every
 image and read from A1111, Forge, CivitAI and the rest. Reader: A1111 `modules/infotext_utils.py`
-`parse_generation_parameters`; samplers: `modules/sd_samplers.py get_sampler_and_scheduler`."""
+`parse_generation_parameters`; samplers: `modules/sd_samplers.py get_sampler_and_scheduler`.
+
+LoRAs, embeddings, clip skip, VAE and the hires fix as A1111 1.10 writes them: `processing.py`
+`create_infotext` (key order; `Clip skip` only above 1; `Size` the first pass; `Denoising strength` the
+hires pass's), `StableDiffusionProcessingTxt2Img.init` (`Hires upscale`/`Hires resize`, `Hires steps`,
+`Hires upscaler`), `extensions-builtin/Lora/extra_networks_lora.py` (`Lora hashes`: the tag's name without
+':' and ',', 12 hex), `sd_hijack_clip.py` (`TI hashes`), `sd_vae.py` (`VAE` file name, `VAE hash` 10 hex)."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 
+from .. import hires
+from ..extras import RecipeExtras
 from ..formatter import format_request
 from ..parser import ParseError, parse_request
-from ..prompt import extract_negative
+from ..prompt import LORA_TAG, PromptError, extract_negative, split_prompt
 from ..request import DreamRequest
 from ..samplers import effective_schedule, find_sampler, find_schedule
-from ..switches import format_number
+from ..switches import SwitchError, format_number
 from .common import Builder, ImageMeta, MetadataError, Recipe, short
 from .prompts import _to_a1111_text, a1111_to_dreamshell, dreamshell_to_a1111
 
 # key: value pairs of A1111's last line; values may be JSON-quoted
 _PARAM = re.compile(r'\s*(\w[\w \-/+]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
-_HIRES = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize", "Hires sampler", "Hires schedule type",
-          "Hires prompt", "Hires negative prompt", "Hires CFG Scale", "Hires checkpoint", "First pass size")
+_NAME_SYMBOLS = str.maketrans("", "", ":,")   # what A1111 takes out of a name in `Lora hashes`/`TI hashes`
 
 # ----- writing
 
@@ -58,14 +66,48 @@ def _upscale_keys(r: DreamRequest) -> list[tuple[str, str]]:
     return keys
 
 
+def _hash_list(pairs) -> str:
+    """`name: hash, name2: hash` as A1111 writes `Lora hashes` and `TI hashes` (':' and ',' taken out of names)."""
+    named: dict[str, str] = {}
+    for name, digest in pairs:
+        if digest:
+            named.setdefault(name.translate(_NAME_SYMBOLS), digest)
+    return ", ".join(f"{k}: {v}" for k, v in named.items())
+
+
+def _vae_keys(meta: ImageMeta) -> list[tuple[str, str]]:
+    """`VAE hash` (10 hex of the file's sha256; none for a diffusers folder) and `VAE` (the file's name)."""
+    r, vae = meta.request, meta.extras.vae
+    if vae:
+        return ([("VAE hash", vae[1])] if vae[1] else []) + [("VAE", vae[0])]
+    if r.vae:
+        return [("VAE", re.split(r"[\\/]", r.vae.rstrip("/\\"))[-1] or r.vae)]
+    return []
+
+
+def _hires_keys(r: DreamRequest) -> list[tuple[str, str]]:
+    """The second pass as A1111's txt2img writes it (`processing.py` StableDiffusionProcessingTxt2Img.init and
+    calculate_target_resolution); `Hires steps` always, though A1111 leaves it out when it is 0 (= Steps)."""
+    keys = [("Hires upscale", _num(r.hires_scale or hires.DEFAULT_SCALE))]
+    if r.hires_steps or r.steps:
+        keys.append(("Hires steps", str(r.hires_steps or r.steps)))
+    keys.append(("Hires upscaler", hires.UPSCALERS[r.hires_upscaler or hires.DEFAULT_UPSCALER][0]))
+    return keys
+
+
 def a1111_parameters(meta: ImageMeta) -> str:
-    """A1111's infotext: prompt, optional 'Negative prompt:' line, then 'Steps: ...' key/values; the
-    exact dreamshell line is the `Dreamshell` key."""
+    """A1111's infotext: prompt (with its `<lora:...>` tags, as A1111 keeps them), optional 'Negative prompt:'
+    line, then 'Steps: ...' key/values in the order of A1111's `processing.create_infotext`; the exact
+    dreamshell line is the last key, `Dreamshell`. `Size` is the first pass of a hires fix."""
     r = meta.request
     positive, negative = extract_negative(r.prompt)
+    moved = [m.group(0) for m in LORA_TAG.finditer(negative)]   # dreamshell applies a tag anywhere; A1111 not
+    if moved:                                                   # in the negative prompt
+        negative = re.sub(r"\s+", " ", LORA_TAG.sub(" ", negative)).strip()
+        positive = " ".join([positive, *moved])
     try:
         prompt = dreamshell_to_a1111(positive, r.skip_normalize)
-    except ValueError:
+    except (ValueError, IndexError):
         prompt = positive
     keys = [("Steps", str(r.steps)), *_sampler_keys(r), ("CFG scale", _num(r.cfg_scale)), ("Seed", str(r.seed)),
             ("Size", f"{r.width}x{r.height}")]
@@ -73,13 +115,26 @@ def a1111_parameters(meta: ImageMeta) -> str:
         keys.append(("Model hash", meta.model_hash[:10]))
     if r.model:
         keys.append(("Model", r.model))
-    if r.init_img and r.strength is not None:
-        keys.append(("Denoising strength", _num(r.strength)))
+    keys += _vae_keys(meta)
     if r.with_variations:
         seed, weight = r.with_variations[0]
         keys += [("Variation seed", str(seed)), ("Variation seed strength", _num(weight))]
+    if r.init_img and r.strength is not None:
+        keys.append(("Denoising strength", _num(r.strength)))
+    elif r.hires_fix:
+        keys.append(("Denoising strength", _num(r.hires_strength or hires.DEFAULT_STRENGTH)))
+    if r.clip_skip and r.clip_skip > 1:
+        keys.append(("Clip skip", str(r.clip_skip)))
     if r.seamless:
         keys.append(("Tiling", "True"))
+    if r.hires_fix:
+        keys += _hires_keys(r)
+    loras = _hash_list((name, digest) for name, _, digest in meta.extras.loras)
+    if loras:
+        keys.append(("Lora hashes", loras))
+    embeddings = _hash_list(meta.extras.embeddings)
+    if embeddings:
+        keys.append(("TI hashes", embeddings))
     if r.upscale:
         keys += _upscale_keys(r)
     keys.append(("Dreamshell", format_request(r)))
@@ -156,16 +211,171 @@ def _sampler(b: Builder, params: dict[str, str]) -> None:
         b.values["schedule"] = schedule
 
 
-def _hires_and_strength(b: Builder, params: dict[str, str]) -> None:
-    hires = [f"{k}: {short(params.pop(k))}" for k in list(params) if k.startswith(_HIRES)]
+# Hires keys A1111 writes only when the hires pass differs from the first (processing.py); dreamshell's hires pass
+# runs with the first pass's: key -> (the first pass's key, A1111's "same" value, what is used here)
+_SAME_AS_FIRST = {
+    "Hires sampler": ("Sampler", "Use same sampler", "sampler"),
+    "Hires schedule type": ("Schedule type", "Use same scheduler", "schedule"),
+    "Hires checkpoint": ("Model", "Use same checkpoint", "model"),
+    "Hires CFG Scale": ("CFG scale", "", "CFG scale"),
+    "Hires prompt": ("Prompt", "", "prompt"),
+    "Hires negative prompt": ("Negative prompt", "", "negative prompt"),
+}
+
+
+def _same(value: str, first: str | None, same: str) -> bool:
+    value = value.strip()
+    if value in ("", same) or first is None:
+        return value in ("", same)
+    if value == first.strip() or value.startswith(first.strip() + " ["):    # Hires checkpoint: 'name [hash]'
+        return True
+    try:
+        return float(value) == float(first)
+    except ValueError:
+        return False
+
+
+_ESRGAN_FAMILY = re.compile(r"esrgan|^\d+x[-_ ]|ultrasharp|remacri|animesharp|nmkd|siax|foolhardy|4x\+|2x\+", re.I)
+
+
+def hires_upscaler(name: str) -> tuple[str, str | None]:
+    """Our hires upscaler for an A1111 `Hires upscaler` name, and a note when it is not the same one
+    (A1111: `shared.latent_upscale_modes`, `modules/upscaler.py`, `images.resize_image`)."""
+    name = name.strip()
+    found = hires.find_upscaler(name)
+    if found:
+        return found, None
+    low = name.lower()
+    if low.startswith("latent"):
+        return "latent", f"Hires upscaler: {short(name)} read as latent (A1111's plain Latent: bilinear)"
+    if low == "none":
+        return "lanczos", "Hires upscaler: None (A1111 then resizes the image with Lanczos) read as lanczos"
+    if low == "nearest":
+        return "lanczos", "Hires upscaler: Nearest (a nearest-neighbour resize) read as lanczos"
+    kind = "an ESRGAN-family model" if _ESRGAN_FAMILY.search(name) else "an image upscaler dreamshell lacks"
+    return "esrgan", f"Hires upscaler: {short(name)} ({kind}) read as esrgan (Real-ESRGAN 4x+)"
+
+
+def _old_first_pass(width: int, height: int) -> tuple[int, int]:
+    """A1111's `old_hires_fix_first_pass_dimensions`: about 512x512 pixels, sides in multiples of 64."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
+def _hires_scale(b: Builder, hr: dict[str, str]) -> float | None:
+    """The --hires_scale of `Hires upscale`, `Hires resize` or the old `First pass size`; None when the
+    first pass's size is unknown."""
+    w, h = b.values.get("width"), b.values.get("height")
+    if w is None or h is None:
+        return None
+    first_pass = _SIZE.match(hr.get("First pass size", ""))
+    resize = _SIZE.match(hr.get("Hires resize", ""))
+    if first_pass:     # A1111's old hires fix (before Hires upscale): Size is the final size
+        fw, fh = int(first_pass.group(1)), int(first_pass.group(2))
+        if not fw or not fh:
+            fw, fh = _old_first_pass(w, h)
+        b.size(fw, fh, "First pass size")
+        first = (b.values["width"], b.values["height"])
+        b.note(f"First pass size: {first_pass.group(1)}x{first_pass.group(2)} (A1111's old hires fix, where Size "
+               f"{w}x{h} is the final size) read as a first pass of {first[0]}x{first[1]}")
+        return b.hires_scale(first, (w, h), f"the final size {w}x{h}", "A1111 cropped to it")
+    if resize and (int(resize.group(1)) or int(resize.group(2))):
+        rx, ry = int(resize.group(1)), int(resize.group(2))
+        rx, ry = rx or ry * w // h, ry or rx * h // w
+        return b.hires_scale((w, h), (rx, ry), f"Hires resize: {rx}x{ry}",
+                             "A1111 upscales to cover it and crops the rest")
+    text = hr.get("Hires upscale", "").strip()
+    return float(text) if text else hires.DEFAULT_SCALE
+
+
+def _hires_and_strength(b: Builder, params: dict[str, str], first: dict[str, str]) -> None:
+    """A1111's hires fix (`Hires upscale`/`Hires resize`, `Hires steps`, `Hires upscaler`, `Denoising
+    strength`) as --hires_fix with all its values; `Denoising strength` alone is img2img."""
+    hr = {k: params.pop(k) for k in list(params) if k.startswith("Hires ") or k == "First pass size"}
     strength = params.pop("Denoising strength", None)
-    if hires:
+    if not hr:
         if strength:
-            hires.append(f"Denoising strength: {strength}")
-        b.drop("hires fix (" + ", ".join(hires) + "; it comes with a later dreamshell)")
-    elif strength:
-        b.drop(f"Denoising strength: {strength} (img2img: A1111 does not record the init image; "
-               f"add -I PATH -f {strength})")
+            b.drop(f"Denoising strength: {strength} (img2img: A1111 does not record the init image; "
+                   f"add -I PATH -f {strength})")
+        return
+    for key, (base, same, what) in _SAME_AS_FIRST.items():
+        value = hr.pop(key, None)
+        if value is not None and not _same(value, first.get(base), same):
+            b.drop(f"{key}: {short(value, 40)} (dreamshell's hires pass uses the first pass's {what})")
+    known = {k: hr.pop(k) for k in ("Hires upscale", "Hires resize", "First pass size", "Hires steps",
+                                     "Hires upscaler") if k in hr}
+    for key, value in hr.items():      # Forge's and others' (Hires Module 1, Hires Distilled CFG Scale, ...)
+        if not value.strip().lower().startswith("use same"):
+            b.drop(f"{key}: {short(value, 40)} (not a dreamshell hires setting)")
+    described = ", ".join(f"{k}: {short(v, 30)}" for k, v in known.items())
+    try:
+        scale = _hires_scale(b, known)
+        if scale is None:
+            b.drop(f"hires fix ({described}; no Size, so no first pass)")
+            return
+        steps_text = known.get("Hires steps", "").strip()
+        steps = b.convert("--hires_steps", steps_text) if steps_text not in ("", "0") else b.values.get("steps")
+        values = {"hires_scale": b.convert("--hires_scale", format_number(scale)), "hires_steps": steps,
+                  "hires_strength": b.convert("--hires_strength", strength or hires.DEFAULT_STRENGTH)}
+    except (SwitchError, ValueError) as e:
+        b.drop(f"hires fix ({described}{', Denoising strength: ' + strength if strength else ''}; {e})")
+        return
+    if not strength:
+        b.note(f"hires fix without a Denoising strength: A1111's default {hires.DEFAULT_STRENGTH:g} used")
+    upscaler, note = hires_upscaler(known["Hires upscaler"]) if "Hires upscaler" in known else \
+        (hires.DEFAULT_UPSCALER, "A1111's old hires fix did not record its upscaler: latent used"
+         if "First pass size" in known else None)
+    if note:
+        b.note(note)
+    b.values.update(hires_fix=True, hires_upscaler=upscaler, **values)
+
+
+def _clip_skip(b: Builder, value: str | None) -> None:
+    """`Clip skip: N` (A1111 writes it only when N > 1; absent or 1 is the model's own here, 1 for most)."""
+    if value is not None and value.strip() not in ("", "1"):
+        b.set("--clip_skip", value.strip(), "Clip skip")
+
+
+def _vae(b: Builder, params: dict[str, str]) -> None:
+    """`VAE: <file name>` -> --vae NAME (only the file's name: a path in metadata is not followed)."""
+    name, digest = params.pop("VAE", None), params.pop("VAE hash", None)
+    if name is None:
+        if digest:
+            b.drop(f"VAE hash: {short(digest, 20)} (no VAE name with it)")
+        return
+    name = name.strip()
+    if name in ("", "None", "Automatic"):
+        return
+    base = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
+    if base != name:
+        b.note(f"VAE: {short(name)} read as its file name {short(base)} (looked up in the VAE folder)")
+    if base:
+        b.set("--vae", base, "VAE")
+
+
+def _hash_pairs(text: str) -> dict[str, str]:
+    """`name: hash, name2: hash` (A1111 `lora_script.py infotext_pasted`), repeats read once."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, digest = item.partition(":")
+        if sep and name.strip() and digest.strip():
+            pairs.setdefault(name.strip(), digest.strip())
+    return pairs
+
+
+def recorded_extras(params: dict[str, str], prompt: str) -> RecipeExtras:
+    """The LoRA, embedding and VAE hashes an infotext records (`Lora hashes`, `TI hashes`, `VAE`, `VAE hash`),
+    each LoRA with its weight in the prompt's tag (1 when it has none)."""
+    try:
+        weights = {t.name.translate(_NAME_SYMBOLS): t.weight for t in split_prompt(prompt).loras}
+    except PromptError:
+        weights = {}
+    loras = tuple((name, weights.get(name, 1.0), digest)
+                  for name, digest in _hash_pairs(params.get("Lora hashes", "")).items())
+    embeddings = tuple(_hash_pairs(params.get("TI hashes", "")).items())
+    vae = params.get("VAE", "").strip()
+    vae = re.split(r"[\\/]", vae.rstrip("\\/"))[-1] if vae not in ("", "None", "Automatic") else ""
+    return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None)
 
 
 def _variation(b: Builder, params: dict[str, str]) -> None:
@@ -193,9 +403,11 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
         except ParseError as e:
             raise MetadataError(f"{source}: its Dreamshell line cannot be read ({e})") from None
         if isinstance(req, DreamRequest):
-            return Recipe(req, (), "dreamshell (parameters)")
+            return Recipe(req, (), "dreamshell (parameters)", recorded_extras(params, req.prompt))
     version = params.get("Version")
     b = Builder(source + (f" ({version})" if version else ""))
+    first = {k: params.get(k) for k in ("Sampler", "Schedule type", "CFG scale", "Model")}
+    first.update({"Prompt": prompt, "Negative prompt": negative})
     notes: list[str] = []
     dropped: list[str] = []
     text_prompt = a1111_to_dreamshell(prompt, notes, dropped)
@@ -205,6 +417,7 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
         b.note(n)
     for d in dropped:
         b.drop(d)
+    recorded = recorded_extras(params, text_prompt)
     if "Steps" in params:
         b.set("-s", params.pop("Steps"), "Steps")
     if "Seed" in params:
@@ -220,11 +433,14 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
         b.set("--model", model, "Model")
     elif model_hash:
         b.drop(f"Model hash: {model_hash} (no model name; dreamshell's model is used)")
+    _vae(b, params)
     _variation(b, params)
+    _clip_skip(b, params.pop("Clip skip", None))
     if params.pop("Tiling", "").strip().lower() == "true":
         b.values["seamless"] = True
-    _hires_and_strength(b, params)
-    params.pop("Version", None)
+    _hires_and_strength(b, params, first)
+    for key in ("Version", "Lora hashes", "TI hashes"):   # the hashes are checked against the session's files
+        params.pop(key, None)
     for key, value in params.items():
         b.drop(f"{key}: {short(value, 40)}")
-    return b.build(text_prompt)
+    return b.build(text_prompt, recorded)

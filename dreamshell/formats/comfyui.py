@@ -1,11 +1,15 @@
 """ComfyUI's `prompt` chunk (the API graph: node id -> {class_type, inputs}) when it is the plain
-checkpoint -> CLIP text encode -> KSampler -> VAE decode graph, LoRA loaders allowed; other graphs
-are one clear line. Node and input names: ComfyUI `nodes.py`."""
+checkpoint -> CLIP text encode -> KSampler -> VAE decode graph, LoRA loaders allowed (as `<lora:...>` tags),
+with CLIPSetLastLayer (clip skip) and VAELoader (--vae); other graphs are one clear line. Node and input
+names: ComfyUI `nodes.py`."""
 
 from __future__ import annotations
 
 import json
+import re
 
+from ..prompt import PromptError, split_prompt
+from ..switches import format_number
 from .common import Builder, MetadataError, Recipe, short
 from .prompts import a1111_to_dreamshell
 
@@ -36,9 +40,50 @@ def _text(graph: dict, link, which: str) -> str:
     return text
 
 
-def _loaders(b: Builder, graph: dict, link) -> None:
-    """Walk the model input back to the checkpoint; LoRA loaders on the way are named."""
+def _file_stem(name: str) -> str:
+    """A model file's name without its folders and extension ('style/detail.safetensors' -> 'detail')."""
+    base = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
+    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".bin")) else base
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _lora(b: Builder, kind: str, inputs: dict) -> str | None:
+    """A LoraLoader node as a `<lora:NAME:W>` tag: W is strength_model (the UNet's); a different strength_clip
+    is named (dreamshell gives a LoRA one weight for both)."""
+    name = _file_stem(str(inputs.get("lora_name") or "")).strip()
+    unet = _number(inputs.get("strength_model", 1.0))
+    clip = 0 if kind == "LoraLoaderModelOnly" else _number(inputs.get("strength_clip", 1.0))
+    what = f"LoRA {short(inputs.get('lora_name'), 60)}"
+    if unet is None or clip is None:
+        b.drop(f"{what} (its strength comes from another node)")
+        return None
+    if unet == 0 and clip == 0:
+        b.drop(f"{what} (strength 0: no effect)")
+        return None
+    tag = f"<lora:{name}:{format_number(unet)}>"
+    try:
+        parsed = split_prompt(tag).loras
+    except PromptError as e:
+        b.drop(f"{what} ({e})")
+        return None
+    if not parsed:
+        b.drop(f"{what} (no name)")
+        return None
+    if clip != unet:
+        how = "model only" if kind == "LoraLoaderModelOnly" else f"strength_clip {format_number(clip)}"
+        b.note(f"{what} ({how}, strength_model {format_number(unet)}) kept as {tag}: dreamshell gives a LoRA one "
+               "weight for the UNet and the text encoder")
+    return tag
+
+
+def _loaders(b: Builder, graph: dict, link) -> list[str]:
+    """Walk the model input back to the checkpoint; LoRA loaders on the way become `<lora:...>` tags (returned
+    in the order they are applied)."""
     seen = 0
+    tags: list[str] = []
     node = _node(graph, link)
     while node is not None and seen < 50:
         seen += 1
@@ -46,17 +91,47 @@ def _loaders(b: Builder, graph: dict, link) -> None:
         if kind not in _LOADERS:
             raise _other(f"the model passes through {kind}")
         if kind.startswith("Lora"):
-            b.drop(f"LoRA {inputs.get('lora_name')} (weight {inputs.get('strength_model')}; "
-                   "LoRAs come with a later dreamshell)")
+            tag = _lora(b, kind, inputs)
+            if tag and any(split_prompt(t).loras[0].name == split_prompt(tag).loras[0].name for t in tags):
+                b.drop(f"LoRA {short(inputs.get('lora_name'), 60)} (loaded twice; dreamshell takes each LoRA once)")
+            elif tag:
+                tags.append(tag)
             node = _node(graph, inputs.get("model"))
             continue
-        name = str(inputs.get("ckpt_name") or "")
-        stem = name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
-        stem = stem.rsplit(".", 1)[0] if stem.lower().endswith((".safetensors", ".ckpt", ".pt")) else stem
+        stem = _file_stem(str(inputs.get("ckpt_name") or ""))
         if stem:
             b.set("--model", stem, "ckpt_name")
-        return
+        return tags[::-1]
     raise _other("the model comes from no checkpoint loader")
+
+
+def _clip_skip(b: Builder, graph: dict, link) -> None:
+    """CLIPSetLastLayer on the positive prompt's CLIP: stop_at_clip_layer -N is A1111's Clip skip N."""
+    node, seen = _node(graph, link), 0
+    while node is not None and seen < 50:
+        seen += 1
+        inputs = node.get("inputs", {})
+        if node.get("class_type") == "CLIPSetLastLayer":
+            layer = inputs.get("stop_at_clip_layer")
+            if isinstance(layer, int) and not isinstance(layer, bool) and layer <= -2:
+                b.set("--clip_skip", -layer, "stop_at_clip_layer")
+            elif layer != -1:
+                b.drop(f"CLIPSetLastLayer stop_at_clip_layer {short(layer, 20)}")
+            return
+        node = _node(graph, inputs.get("clip"))
+
+
+def _vae(b: Builder, graph: dict) -> None:
+    """A VAELoader feeding the VAE decode: --vae with its file name."""
+    for node in graph.values():
+        if isinstance(node, dict) and node.get("class_type") == "VAEDecode":
+            loader = _node(graph, node.get("inputs", {}).get("vae"))
+            if loader and loader.get("class_type") == "VAELoader":
+                name = str(loader.get("inputs", {}).get("vae_name") or "")
+                base = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
+                if base:
+                    b.set("--vae", base, "vae_name")
+                return
 
 
 def _latent(b: Builder, graph: dict, link, denoise) -> None:
@@ -96,10 +171,12 @@ def read_comfyui(text: str) -> Recipe:
     b = Builder("ComfyUI prompt graph")
     notes: list[str] = []
     dropped: list[str] = []
-    prompt = a1111_to_dreamshell(_text(graph, inputs.get("positive"), "positive"), notes, dropped)
+    prompt = a1111_to_dreamshell(_text(graph, inputs.get("positive"), "positive"), notes, dropped, loras=False)
     negative = _text(graph, inputs.get("negative"), "negative")
+    tags = _loaders(b, graph, inputs.get("model"))
+    prompt = " ".join([prompt, *tags]).strip()
     if negative.strip():
-        prompt += " [" + a1111_to_dreamshell(negative, notes, dropped, negative=True) + "]"
+        prompt += " [" + a1111_to_dreamshell(negative, notes, dropped, negative=True, loras=False) + "]"
     for n in notes:
         b.note(n)
     for d in dropped:
@@ -111,7 +188,9 @@ def read_comfyui(text: str) -> Recipe:
     if "cfg" in inputs:
         b.set("-C", inputs["cfg"], "cfg")
     _comfy_sampler(b, str(inputs.get("sampler_name", "")), str(inputs.get("scheduler", "")))
-    _loaders(b, graph, inputs.get("model"))
+    positive = _node(graph, inputs.get("positive"))
+    _clip_skip(b, graph, positive.get("inputs", {}).get("clip") if positive else None)
+    _vae(b, graph)
     _latent(b, graph, inputs.get("latent_image"), inputs.get("denoise"))
     return b.build(prompt)
 

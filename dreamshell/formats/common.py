@@ -3,13 +3,16 @@ and a builder that turns foreign values into a valid DreamRequest without droppi
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
+from .. import hires
 from ..extras import RecipeExtras
+from ..limits import LimitError, check_request
 from ..prompt import PromptError, split_prompt
 from ..request import DreamRequest
-from ..switches import BY_SPELLING, SwitchError
+from ..switches import BY_SPELLING, SwitchError, format_number
 
 APP_ID = "dreamshell"
 MAX_CHUNK = 1 << 20          # one text chunk (decompressed) a recipe may come from
@@ -40,6 +43,7 @@ class Recipe:
     request: DreamRequest
     notes: tuple[str, ...] = ()
     source: str = ""
+    recorded: RecipeExtras = field(default_factory=RecipeExtras)   # the LoRA/embedding/VAE hashes the file names
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -88,7 +92,7 @@ class Builder:
         """Width and height, rounded to a multiple of 8 with a note when they are not one."""
         try:
             w, h = int(float(width)), int(float(height))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self.drop(f"{label} {short(width)}x{short(height)} (not numbers)")
             return
         rw, rh = (max(64, min(8192, 8 * round(v / 8))) for v in (w, h))
@@ -107,7 +111,27 @@ class Builder:
             self.values.pop("seed")
             self.drop(f"seed {text} (negative)")
 
-    def build(self, prompt: str) -> "Recipe":
+    def convert(self, spelling: str, token):
+        """The value the switch `spelling` reads from token; SwitchError when it cannot."""
+        return BY_SPELLING[spelling].convert(str(token))
+
+    def hires_scale(self, first: tuple[int, int], final: tuple[int, int], label: str, how: str) -> float:
+        """The --hires_scale that takes the first pass (W x H) to the final size; when no one scale gives it
+        exactly (a different aspect ratio), the one that covers it, with a note naming the size made instead.
+        `how` says what the other tool did with such a size."""
+        (w, h), (fw, fh) = first, final
+        want = (fw // 8 * 8, fh // 8 * 8)
+        for ratio in (fw / w, fh / h):     # the shortest scale that makes the size (latents are 1/8 of it)
+            for scale in (round(ratio, 2), round(ratio, 3), round(ratio, 4), round(ratio, 6), ratio):
+                if hires.target_size(w, h, scale) == want:
+                    return scale
+        scale = math.ceil(max(fw / w, fh / h) * 10_000) / 10_000
+        made = hires.target_size(w, h, scale)
+        self.note(f"{label} is not {w}x{h} times one scale ({how}): read as --hires_scale {format_number(scale)}, "
+                  f"which makes {made[0]}x{made[1]}")
+        return scale
+
+    def build(self, prompt: str, recorded: RecipeExtras | None = None) -> "Recipe":
         if _CONTROL.search(prompt.strip()):
             self.note("line breaks and control characters in the prompt became spaces (a command is one line)")
         prompt = one_line(prompt)
@@ -120,8 +144,23 @@ class Builder:
         if self.values.get("init_mask") and not self.values.get("init_img"):
             self.values.pop("init_mask")
             self.drop("the inpainting mask (no init image)")
+        self._hires_within_limits()
         request = DreamRequest(prompt=prompt, **self.values)
-        return Recipe(request, self.finish(), self.source)
+        return Recipe(request, self.finish(), self.source, recorded or RecipeExtras())
+
+    def _hires_within_limits(self) -> None:
+        """A hires fix dreamshell's limits refuse (its size, its steps) is dropped by name, the rest kept."""
+        fields = ("hires_fix", "hires_scale", "hires_steps", "hires_strength", "hires_upscaler")
+        if not self.values.get("hires_fix"):
+            return
+        keep = ("width", "height", "sampler", *fields)
+        try:
+            check_request(DreamRequest(prompt="x", **{k: v for k, v in self.values.items() if k in keep}))
+        except LimitError as e:
+            taken = {k: self.values.pop(k) for k in fields if k in self.values}
+            described = ", ".join(f"{k} {format_number(v) if isinstance(v, float) else v}" for k, v in taken.items()
+                                  if k != "hires_fix")
+            self.drop(f"hires fix ({described}; {e})")
 
     def finish(self) -> tuple[str, ...]:
         notes = list(self.notes)

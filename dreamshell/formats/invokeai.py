@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import re
 
+from .. import hires
+from ..extras import RecipeExtras
 from ..formatter import format_request
 from ..parser import ParseError, _lookup, parse_switches, split_line, strip_log_prefix
-from ..prompt import PromptError, extract_negative, split_prompt
+from ..prompt import LORA_TAG, PromptError, extract_negative, split_prompt
 from ..samplers import find_sampler
-from ..switches import UNSUPPORTED
+from ..switches import SWITCHES, UNSUPPORTED, format_number
 from .common import APP_ID, Builder, ImageMeta, MetadataError, Recipe, one_line, short
 
 # ----- writing
@@ -23,18 +25,31 @@ def dream_text(meta: ImageMeta) -> str:
 
 
 def _escape_colons(text: str) -> str:
-    return re.sub(r"(?<!\\):", r"\\:", text)
+    """Literal colons as `\\:` (a bare one is a sub-prompt weight); `<lora:NAME:W>` tags are left as they are."""
+    tags = [m.group(0) for m in LORA_TAG.finditer(text)]
+    escaped = re.sub(r"(?<!\\):", r"\\:", LORA_TAG.sub("\ue100", text))
+    for tag in tags:
+        escaped = escaped.replace("\ue100", tag, 1)
+    return escaped
 
 
 def _prompt_list(prompt: str) -> list[dict]:
-    """[{prompt, weight}] with literal colons escaped, the negative in [brackets] on the first one."""
+    """[{prompt, weight}] with literal colons escaped, the negative in [brackets] on the first one; LoRA tags
+    stay in the sub-prompt they stand in."""
+    tags = [m.group(0) for m in LORA_TAG.finditer(prompt)]
+    hidden = LORA_TAG.sub(lambda m: "\ue100", prompt)
+
+    def show(text: str) -> str:
+        for tag in tags:
+            text = text.replace("\ue100", tag, 1)
+        return text
     try:
-        parts = split_prompt(prompt)
-        _, negative = extract_negative(prompt)
+        parts = split_prompt(hidden)
+        _, negative = extract_negative(hidden)
     except PromptError:
         return [{"prompt": prompt, "weight": 1.0}]
     neg = f" [{negative}]" if negative else ""
-    return [{"prompt": _escape_colons(t) + (neg if i == 0 else ""), "weight": w}
+    return [{"prompt": show(_escape_colons(t) + (neg if i == 0 else "")), "weight": w}
             for i, (t, w) in enumerate(parts.positive)]
 
 
@@ -51,6 +66,7 @@ def sd_metadata(meta: ImageMeta) -> dict:
     }
     if r.schedule:
         image["schedule"] = r.schedule
+    image.update(_sd_extras(meta))
     data = {"model": "stable diffusion", "model_id": r.model, "model_hash": meta.model_hash,
             "app_id": APP_ID, "app_version": meta.app_version}
     if meta.image_type == "grid" and r.seed is not None:
@@ -58,6 +74,34 @@ def sd_metadata(meta: ImageMeta) -> dict:
     else:
         data["image"] = image
     return data
+
+
+def _sd_extras(meta: ImageMeta) -> dict:
+    """Clip skip, VAE, hashes and the hires fix in the sd-metadata image dict. `hires_fix` is InvokeAI 2.x's
+    own key, and with it InvokeAI's `width`/`height` are the final size (its first pass is near the model's
+    size), so they are the final size here too and `first_pass_width`/`first_pass_height` hold ours. The
+    other keys are no InvokeAI 2.x `Args` name: `metadata_loads` keeps them on its Namespace, unread."""
+    r, x = meta.request, meta.extras
+    out: dict = {}
+    if r.clip_skip is not None:
+        out["clip_skip"] = r.clip_skip
+    if r.vae:
+        out["vae"] = r.vae
+    if x.vae and x.vae[1]:
+        out["vae_hash"] = x.vae[1]
+    if x.loras:
+        out["lora_hashes"] = {name: digest for name, _, digest in x.loras}
+    if x.embeddings:
+        out["ti_hashes"] = dict(x.embeddings)
+    if r.hires_fix:
+        scale = r.hires_scale or hires.DEFAULT_SCALE
+        if r.width and r.height:
+            out["width"], out["height"] = hires.target_size(r.width, r.height, scale)
+            out["first_pass_width"], out["first_pass_height"] = r.width, r.height
+        out.update(hires_fix=True, hires_scale=scale, hires_steps=r.hires_steps or r.steps,
+                   hires_strength=r.hires_strength or hires.DEFAULT_STRENGTH,
+                   hires_upscaler=r.hires_upscaler or hires.DEFAULT_UPSCALER)
+    return out
 
 
 # ----- reading the Dream line
@@ -128,16 +172,44 @@ def read_dream(text: str, source: str = "Dream", app: tuple[str, str] = ("", "")
         raise MetadataError(f"{source}: {e}") from None
     if any(c in text.strip() for c in "\r\n"):
         b.note("line breaks in the prompt became spaces (a command is one line)")
+    _dream_hires(b, values, app[0])
     b.values.update(values)
     anchor_schedule(b, *app)
     return b.build(prompt)
+
+
+_HIRES_FIELDS = ("hires_fix", "hires_scale", "hires_steps", "hires_strength", "hires_upscaler")
+
+
+def _dream_hires(b: Builder, values: dict, app_id: str) -> None:
+    """A Dream line's hires fix: ours as it is; with -I (which dreamshell's parser refuses: the hires fix starts
+    from noise) or InvokeAI 2.x's (its -W/-H are the final size) dropped by name."""
+    given = [f for f in _HIRES_FIELDS if f in values]
+    if not given:
+        return
+    ours = app_id == APP_ID or any(f != "hires_fix" for f in given)
+    if values.get("init_img"):
+        why = "dreamshell's hires fix starts from noise and cannot take -I; the init image is kept"
+    elif not ours:
+        size = f"{values['width']}x{values['height']}" if values.get("width") and values.get("height") else "-W x -H"
+        why = (f"InvokeAI 2.x's: {size} is the final size, made from a first pass near the model's own size; "
+               "for dreamshell's, give the first pass's -W/-H and --hires_scale")
+    else:
+        return
+    tokens = []
+    for sw in SWITCHES:
+        if sw.field in given:
+            tokens += [sw.spelling, *sw.format_value(values.pop(sw.field))]
+    b.drop(" ".join(tokens) + f" ({why})")
 
 
 # ----- reading sd-metadata
 
 _SD_KNOWN = {"type", "prompt", "seed", "steps", "cfg_scale", "sampler", "width", "height", "variations",
              "postprocessing", "strength", "init_img", "init_mask", "fit", "seamless", "upscale", "schedule",
-             "orig_hash", "step_number", "strength_steps", "init_image_path", "init_mask_path", "extra"}
+             "orig_hash", "step_number", "strength_steps", "init_image_path", "init_mask_path", "extra",
+             "clip_skip", "vae", "vae_hash", "lora_hashes", "ti_hashes", "hires_fix", "hires_scale", "hires_steps",
+             "hires_strength", "hires_upscaler", "first_pass_width", "first_pass_height"}
 
 
 def _sd_prompt(prompt) -> str:
@@ -226,6 +298,7 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
         pairs = ",".join(f"{v.get('seed')}:{v.get('weight')}" for v in variations if isinstance(v, dict))
         b.set("-V", pairs, "variations")
     _sd_postprocessing(b, image)
+    recorded = _sd_read_extras(b, image, app == APP_ID)
     anchor_schedule(b, app, str(data.get("app_version") or ""))
     if len(images) > 1:
         _grid(b, images)
@@ -234,7 +307,40 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
     for key in sorted(set(image) - _SD_KNOWN):
         if image[key] not in (None, False, 0, 0.0, "", [], {}):
             b.drop(f"{key}: {short(json.dumps(image[key]), 40)}")
-    return b.build(_sd_prompt(image.get("prompt")))
+    return b.build(_sd_prompt(image.get("prompt")), recorded)
+
+
+def _base_name(name: str) -> str:
+    return re.split(r"[\\/]", name.rstrip("\\/"))[-1]
+
+
+def _sd_read_extras(b: Builder, image: dict, ours: bool) -> RecipeExtras:
+    """Clip skip, VAE and the hires fix of an sd-metadata image dict (ours: `_sd_extras`); InvokeAI 2.x's
+    own `hires_fix` (width/height its final size) is named, not run. Returns the hashes it records."""
+    if image.get("clip_skip") is not None:
+        b.set("--clip_skip", image["clip_skip"], "clip_skip")
+    vae = image.get("vae")
+    if vae:
+        b.set("--vae", str(vae) if ours else _base_name(str(vae)), "vae")
+    if image.get("hires_fix"):
+        if image.get("init_img"):
+            b.drop("hires_fix (dreamshell's hires fix starts from noise and cannot take an init image)")
+        elif ours and image.get("first_pass_width") and image.get("first_pass_height"):
+            b.size(image["first_pass_width"], image["first_pass_height"], "first pass size")
+            b.values["hires_fix"] = True
+            for key in ("hires_scale", "hires_steps", "hires_strength", "hires_upscaler"):
+                if image.get(key) is not None:
+                    b.set("--" + key, image[key], key)
+        else:
+            b.drop(f"hires_fix (InvokeAI 2.x's: {image.get('width')}x{image.get('height')} is the final size, made "
+                   "from a first pass near the model's own size; for dreamshell's, give the first pass's -W/-H and "
+                   "--hires_scale)")
+    loras = image.get("lora_hashes") if isinstance(image.get("lora_hashes"), dict) else {}
+    tis = image.get("ti_hashes") if isinstance(image.get("ti_hashes"), dict) else {}
+    digest = str(image.get("vae_hash") or "")
+    return RecipeExtras(tuple((str(k), 1.0, str(v)) for k, v in loras.items()),
+                        tuple((str(k), str(v)) for k, v in tis.items()),
+                        (_base_name(str(vae)), digest) if vae else None)
 
 
 def _grid(b: Builder, images: list[dict]) -> None:
@@ -272,8 +378,9 @@ def _model_name(model) -> str | None:
 
 
 def read_invokeai_metadata(text: str) -> Recipe:
-    """InvokeAI 3.x-6.x `invokeai_metadata`: prompts, seed, steps, cfg, size, scheduler, model; the
-    rest (LoRAs, VAE, clip skip, refiner, control adapters, init image) named in the note."""
+    """InvokeAI 3.x-6.x `invokeai_metadata`: prompts, seed, steps, cfg, size, scheduler, model, LoRAs (as
+    `<lora:NAME:W>` tags), clip skip, VAE and the high-resolution fix; the rest (refiner, control adapters,
+    init image) named in the note."""
     try:
         data = json.loads(text)
     except ValueError as e:
@@ -286,7 +393,7 @@ def read_invokeai_metadata(text: str) -> Recipe:
     if "[" in prompt or "]" in prompt:
         b.note("square brackets in the prompt became parentheses (in dreamshell [ ] is the negative prompt)")
         prompt = prompt.replace("[", "(").replace("]", ")")
-    prompt = _escape_colons(prompt)
+    prompt = " ".join([_escape_colons(prompt), *_invoke3_loras(b, data.pop("loras", None))]).strip()
     negative = one_line(str(data.pop("negative_prompt", "") or "")).replace("[", "(").replace("]", ")")
     if negative:
         prompt += f" [{_escape_colons(negative)}]"
@@ -300,14 +407,96 @@ def read_invokeai_metadata(text: str) -> Recipe:
         b.size(data.pop("width"), data.pop("height"))
     if data.get("scheduler"):
         _invoke3_sampler(b, str(data.pop("scheduler")))
-    model = _model_name(data.pop("model", None))
+    model_data = data.pop("model", None)
+    model = _model_name(model_data)
     if model:
         b.set("--model", model, "model")
-    _invoke3_rest(b, data)
+    _invoke3_rest(b, data, model_data)
     return b.build(prompt)
 
 
-def _invoke3_rest(b: Builder, data: dict) -> None:
+def _invoke3_loras(b: Builder, loras) -> list[str]:
+    """`loras` ([{model: {name, ...}, weight}], 3.x: [{lora: {model_name}, weight}]) as `<lora:NAME:W>` tags."""
+    tags: list[str] = []
+    names: list[str] = []
+    for lora in loras if isinstance(loras, list) else []:
+        if not isinstance(lora, dict):
+            continue
+        name = str(_model_name(lora.get("model") or lora.get("lora")) or "").strip()
+        weight = lora.get("weight", 1)
+        tag = f"<lora:{name}:{format_number(weight) if isinstance(weight, (int, float)) else weight}>"
+        try:
+            parsed = split_prompt(tag).loras
+        except PromptError as e:
+            b.drop(f"LoRA {short(name, 40)} (weight {short(weight, 10)}; {e})")
+            continue
+        if not parsed or parsed[0].name in names:
+            b.drop(f"LoRA {short(name, 40)} (weight {short(weight, 10)}; " +
+                   ("listed twice)" if parsed else "no name)"))
+            continue
+        names.append(parsed[0].name)
+        tags.append(tag)
+    return tags
+
+
+_OPTIMAL_SIZE = {"sd-1": 512, "sd-2": 512, "sdxl": 1024}   # InvokeAI's getOptimalDimension (optimalDimension.ts)
+
+
+def _hrf_first_pass(optimal: int, width: int, height: int) -> tuple[int, int]:
+    """InvokeAI's high-resolution fix first pass (frontend addHRF.ts calculateHrfRes): the model's area at the
+    final aspect ratio, no side under half the model's size nor over the final one, multiples of 8."""
+    aspect = width / height
+    least = optimal // 2
+    if aspect > 1:
+        h = max(least, (optimal * optimal / aspect) ** 0.5)
+        w = h * aspect
+    else:
+        w = max(least, (optimal * optimal * aspect) ** 0.5)
+        h = w / aspect
+    w, h = min(width, w), min(height, h)
+    return int(int(w) / 8 + 0.5) * 8, int(int(h) / 8 + 0.5) * 8        # JavaScript's Math.round
+
+
+def _invoke3_hrf(b: Builder, data: dict, model_data) -> None:
+    """InvokeAI 3-4's high-resolution fix: width/height are the final size; the first pass is near the
+    model's own size; the second pass denoises from 1 - hrf_strength over the same steps."""
+    enabled, method = data.pop("hrf_enabled", None), data.pop("hrf_method", None)
+    strength = data.pop("hrf_strength", None)
+    if not enabled:
+        return
+    what = f"high-resolution fix (hrf_method {method}, hrf_strength {strength})"
+    base = ""
+    if isinstance(model_data, dict):
+        base = str(model_data.get("base") or model_data.get("base_model") or "")
+    width, height = b.values.get("width"), b.values.get("height")
+    if base not in _OPTIMAL_SIZE or not width or not height:
+        b.drop(f"{what} (its first pass depends on the model's base, {short(base or 'not recorded', 20)})")
+        return
+    first = _hrf_first_pass(_OPTIMAL_SIZE[base], width, height)
+    try:
+        scale = b.hires_scale(first, (width, height), f"InvokeAI's final size {width}x{height}",
+                              "InvokeAI resizes to it")
+        values = {"hires_scale": b.convert("--hires_scale", format_number(scale)),
+                  "hires_strength": b.convert("--hires_strength", strength if strength is not None else 0.45)}
+    except (ValueError, TypeError) as e:
+        b.drop(f"{what} ({e})")
+        return
+    steps = b.values.get("steps")
+    if steps:
+        values["hires_steps"] = max(1, round(steps * values["hires_strength"]))
+        b.note(f"InvokeAI's hires pass ran about {values['hires_steps']} of {steps} steps (from "
+               f"{format_number(round(1 - values['hires_strength'], 4))} of the way): --hires_steps "
+               f"{values['hires_steps']}")
+    if str(method).lower() == "esrgan":
+        upscaler = "esrgan"
+    else:
+        upscaler = "lanczos"
+        b.note(f"hrf_method {short(method, 20)} (InvokeAI resizes the decoded image) read as lanczos")
+    b.values["width"], b.values["height"] = first
+    b.values.update(hires_fix=True, hires_upscaler=upscaler, **values)
+
+
+def _invoke3_rest(b: Builder, data: dict, model_data=None) -> None:
     sx, sy = data.pop("seamless_x", False), data.pop("seamless_y", False)
     if sx and sy:
         b.values["seamless"] = True
@@ -319,15 +508,20 @@ def _invoke3_rest(b: Builder, data: dict) -> None:
     if "img2img" in mode or init:
         b.drop(f"img2img from InvokeAI image {short(init or '?', 40)} at strength {strength} "
                "(an InvokeAI gallery name, not a path: add -I PATH -f STRENGTH)")
-    for lora in data.pop("loras", None) or []:
-        if isinstance(lora, dict):
-            name = _model_name(lora.get("model") or lora.get("lora"))
-            b.drop(f"LoRA {name} (weight {lora.get('weight')}; LoRAs come with a later dreamshell)")
-    for key in ("clip_skip", "vae", "hrf_enabled"):
-        value = data.pop(key, None)
-        if value:
-            b.drop(f"{key}: {short(_model_name(value) if isinstance(value, dict) else value, 40)} "
-                   "(comes with a later dreamshell)")
+        if data.pop("hrf_enabled", None):
+            b.drop("high-resolution fix (dreamshell's starts from noise)")
+    _invoke3_hrf(b, data, model_data)
+    skip = data.pop("clip_skip", None)
+    if isinstance(skip, int) and not isinstance(skip, bool) and skip > 0:
+        if b.set("--clip_skip", skip + 1, "clip_skip"):
+            b.note(f"clip_skip {skip} (InvokeAI counts the layers skipped) read as --clip_skip {skip + 1} "
+                   "(A1111's numbering)")
+    elif skip:
+        b.drop(f"clip_skip: {short(skip, 20)}")
+    vae = data.pop("vae", None)
+    name = _model_name(vae)
+    if name:
+        b.set("--vae", _base_name(str(name)), "vae")
     for key, value in data.items():
         if key == "rand_device" or value in (None, False, 0, "", [], {}):
             continue

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import re
 
-from ..prompt import split_prompt
+from ..limits import MAX_LORAS
+from ..prompt import LORA_TAG, MAX_LORA_WEIGHT, PromptError, extract_loras, split_prompt
 from ..switches import format_number
 
 # private-use stand-ins for escaped characters while the syntax is read
 _ESC = {"\\(": "\ue000", "\\)": "\ue001", "\\[": "\ue002", "\\]": "\ue003", "\\\\": "\ue004"}
 _UNESC = {"\ue000": "\\(", "\ue001": "\\)", "\ue002": "\\(", "\ue003": "\\)", "\ue004": "\\"}
-_EXTRA_NET = re.compile(r"<(lora|lyco|hypernet):([^:>]*)(?::([^:>]*))?(?::[^>]*)?>", re.I)
+# A1111's extra networks (`modules/extra_networks.py` re_extra_net `<(\w+):([^>]+)>`), spelled as loosely as
+# dreamshell's own prompt reads them (`prompt.LORA_TAG`, `prompt._OTHER_NETWORK`)
+_EXTRA_NET = re.compile(r"<\s*(lora|lyco|lycoris|locon|loha|hypernet)\s*:([^<>]*)>", re.I)
+_A1111_LORA = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>")   # a tag A1111 and dreamshell read alike
+_TAG_BASE = 0xE100          # private-use stand-ins for LoRA tags while the text around them is translated
+_GONE = "\ue0ff"             # where a tag was taken out
 _AND = re.compile(r"\bAND\b")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _AND_WEIGHT = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)))?\s*$", re.S)
@@ -126,16 +132,104 @@ def _part(text: str, notes: list[str]) -> str:
     return _compel(_attention(text))
 
 
-def a1111_to_dreamshell(prompt: str, notes: list[str], dropped: list[str], negative: bool = False) -> str:
-    """An A1111 prompt in dreamshell's syntax; notes and dropped get what was not exact."""
+def _a1111_lora_weights(body: str) -> tuple[str, str, str, str | None]:
+    """(name, text-encoder weight, UNet weight, dyn) of an A1111 `<lora:...>` tag body, read as A1111's
+    ExtraNetworkParams and extra_networks_lora.py read it: `name:te:unet:dyn` positional, or `te=`, `unet=`,
+    `dyn=` named; the UNet weight defaults to the text encoder's, that one to 1."""
+    positional, named = [], {}
+    for item in body.split(":"):
+        parts = item.split("=", 2)
+        if len(parts) == 2:
+            named[parts[0].strip()] = parts[1].strip()
+        else:
+            positional.append(item.strip())
+    name = positional[0] if positional else ""
+    te = named.get("te", positional[1] if len(positional) > 1 else "1")
+    unet = named.get("unet", positional[2] if len(positional) > 2 else te)
+    dyn = named.get("dyn", positional[3] if len(positional) > 3 else None)
+    return name, te, unet, dyn
+
+
+def _lora_tag(tag: str, body: str, notes: list[str], dropped: list[str], seen: list[str]) -> str | None:
+    """The dreamshell tag for one A1111 `<lora:...>` tag, or None when it is dropped (named in dropped)."""
+    name, te, unet, dyn = _a1111_lora_weights(body)
+    if not name:
+        dropped.append(f"{tag} (no LoRA name)")
+        return None
+    try:
+        te_w, unet_w = float(te), float(unet)
+    except ValueError:
+        dropped.append(f"{tag} (the weight is not a number)")
+        return None
+    if not abs(unet_w) <= MAX_LORA_WEIGHT:
+        dropped.append(f"{tag} (dreamshell's LoRA weights go from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g})")
+        return None
+    if name in seen:
+        dropped.append(f"{tag} (LoRA {name} is tagged again; dreamshell tags each LoRA once and keeps the first)")
+        return None
+    if len(seen) >= MAX_LORAS:
+        dropped.append(f"{tag} (more than {MAX_LORAS} LoRAs)")
+        return None
+    seen.append(name)
+    ours = f"<lora:{name}:{format_number(unet_w)}>"
+    if te_w != unet_w:
+        notes.append(f"{tag} (A1111: text-encoder weight {te}, UNet weight {unet}) kept as {ours}: dreamshell gives "
+                     "a LoRA one weight for both, and the UNet's is the one that shapes the image most")
+    if dyn is not None:
+        dropped.append(f"dyn={dyn} of {tag} (A1111's dynamic LoRA rank)")
+    if te_w == unet_w and dyn is None and _A1111_LORA.fullmatch(tag):
+        try:
+            if extract_loras(tag)[1][0].weight == unet_w:
+                return tag          # as written: `<lora:x>` and `<lora:x:0.80>` read back unchanged
+        except (PromptError, IndexError):
+            pass
+    return ours
+
+
+def a1111_to_dreamshell(prompt: str, notes: list[str], dropped: list[str], negative: bool = False,
+                        loras: bool = True) -> str:
+    """An A1111 prompt in dreamshell's syntax; notes and dropped get what was not exact.
+
+    `<lora:NAME:W>` tags stay where they are (dreamshell reads the same tag); `<lora:NAME:TE:UNET>` keeps the
+    UNet weight. Tags in a negative prompt (A1111 applies none there), `loras=False` (ComfyUI, where the tag is
+    plain text) and LyCORIS/hypernetwork tags are dropped by name."""
     where = "negative prompt" if negative else "prompt"
+    tags: list[str] = []
+    seen: list[str] = []
 
     def extra(m):
-        kind, name, weight = m.group(1).lower(), m.group(2), m.group(3) or "1"
-        label = {"lora": "LoRA", "lyco": "LyCORIS", "hypernet": "hypernetwork"}[kind]
-        dropped.append(f"{label} {name} (weight {weight}; {kind} tags are not applied by dreamshell yet)")
-        return " "
+        kind, body = m.group(1).lower(), m.group(2)
+        if kind == "lora" and not negative and loras:
+            ours = _lora_tag(m.group(0), body, notes, dropped, seen)
+            if ours is not None:
+                tags.append(ours)
+                return chr(_TAG_BASE + len(tags) - 1)
+            return _GONE
+        name, _, weight = body.partition(":")
+        if kind == "lora":
+            why = ("A1111 applies no LoRA from the negative prompt" if negative
+                   else "ComfyUI reads it as plain text; its LoraLoader nodes are the LoRAs")
+            dropped.append(f"{m.group(0)} in the {where} ({why})")
+            return _GONE
+        label = "hypernetwork" if kind == "hypernet" else "LyCORIS"
+        dropped.append(f"{label} {name} (weight {weight.split(':')[0] or '1'}; <{kind}:...> tags are not supported "
+                       "by dreamshell)")
+        return _GONE
     prompt = _EXTRA_NET.sub(extra, prompt)
+    first_note = len(notes)
+    text = _translate(prompt, notes, negative, where)
+    notes[first_note:] = [_restore_tags(n, tags) for n in notes[first_note:]]
+    return _restore_tags(text, tags)
+
+
+def _restore_tags(text: str, tags: list[str]) -> str:
+    for i, tag in enumerate(tags):
+        text = text.replace(chr(_TAG_BASE + i), tag)
+    text = re.sub(r"\s*" + _GONE + r"\s*(?=[,.;)]|$)", "", text)     # 'a <lyco:x:1>, b' -> 'a, b'
+    return re.sub(r"\s+", " ", text.replace(_GONE, " ")).strip()
+
+
+def _translate(prompt: str, notes: list[str], negative: bool, where: str) -> str:
     if _BREAK.search(prompt):
         notes.append(f"BREAK in the {where} (A1111: start a new 75-token chunk) became ', '; dreamshell has no chunk break")
         prompt = _BREAK.sub(", ", prompt)
@@ -175,10 +269,26 @@ def _to_a1111_text(text: str) -> str:
     return _COMPEL_WEIGHT.sub(one, text)
 
 
+def _a1111_tag(tag: str) -> str:
+    """A dreamshell LoRA tag as A1111 reads it: as written when A1111 reads it alike, else `<lora:NAME:W>`."""
+    t = extract_loras(tag)[1][0]
+    m = _A1111_LORA.fullmatch(tag)
+    if m and m.group(1) == t.name and (m.group(2) is None or (m.group(2) and m.group(2).strip() == m.group(2))):
+        return tag
+    return f"<lora:{t.name}:{format_number(t.weight)}>"
+
+
 def dreamshell_to_a1111(prompt_without_negative: str, skip_normalize: bool = False) -> str:
-    """Our positive prompt in A1111 syntax: compel weights as `(x:w)`, a blend as weighted AND."""
-    parts = split_prompt(prompt_without_negative)
+    """Our positive prompt in A1111 syntax: compel weights as `(x:w)`, a blend as weighted AND; LoRA tags
+    stay where they stand (A1111 reads the same `<lora:NAME:W>` and keeps it in its prompt text)."""
+    tags: list[str] = []
+
+    def hide(m):
+        tags.append(_a1111_tag(m.group(0)))
+        return chr(_TAG_BASE + len(tags) - 1)
+    hidden = LORA_TAG.sub(hide, prompt_without_negative)
+    parts = split_prompt(hidden)
     weighted = parts.normalized(skip_normalize)
     if len(weighted) == 1:
-        return _to_a1111_text(weighted[0][0])
-    return " AND ".join(f"{_to_a1111_text(t)} :{_weight(w)}" for t, w in weighted)
+        return _restore_tags(_to_a1111_text(weighted[0][0]), tags)
+    return _restore_tags(" AND ".join(f"{_to_a1111_text(t)} :{_weight(w)}" for t, w in weighted), tags)
