@@ -189,7 +189,7 @@ class Dispatcher:
     def _fetch(self, args: str) -> Outcome:
         if not args:
             raise UserError("!fetch needs a path: !fetch outputs/000001.42.png")
-        recipe = fetch_recipe(Path(_unquote(args)).expanduser())
+        recipe = fetch_recipe(Path(_unquote(args)).expanduser(), getattr(self.session, "library", None))
         command = format_request(recipe.request)
         self.echo(visible(f"recipe ({recipe.source}): {command}" if recipe.source else f"recipe: {command}"))
         for note in recipe.notes:

@@ -58,7 +58,7 @@ class DryRun:
             return "-h (shows help)"
         if isinstance(item, BangCommand):
             if item.name == "fetch":
-                recipe = fetch_recipe(Path(item.args))
+                recipe = fetch_recipe(Path(item.args), Library(self.registry.folders))
                 notes = "".join(f"\n  note: {one_line(note)}" for note in recipe.notes)
                 return visible(f"!fetch {item.args} -> {format_request(recipe.request)}") + notes
             return shorten(f"!{item.name} {item.args}".rstrip(), 200) + " (shell command)"

@@ -335,3 +335,18 @@ def test_a_lora_with_layers_the_model_lacks_says_which_are_left_out(session, lib
         assert not [n for n in run(s, BASE + " <lora:partial:0.5>").notes if "LoRA" in n], "told once, at load"
     finally:
         path.unlink()
+
+
+def test_img2img_and_hires_keep_a_half_precision_model_in_half(tmp_path):
+    """diffusers' from_pipe casts the shared parts to float32 unless told the dtype: the next txt2img
+    then failed on CUDA (found on the H100 run of bench/bench_adapters.py)."""
+    import torch
+    from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.request import DreamRequest
+    gen = DiffusersGenerator(device="cpu", precision="float16")
+    gen.load(demo_spec())
+    r = DreamRequest("a red circle", steps=3, seed=1, width=64, height=64, cfg_scale=5.0, sampler="k_euler")
+    gen.generate(r.with_(hires_fix=True, hires_scale=2.0, hires_steps=2, hires_strength=0.5, hires_upscaler="latent"))
+    pipe = gen._pipes["txt2img"]
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.float16}
+    gen.generate(r)   # failed with "mat1 and mat2 must have the same dtype" before

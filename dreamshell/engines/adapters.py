@@ -69,6 +69,13 @@ class Adapters:
                 raise GenerationError(f"cannot weight the LoRAs {', '.join(u.name for u in used)}: {_one_line(e)}") \
                     from e
             self.lora_active = True
+        elif self.lora_active and hasattr(pipe.unet, "_orig_mod"):
+            # --compile: a graph traced with LoRA layers in it (even disabled ones) computes the plain
+            # image with other kernels, so its bytes differ (seen on an H100); taking the LoRAs out gives
+            # back the model the first graph was traced from. They load again when a line tags them.
+            pipe.unload_lora_weights()
+            self.loras.clear()
+            self.lora_active = False
         elif self.lora_active:
             pipe.disable_lora()
             self.lora_active = False

@@ -228,7 +228,7 @@ class DiffusersGenerator:
             cls = loading.pipeline_class(self.kind, mode)
             if isinstance(base, cls):
                 return base
-            pipe = cls.from_pipe(base)
+            pipe = cls.from_pipe(base, torch_dtype=self.dtype)   # (its default, float32, would cast the shared parts)
             pipe.set_progress_bar_config(disable=True)
             self._pipes[mode] = pipe
         return self._pipes[mode]
@@ -497,8 +497,11 @@ class DiffusersGenerator:
         width, height = hires.target_size(request.width, request.height, scale)
         first = request.with_(hires_fix=False, hires_scale=None, hires_steps=None, hires_strength=None,
                               hires_upscaler=None)
-        second = first.with_(width=width, height=height, steps=steps2, strength=strength, with_variations=())
-        total = request.steps + max(1, int(steps2 * strength))
+        # A1111 runs --hires_steps N denoising steps: a schedule of N / strength steps entered at the strength
+        # (its setup_img2img_steps); diffusers runs the last strength x steps of the schedule it is given
+        schedule = max(1, int(steps2 / min(strength, 0.999)))
+        second = first.with_(width=width, height=height, steps=schedule, strength=strength, with_variations=())
+        total = request.steps + schedule - int(schedule - schedule * strength)
         latent = upscaler == "latent"
         out = self._generate_one(first, None, None, on_step, should_stop, on_preview, preview_every,
                                  output_type="latent" if latent else "pil", steps_all=total)
