@@ -55,11 +55,17 @@ def cross_example(rng: random.Random):
 
 
 def kohya_state_dict(unet_sd: dict, te_sd: dict, alpha: float) -> dict[str, torch.Tensor]:
-    """peft state dicts (keys '<module>.lora_A.weight') -> kohya keys, float16, with .alpha."""
+    """peft state dicts (keys '<module>.lora_A.weight') -> kohya keys, float16, with .alpha.
+
+    Text encoder modules are named as in transformers 4's CLIPTextModel (text_model.encoder.layers...),
+    the names kohya, A1111 and ComfyUI use; transformers 5 dropped the text_model level, and diffusers
+    strips the prefix again when it loads."""
     out: dict[str, torch.Tensor] = {}
     for prefix, sd in (("lora_unet_", unet_sd), ("lora_te_", te_sd)):
         for key, w in sd.items():
             module, kind = key.rsplit(".lora_", 1)
+            if prefix == "lora_te_" and not module.startswith("text_model."):
+                module = "text_model." + module
             name = prefix + module.replace(".", "_")
             part = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[kind]
             out[f"{name}.{part}"] = w.detach().to("cpu", torch.float16).contiguous()
@@ -71,7 +77,8 @@ def check_against_diffusers(unet_sd: dict, te_sd: dict, ours: dict) -> str:
     """diffusers.utils.convert_state_dict_to_kohya names the same keys (after 'lora_te1_' -> 'lora_te_':
     diffusers writes SDXL's te1 even for SD 1.x, where kohya and A1111 use lora_te_)."""
     from diffusers.utils import convert_state_dict_to_kohya
-    peft_sd = {f"unet.{k}": v for k, v in unet_sd.items()} | {f"text_encoder.{k}": v for k, v in te_sd.items()}
+    peft_sd = {f"unet.{k}": v for k, v in unet_sd.items()} | {
+        f"text_encoder.{'' if k.startswith('text_model.') else 'text_model.'}{k}": v for k, v in te_sd.items()}
     theirs = convert_state_dict_to_kohya(peft_sd)
     theirs = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in theirs.items()}
     if set(theirs) != set(ours):
@@ -165,6 +172,8 @@ def check_loaded(pipe, path: Path, adapter: str) -> dict:
     named = {"lora_unet_": dict(pipe.unet.named_modules()), "lora_te_": dict(pipe.text_encoder.named_modules())}
     under = {"lora_unet_": {n.replace(".", "_"): n for n in named["lora_unet_"]},
              "lora_te_": {n.replace(".", "_"): n for n in named["lora_te_"]}}
+    # transformers 5's CLIPTextModel has no text_model level (see kohya_state_dict)
+    under["lora_te_"] |= {"text_model_" + k: v for k, v in under["lora_te_"].items() if not k.startswith("text_model")}
     missing, mismatch = [], []
     for mod in sorted(modules):
         prefix = "lora_unet_" if mod.startswith("lora_unet_") else "lora_te_"
