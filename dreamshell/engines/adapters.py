@@ -38,6 +38,7 @@ class Adapters:
 
     def reset(self) -> None:
         self.loras: dict[str, str] = {}          # resolved path -> adapter name
+        self.made = getattr(self, "made", 0)      # adapters made so far (names lora1, lora2, ...)
         self.lora_active = False
         self.embeddings: dict[str, str] = {}     # resolved path -> the registered word
         self.vaes: dict[str, object] = {}        # resolved path -> AutoencoderKL
@@ -73,7 +74,12 @@ class Adapters:
             # --compile: a graph traced with LoRA layers in it (even disabled ones) computes the plain
             # image with other kernels, so its bytes differ (seen on an H100); taking the LoRAs out gives
             # back the model the first graph was traced from. They load again when a line tags them.
-            pipe.unload_lora_weights()
+            compiled = pipe.unet
+            pipe.unet = compiled._orig_mod
+            try:
+                pipe.unload_lora_weights()
+            finally:
+                pipe.unet = compiled
             self.loras.clear()
             self.lora_active = False
         elif self.lora_active:
@@ -81,7 +87,8 @@ class Adapters:
             self.lora_active = False
 
     def _load_lora(self, pipe, used: UsedLora, model_name: str) -> list[str]:
-        adapter = f"lora{len(self.loras)}"
+        self.made += 1
+        adapter = f"lora{self.made}"   # never reused: peft keeps a name until the adapter is deleted
         path = used.path
         folder, weight_name = (path, DIFFUSERS_LORA_FILE) if path.is_dir() else (path.parent, path.name)
         compiled = pipe.unet if hasattr(pipe.unet, "_orig_mod") else None   # --compile: load into the module
