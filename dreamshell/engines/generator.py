@@ -228,7 +228,7 @@ class DiffusersGenerator:
             cls = loading.pipeline_class(self.kind, mode)
             if isinstance(base, cls):
                 return base
-            pipe = cls.from_pipe(base, torch_dtype=self.dtype)   # (its default, float32, would cast the shared parts)
+            pipe = loading.derive(cls, base)
             pipe.set_progress_bar_config(disable=True)
             self._pipes[mode] = pipe
         return self._pipes[mode]
