@@ -50,7 +50,7 @@ MAX_LORA_WEIGHT = 10.0
 def _lora_tag(body: str, tag: str) -> LoraTag:
     parts = [p.strip() for p in body.split(":")]
     name = parts[0]
-    rule = "write <lora:NAME> or <lora:NAME:WEIGHT>, e.g. <lora:demo_orange:0.8>"
+    rule = "write <lora:NAME> or <lora:NAME:WEIGHT>, e.g. <lora:demo_cross:0.8>"
     if not name:
         raise PromptError(f"{quoted(tag)} has no LoRA name; {rule}")
     if len(parts) > 2:
@@ -73,6 +73,17 @@ def extract_loras(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
     if other:
         raise PromptError(f"{quoted(other.group(0))}: {other.group(1)} networks are not supported by dreamshell "
                           "(LoRAs are: <lora:NAME:WEIGHT>); remove the tag")
+    unclosed = re.search(r"<\s*lora\s*:[^<>]*(?=<|$)", prompt, re.I)
+    if unclosed:
+        raise PromptError(f"the LoRA tag {quoted(unclosed.group(0), 40)} is not closed: end it with '>' "
+                          "(<lora:NAME:WEIGHT>)")
+    depth = 0
+    for i, ch in enumerate(prompt):
+        depth += ch == "["
+        depth -= ch == "]"
+        if depth > 0 and LORA_TAG.match(prompt, i):
+            raise PromptError(f"{quoted(LORA_TAG.match(prompt, i).group(0))} stands in the [negative prompt]; a LoRA "
+                              "applies to the whole image: put its tag in the prompt")
     tags: list[LoraTag] = []
     for m in LORA_TAG.finditer(prompt):
         tag = _lora_tag(m.group(1), m.group(0))

@@ -19,7 +19,9 @@ def record_line(record: ImageRecord) -> str:
 
 
 def stopped_line(stopped: Stopped) -> str:
-    return (f"stopped: image {stopped.index} of {stopped.total} was not finished and is not saved; "
+    rest = stopped.total - stopped.index
+    after = f"; the {rest} after it were not made" if rest > 0 else ""
+    return (f"stopped: image {stopped.index} of {stopped.total} was not finished and is not saved{after}; "
             f"{stopped.kept} finished image(s) kept")
 
 

@@ -625,7 +625,7 @@ def test_fetch_with_the_same_files_adds_no_note_and_names_a_missing_lora(tmp_pat
                                                                                            "vae-ft-mse.safetensors")))
     (folders.loras / "detail.safetensors").unlink()
     assert fetch_recipe(path, library).notes == (
-        f"LoRA detail is not in the LoRA folder {folders.loras} (the image's has hash {digest})",)
+        f"LoRA detail is not in the LoRA folder {folders.loras} (the image records its hash {digest})",)
 
 
 def test_comfyui_other_graphs_are_one_clear_line(tmp_path):

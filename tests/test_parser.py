@@ -83,6 +83,8 @@ ERRORS = [
     ("x <lora:a:heavy>", "is not a number"),
     ("x <lora:a> <lora:a:0.5>", "tagged twice"),
     ("x <hypernet:h:1>", "not supported"),
+    ("a red cross <lora:demo_cross:1 -S 3", "is not closed"),
+    ("a cat [blurry <lora:x:1>] -S 3", "stands in the [negative prompt]"),
     ("x -b 2", "-b: batch size"),
     ("-S 3", "no prompt"),
     ("x -S", "-S needs a value"),

@@ -252,3 +252,11 @@ def test_batch_size_makes_the_images_each_seed_makes_alone(make_session, shared_
         a, b = pixels(r.path), Image.open(io.BytesIO(data)).convert("RGB").tobytes()
         assert max(abs(x - y) for x, y in zip(a, b)) <= 2
     assert pixels(together[0].path) != pixels(together[1].path)
+
+
+def test_the_stopped_line_says_the_images_after_it_were_not_made():
+    from dreamshell.session import Stopped
+    from dreamshell.ui import stopped_line
+    assert stopped_line(Stopped(1, 5, 0)) == ("stopped: image 1 of 5 was not finished and is not saved; the 4 after "
+                                             "it were not made; 0 finished image(s) kept")
+    assert "after it" not in stopped_line(Stopped(3, 3, 2))

@@ -135,7 +135,7 @@ def library_notes(recipe: Recipe, library) -> list[str]:
             if path is None:
                 folder = short(str(library.folders.loras), 80)
                 notes.append(f"LoRA {short(tag.name, 60)} is not in the LoRA folder {folder}"
-                             + (f" (the image's has hash {short(digest, 20)})" if digest else ""))
+                             + (f" (the image records its hash {short(digest, 20)})" if digest else ""))
             elif digest and lora_hash(path).lower() != digest.lower():
                 notes.append(_differs(f"LoRA {short(tag.name, 60)}", path, lora_hash(path), digest))
         if rec.embeddings:
