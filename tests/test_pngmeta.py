@@ -8,7 +8,7 @@ from PIL import Image, PngImagePlugin
 
 from dreamshell.extras import RecipeExtras
 from dreamshell.formatter import format_request
-from dreamshell.parser import parse_request
+from dreamshell.parser import ParseError, parse_request
 from dreamshell.pngmeta import (ImageMeta, MetadataError, a1111_parameters, fetch_recipe, parse_a1111, png_bytes,
                                 read_chunks, read_recipe)
 
@@ -191,9 +191,11 @@ def test_a1111_parameters_leave_out_what_a1111_leaves_out():
     assert "Clip skip" not in params            # A1111 writes it only when above 1
     assert "VAE hash" not in params and params["VAE"] == "kl-f8.safetensors"   # a diffusers folder has no hash
     assert "Lora hashes" not in params and "Denoising strength" not in params and "Hires upscale" not in params
-    loose = parse_request('"a cat < lora : x y : 0.50 > [dog <lora:z:-1>]" -s 20 -S 1 -W 512 -H 512 -C 7 -A ddim')
+    loose = parse_request('"a cat < lora : x y : 0.50 > [dog] <lora:z:-1>" -s 20 -S 1 -W 512 -H 512 -C 7 -A ddim')
     prompt, negative, _ = parse_a1111(a1111_parameters(ImageMeta(loose)))
-    assert (prompt, negative) == ("a cat <lora:x y:0.5> <lora:z:-1>", "dog")   # A1111 applies no tag in the negative
+    assert (prompt, negative) == ("a cat <lora:x y:0.5> <lora:z:-1>", "dog")
+    with pytest.raises(ParseError):   # A1111 applies no tag in the negative; dreamshell refuses one there
+        parse_request('"a cat [dog <lora:z:-1>]" -s 20')
 
 
 ROUND_TRIP = [
