@@ -553,12 +553,11 @@ class DiffusersGenerator:
         only in seed and variations; image i is the image that request alone makes (its own noise and
         sampler generator). With a batch of 1 this is exactly `generate` for each."""
         images = []
-        if requests:
-            self.prepare(requests[0])   # one line's images: the same prompt, VAE and clip skip
         for group in batches(requests, self.batch_size):
-            if len(group) == 1:
+            if len(group) == 1:   # generate prepares its own LoRAs, embeddings and VAE
                 images.append(self.generate(group[0], on_step=on_step, should_stop=should_stop))
                 continue
+            self.prepare(group[0])   # one line's images: the same prompt, VAE and clip skip
             images += self._generate_together(group, on_step, should_stop)
         return images
 
