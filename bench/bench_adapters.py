@@ -40,9 +40,9 @@ def main() -> int:
 
     from adapters import make_embedding, make_kohya_lora
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.extras import Folders
-    from dreamshell.models import demo_spec, spec_for_path
-    from dreamshell.request import DreamRequest
+    from dreamshell.weights.library import Folders
+    from dreamshell.weights.models import demo_spec, spec_for_path
+    from dreamshell.line.request import DreamRequest
 
     spec = spec_for_path(Path(args.model)) if args.model else demo_spec()
     size = args.size or spec.width

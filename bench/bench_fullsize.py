@@ -43,9 +43,9 @@ def step_times(call) -> tuple[list[float], float]:
 def run_dreamshell(args) -> dict:
     sys.path.insert(0, str(ROOT))
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.models import spec_for_path
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.weights.models import spec_for_path
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
     t = time.perf_counter()
     g = DiffusersGenerator(device="cpu", precision=args.precision)
     spec = spec_for_path(Path(args.model))

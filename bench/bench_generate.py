@@ -27,9 +27,9 @@ def main() -> int:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.models import Registry, demo_spec, spec_for_path
-    from dreamshell.parser import parse_request
-    from dreamshell.session import Session
+    from dreamshell.weights.models import Registry, demo_spec, spec_for_path
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.session import Session
 
     spec = demo_spec() if args.model is None else spec_for_path(Path(args.model))
     out = Path(tempfile.mkdtemp(prefix="bench-"))

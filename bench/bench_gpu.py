@@ -53,9 +53,9 @@ def plain_diffusers(torch, model: str, args) -> dict:
 
 def dreamshell(torch, model: str, args, *, compile: bool = False, batch_size: int = 1, n: int = 1) -> dict:
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.models import spec_for_path
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.weights.models import spec_for_path
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
     g = DiffusersGenerator(device=args.device, precision="float16", compile=compile, batch_size=batch_size)
     spec = spec_for_path(Path(model))
     g.load(spec)

@@ -27,10 +27,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
 
-    from dreamshell.dispatch import Dispatcher
+    from dreamshell.run.dispatch import Dispatcher
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.models import Registry, demo_spec
-    from dreamshell.session import Session
+    from dreamshell.weights.models import Registry, demo_spec
+    from dreamshell.run.session import Session
 
     out = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     spec = demo_spec()

@@ -30,9 +30,9 @@ def main() -> int:
 
     from dreamshell.engines.generator import DiffusersGenerator
     from dreamshell.engines.loading import native_bf16
-    from dreamshell.models import demo_spec, spec_for_path
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.weights.models import demo_spec, spec_for_path
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
     spec = demo_spec() if args.model is None else spec_for_path(Path(args.model))
     size = args.size or spec.width
     lines = [f"{p} -S {s} -s {args.steps} -W {size} -H {size}" for p in PROMPTS for s in range(1, args.seeds + 1)]

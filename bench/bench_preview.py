@@ -27,9 +27,9 @@ def main() -> int:
 
     from dreamshell.engines import preview as pv
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.models import demo_spec
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.weights.models import demo_spec
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
     from dreamshell.shell.thumbnails import block_fragments
 
     spec = demo_spec()

@@ -49,10 +49,10 @@ def driver_cost(images: int, folder: Path) -> float:
     """Seconds the driver spends per image: planning its line and writing its PNG + log line."""
     from PIL import Image
 
-    from dreamshell.batch_plan import plan_lines
-    from dreamshell.dreamlog import read_commands
-    from dreamshell.models import Registry, demo_spec
-    from dreamshell.ray_batch import OrderedWriter
+    from dreamshell.batch.plan import plan_lines
+    from dreamshell.store.dreamlog import read_commands
+    from dreamshell.weights.models import Registry, demo_spec
+    from dreamshell.batch.cluster import OrderedWriter
     spec = demo_spec()
     path = command_file(folder, images)
     t0 = time.perf_counter()

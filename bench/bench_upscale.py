@@ -25,7 +25,7 @@ if arch == "general-x4v3":
     model = SRVGGNetCompact(num_feat=64, num_conv=32, upscale=4).eval()
 else:
     from safetensors.torch import load_file
-    from dreamshell.models import builtin_models_dir
+    from dreamshell.weights.models import builtin_models_dir
     model = build_from_state_dict(load_file(str(builtin_models_dir() / "upscaler" / "demo-x4.safetensors")))
 up = RealESRGANUpscaler({}, device="cpu", tile=tile)
 x = torch.rand(1, 3, 512, 512)

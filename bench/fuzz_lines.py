@@ -84,13 +84,13 @@ def _printed(console_file: io.StringIO, console, text: str, markup: bool) -> str
 def fuzz(lines: int, seed: int) -> None:
     from rich.console import Console
 
-    from dreamshell.dryrun import DryRun
-    from dreamshell.errors import ParseError
-    from dreamshell.limits import check_request
-    from dreamshell.models import load_registry
-    from dreamshell.parser import parse_line
-    from dreamshell.request import DreamRequest
-    from dreamshell.safetext import MESSAGE_LIMIT, first_unsafe, for_markup, one_line
+    from dreamshell.run.dryrun import DryRun
+    from dreamshell.line.errors import ParseError
+    from dreamshell.line.limits import check_request
+    from dreamshell.weights.models import load_registry
+    from dreamshell.line.parser import parse_line
+    from dreamshell.line.request import DreamRequest
+    from dreamshell.line.safetext import MESSAGE_LIMIT, first_unsafe, for_markup, one_line
 
     rng = random.Random(seed)
     registry = load_registry(None)
@@ -158,8 +158,8 @@ def _peak_mb() -> float:
 
 def worst(iterations: int) -> None:
     """The single lines of issue 12 through the dry run, timed (and their peak memory)."""
-    from dreamshell.dryrun import dry_run
-    from dreamshell.request import DreamRequest
+    from dreamshell.run.dryrun import dry_run
+    from dreamshell.line.request import DreamRequest
 
     cases = {
         "six unclosed '('": "a (a (a (a (a (a -S 1",
@@ -185,8 +185,8 @@ def compel_times() -> None:
     """What compel's prompt parser (run by the generator) takes on the worst prompts, refused or admitted."""
     from compel.prompt_parser import PromptParser
 
-    from dreamshell.errors import ParseError
-    from dreamshell.parser import parse_request
+    from dreamshell.line.errors import ParseError
+    from dreamshell.line.parser import parse_request
 
     prompts = {
         "five unclosed '(' (refused)": "a (a (a (a (a c",

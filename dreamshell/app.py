@@ -6,15 +6,15 @@ import signal
 import threading
 from pathlib import Path
 
-from .dispatch import Dispatcher
-from .dreamlog import read_command_source
-from .errors import CommandFileError
-from .safetext import shorten
-from .model_host import ModelHost
-from .models import ModelsFileError, load_registry
-from .request import DreamRequest
-from .session import Control, Session
-from .ui import RichProgress, TextListener, error_printer
+from .run.dispatch import Dispatcher
+from .store.dreamlog import read_command_source
+from .line.errors import CommandFileError
+from .line.safetext import shorten
+from .run.model_host import ModelHost
+from .weights.models import ModelsFileError, load_registry
+from .line.request import DreamRequest
+from .run.session import Control, Session
+from .run.report import RichProgress, TextListener, error_printer
 
 
 def _generator_factory(device: str, precision: str, lowvram: bool = False, compile: bool = False,
@@ -92,7 +92,7 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
         error(str(e))
         return 2
     if getattr(args, "ray", None) is not None:  # the images are made by Ray workers; this is the writer
-        from .ray_batch import run_ray
+        from .batch.cluster import run_ray
         with InterruptibleRun(control := Control()):
             return run_ray(args, registry, spec, defaults, echo, error, control, console)
     session = build_session(args, registry, defaults)
@@ -138,5 +138,5 @@ def _read_file(source: str, error):
 
 def _register_fix(dispatcher: Dispatcher) -> None:
     """`!fix PATH [switches]`: post-process an existing image (see postprocess.py)."""
-    from .postprocess import register_fix
+    from .run.postprocess import register_fix
     register_fix(dispatcher)

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import LimitError
-from .limits import check_request
-from .request import REQUEST_DEFAULTS, DreamRequest
-from .switches import SWITCHES, SwitchError
+from .line.errors import LimitError
+from .line.limits import check_request
+from .line.request import REQUEST_DEFAULTS, DreamRequest
+from .line.switches import SWITCHES, SwitchError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = args.config or default_models_file()
     if args.dry_run:
-        from .dryrun import dry_run
+        from .run.dryrun import dry_run
         return dry_run(args.from_file, config, session_defaults(args, ap), sys.stdout)
     from .app import run_app
     return run_app(args, config, session_defaults(args, ap))

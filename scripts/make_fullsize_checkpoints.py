@@ -270,9 +270,9 @@ def check(path: Path, stem: str, size: int = 64, steps: int = 2) -> dict:
     from safetensors import safe_open
 
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.models import spec_for_path
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.weights.models import spec_for_path
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
     config_kind, want, prediction = CHECKPOINTS[stem]
     spec = spec_for_path(path)
     result = {"file": str(path), "detected_without_torch": spec.kind, "prediction": spec.prediction}

@@ -30,7 +30,7 @@ def tiny_models(tmp_path_factory):
     """Two tiny random SD 1.x pipelines (diffusers folders) and a registry naming them."""
     from tiny_pipeline import make_tiny_pipeline
 
-    from dreamshell.models import ModelSpec, Registry
+    from dreamshell.weights.models import ModelSpec, Registry
 
     root = tmp_path_factory.mktemp("models")
     a = make_tiny_pipeline(root / "a", seed=0)
@@ -54,8 +54,8 @@ def shared_generator():
 def make_session(tiny_models, shared_generator, tmp_path):
     """A Session on the tiny models with its own model host; `session.echoed` collects what a
     TextListener would print (run lines with `run_line`)."""
-    from dreamshell.model_host import ModelHost
-    from dreamshell.session import Session
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.run.session import Session
 
     def make(outdir=None, upscaler_factory=None, **kw):
         registry = tiny_models()
@@ -68,8 +68,8 @@ def make_session(tiny_models, shared_generator, tmp_path):
 
 def run_line(session, line, control=None, listener=None):
     """Run one prompt line on a session as a batch would, collecting its text in session.echoed."""
-    from dreamshell.parser import parse_request
-    from dreamshell.ui import TextListener
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.report import TextListener
     return session.run(parse_request(line), listener or TextListener(session.echoed.append), control)
 
 
@@ -82,7 +82,7 @@ class ShellDriver:
         from prompt_toolkit.input import create_pipe_input
         from prompt_toolkit.output import DummyOutput
 
-        from dreamshell.dispatch import Dispatcher
+        from dreamshell.run.dispatch import Dispatcher
         from dreamshell.shell.repl import DreamShell
 
         self.session = session

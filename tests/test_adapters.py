@@ -9,12 +9,12 @@ from PIL import Image
 
 from adapters import make_embedding, make_kohya_lora
 from conftest import run_line as run
-from dreamshell.dispatch import Dispatcher
-from dreamshell.dreamlog import read_commands
-from dreamshell.extras import Folders
-from dreamshell.models import demo_spec, Registry
-from dreamshell.pngmeta import read_chunks
-from dreamshell.session import UserError
+from dreamshell.run.dispatch import Dispatcher
+from dreamshell.store.dreamlog import read_commands
+from dreamshell.weights.library import Folders
+from dreamshell.weights.models import demo_spec, Registry
+from dreamshell.store.pngmeta import read_chunks
+from dreamshell.run.session import UserError
 
 BASE = "a red circle on a blue background -S 5 -s 6"
 
@@ -44,8 +44,8 @@ def demo_generator(library):
 
 @pytest.fixture
 def session(demo_generator, library, tmp_path):
-    from dreamshell.model_host import ModelHost
-    from dreamshell.session import Session
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.run.session import Session
 
     def make(**spec_changes):
         spec = demo_spec()
@@ -116,7 +116,7 @@ def test_kohya_text_encoder_and_unet_keys_all_load(demo_generator, session):
 def test_a_missing_lora_is_one_line_with_the_folder_and_the_nearest_name(session, library):
     s = session()
     with pytest.raises(UserError) as e:
-        s.check(__import__("dreamshell.parser", fromlist=["x"]).parse_request(BASE + " <lora:rdn:1>"))
+        s.check(__import__("dreamshell.line.parser", fromlist=["x"]).parse_request(BASE + " <lora:rdn:1>"))
     text = str(e.value)
     assert "no LoRA 'rdn'" in text and str(library.loras) in text and "did you mean 'rnd'" in text
     assert "\n" not in text
@@ -301,7 +301,7 @@ def test_a_recipe_with_everything_replays_the_same_bytes_from_the_log(session, t
 def test_completion_after_lora_lists_the_folder(library):
     from prompt_toolkit.document import Document
 
-    from dreamshell.extras import Library
+    from dreamshell.weights.library import Library
     from dreamshell.shell.completer import DreamCompleter
     completer = DreamCompleter(lambda: [], lambda: {}, Library(library))
     found = [(c.text, c.display_text) for c in completer.get_completions(Document("a cat <lora:"), None)]
@@ -342,7 +342,7 @@ def test_img2img_and_hires_keep_a_half_precision_model_in_half(tmp_path):
     then failed on CUDA (found on the H100 run of bench/bench_adapters.py)."""
     import torch
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.request import DreamRequest
+    from dreamshell.line.request import DreamRequest
     gen = DiffusersGenerator(device="cpu", precision="float16")
     gen.load(demo_spec())
     r = DreamRequest("a red circle", steps=3, seed=1, width=64, height=64, cfg_scale=5.0, sampler="k_euler")

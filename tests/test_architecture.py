@@ -35,13 +35,13 @@ def heavy_imports(modules: list[str]) -> str:
 
 def test_every_module_outside_engines_imports_without_torch():
     modules = modules_outside_engines()
-    assert {"dreamshell.session", "dreamshell.jobs", "dreamshell.model_host", "dreamshell.output",
-            "dreamshell.shell.repl", "dreamshell.dispatch", "dreamshell.app", "dreamshell.parser"} <= set(modules)
+    assert {"dreamshell.run.session", "dreamshell.run.jobs", "dreamshell.run.model_host", "dreamshell.store.output",
+            "dreamshell.shell.repl", "dreamshell.run.dispatch", "dreamshell.app", "dreamshell.line.parser"} <= set(modules)
     assert heavy_imports(modules) == ""
 
 
 def test_the_check_catches_a_module_that_imports_torch():
-    assert heavy_imports(["dreamshell.parser", "dreamshell.engines.upscaler"]).startswith(
+    assert heavy_imports(["dreamshell.line.parser", "dreamshell.engines.upscaler"]).startswith(
         "dreamshell.engines.upscaler imported torch")
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from dreamshell.batch_plan import plan_lines
-from dreamshell.batch_run import BatchRun, OrderedWriter
-from dreamshell.models import Registry, demo_spec
-from dreamshell.session import Control
+from dreamshell.batch.plan import plan_lines
+from dreamshell.batch.driver import BatchRun, OrderedWriter
+from dreamshell.weights.models import Registry, demo_spec
+from dreamshell.run.session import Control
 
 LINES = [(1, "a red circle -S 7 -n 3"), (2, "a blue square -S -1"), (4, "a green square -S 30 -n 2"),
          (5, "a pink circle -I -1 -f 0.5 -S 40")]

@@ -6,11 +6,11 @@ The session-level cases (init images, masks, full disks, checkpoints) are in the
 import pytest
 
 from dreamshell.cli import main
-from dreamshell.dreamlog import CommandFileError, read_commands
-from dreamshell.limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
-from dreamshell.models import ModelsFileError, load_registry
-from dreamshell.parser import ParseError, parse_line
-from dreamshell.safetext import MESSAGE_LIMIT, first_unsafe
+from dreamshell.store.dreamlog import CommandFileError, read_commands
+from dreamshell.line.limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
+from dreamshell.weights.models import ModelsFileError, load_registry
+from dreamshell.line.parser import ParseError, parse_line
+from dreamshell.line.safetext import MESSAGE_LIMIT, first_unsafe
 
 LINES = [
     # (line, words the one-line message must contain)
@@ -61,7 +61,7 @@ def test_bad_lines_get_one_clear_line(line, words):
 
 
 def test_quotes_inside_quoted_values_are_written_with_a_backslash():
-    from dreamshell.parser import parse_request
+    from dreamshell.line.parser import parse_request
     assert parse_request('a cat -o "say \\"hi\\""').outdir == 'say "hi"'
     assert parse_request('a cat -o "Bob\'s pics"').outdir == "Bob's pics"
 

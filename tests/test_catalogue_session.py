@@ -8,11 +8,11 @@ import pytest
 from fake_generator import FakeGenerator
 from PIL import Image
 
-from dreamshell.dispatch import Dispatcher
-from dreamshell.model_host import ModelHost
-from dreamshell.models import ModelSpec, Registry
-from dreamshell.postprocess import register_fix
-from dreamshell.session import Session
+from dreamshell.run.dispatch import Dispatcher
+from dreamshell.run.model_host import ModelHost
+from dreamshell.weights.models import ModelSpec, Registry
+from dreamshell.run.postprocess import register_fix
+from dreamshell.run.session import Session
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from dreamshell.checkpoint import NotAModel, ckpt_keys, detect, safetensors_header
-from dreamshell.models import ModelsFileError, Registry, load_registry
+from dreamshell.weights.checkpoint import NotAModel, ckpt_keys, detect, safetensors_header
+from dreamshell.weights.models import ModelsFileError, Registry, load_registry
 
 U = "model.diffusion_model."
 K = U + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"

@@ -46,11 +46,11 @@ def test_the_demo_vae_file_gives_the_same_image(measured):
 
 def test_a_demo_session_with_the_shipped_lora_and_vae(tmp_path):
     """A user's models file naming the shipped single-file VAE; the default LoRA folder is the shipped one."""
-    from dreamshell.model_host import ModelHost
-    from dreamshell.models import load_registry
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.weights.models import load_registry
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.pngmeta import read_chunks
-    from dreamshell.session import Session
+    from dreamshell.store.pngmeta import read_chunks
+    from dreamshell.run.session import Session
     from PIL import Image
     from dreamshell.demo import concepts
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dreamshell.demo import shapes
-from dreamshell.models import builtin_models_dir, demo_spec, load_registry
+from dreamshell.weights.models import builtin_models_dir, demo_spec, load_registry
 
 
 def test_the_demo_model_ships_and_is_the_default():
@@ -72,8 +72,8 @@ def test_img2img_at_low_strength_stays_near_its_init_image(demo_generator):
 
     import numpy as np
 
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
 
     def generate(line, **kw):
         return demo_generator.generate(resolve_request(parse_request(line), demo_spec(), []), **kw)
@@ -105,8 +105,8 @@ def test_training_figures_match_the_shipped_model():
 def test_img2img_at_low_strength_keeps_the_picture(demo_generator, sampler):
     import random
 
-    from dreamshell.parser import parse_request
-    from dreamshell.resolve import resolve_request
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
     rng = random.Random(5)
     kept = 0
     for i in range(4):

@@ -1,7 +1,7 @@
 """The dry run describes the parsed request; it never edits the typed text."""
 
-from dreamshell.dryrun import RANDOM, DryRun
-from dreamshell.models import load_registry
+from dreamshell.run.dryrun import RANDOM, DryRun
+from dreamshell.weights.models import load_registry
 
 
 def _describe(*lines):

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from dreamshell.extras import embedding_hash, lora_hash, vae_hash
+from dreamshell.weights.library import embedding_hash, lora_hash, vae_hash
 
 PAYLOAD = bytes(range(256)) * 40          # stands for the tensors' bytes
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from dreamshell.dreamlog import append_log_line, read_commands
-from dreamshell.naming import next_number, save_derived, save_numbered
+from dreamshell.store.dreamlog import append_log_line, read_commands
+from dreamshell.store.naming import next_number, save_derived, save_numbered
 
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from dreamshell.naming import save_numbered
-    from dreamshell.dreamlog import append_log_line
+    from dreamshell.store.naming import save_numbered
+    from dreamshell.store.dreamlog import append_log_line
     folder, tag = Path(sys.argv[1]), sys.argv[2]
     for i in range(200):
         body = (f"{tag}-{i}-" * 300).encode()
@@ -65,7 +65,7 @@ def test_numbers_continue_after_the_highest_present(tmp_path):
 
 
 def test_existing_files_are_never_overwritten(tmp_path, monkeypatch):
-    import dreamshell.naming as naming
+    import dreamshell.store.naming as naming
     first = save_numbered(tmp_path, 9, b"one")
     # a number chosen that is already taken (another writer's file, a stale count): the file is kept
     # and the next number is used, never a replace
@@ -76,7 +76,7 @@ def test_existing_files_are_never_overwritten(tmp_path, monkeypatch):
 
 
 def test_placing_a_file_refuses_an_existing_target(tmp_path):
-    from dreamshell.fileops import place_without_overwrite
+    from dreamshell.store.fileops import place_without_overwrite
     tmp, final = tmp_path / "new.part", tmp_path / "000000.1.png"
     tmp.write_bytes(b"new")
     final.write_bytes(b"old")

@@ -11,10 +11,10 @@ import zlib
 import pytest
 from PIL import Image, PngImagePlugin
 
-from dreamshell.extras import Folders, Library, RecipeExtras
-from dreamshell.formatter import format_request
-from dreamshell.pngmeta import MetadataError, fetch_recipe, read_recipe
-from dreamshell.request import DreamRequest, UpscaleSpec
+from dreamshell.weights.library import Folders, Library, RecipeExtras
+from dreamshell.line.formatter import format_request
+from dreamshell.store.pngmeta import MetadataError, fetch_recipe, read_recipe
+from dreamshell.line.request import DreamRequest, UpscaleSpec
 
 NOT_CARRIED = "not carried over: "
 
@@ -237,7 +237,7 @@ def test_a1111_old_first_pass_size(tmp_path):
     ("DAT x4", "esrgan", "lacks"), ("LDSR", "esrgan", "lacks"),
 ])
 def test_a1111_hires_upscaler_names(name, ours, kind):
-    from dreamshell.formats.a1111 import hires_upscaler
+    from dreamshell.store.formats.a1111 import hires_upscaler
     got, note = hires_upscaler(name)
     assert got == ours
     if kind is None:
@@ -589,7 +589,7 @@ def test_fetch_checks_the_hashes_against_the_session_folders(tmp_path):
     recipe = fetch_recipe(path, library)
     assert recipe.request == plain.request
     assert recipe.notes[:len(plain.notes)] == plain.notes
-    from dreamshell.extras import embedding_hash, lora_hash, vae_hash
+    from dreamshell.weights.library import embedding_hash, lora_hash, vae_hash
     lora, emb, vae = (lora_hash(folders.loras / "add_detail.safetensors"),
                       embedding_hash(folders.embeddings / "badhandv4.pt"), vae_hash(folders.vaes / "kl-f8-anime2.ckpt"))
     assert recipe.notes[len(plain.notes):] == (
@@ -603,9 +603,9 @@ def test_fetch_checks_the_hashes_against_the_session_folders(tmp_path):
 
 
 def test_fetch_with_the_same_files_adds_no_note_and_names_a_missing_lora(tmp_path):
-    from dreamshell.extras import vae_hash
-    from dreamshell.parser import parse_request
-    from dreamshell.pngmeta import ImageMeta, png_bytes
+    from dreamshell.weights.library import vae_hash
+    from dreamshell.line.parser import parse_request
+    from dreamshell.store.pngmeta import ImageMeta, png_bytes
     folders = Folders.under(tmp_path / "extras")
     _safetensors(folders.loras / "detail.safetensors", b"weights")
     folders.embeddings.mkdir(parents=True)

@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from dreamshell.dryrun import DryRun
-from dreamshell.errors import ParseError
-from dreamshell.limits import check_request
-from dreamshell.models import load_registry
-from dreamshell.parser import parse_line
-from dreamshell.request import DreamRequest
-from dreamshell.safetext import MESSAGE_LIMIT, first_unsafe, for_markup, one_line
+from dreamshell.run.dryrun import DryRun
+from dreamshell.line.errors import ParseError
+from dreamshell.line.limits import check_request
+from dreamshell.weights.models import load_registry
+from dreamshell.line.parser import parse_line
+from dreamshell.line.request import DreamRequest
+from dreamshell.line.safetext import MESSAGE_LIMIT, first_unsafe, for_markup, one_line
 
 VALID = [
     "a lighthouse at dusk -S 42 -n 3 -s 30 -U 2", "a cat's hat -S 1", '"a -in b" -S 1',
@@ -120,11 +120,11 @@ def _shell_error_path():
 
     from fake_generator import FakeGenerator
 
-    from dreamshell.dispatch import Dispatcher
-    from dreamshell.model_host import ModelHost
-    from dreamshell.models import ModelSpec, Registry
-    from dreamshell.session import Session
-    from dreamshell.ui import error_printer
+    from dreamshell.run.dispatch import Dispatcher
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.weights.models import ModelSpec, Registry
+    from dreamshell.run.session import Session
+    from dreamshell.run.report import error_printer
     folder = Path(tempfile.mkdtemp())
     spec = ModelSpec("fake", folder, "sd1", width=64, height=64, steps=2, sampler="k_euler", default=True)
     session = Session(Registry({"fake": spec}), ModelHost(lambda: FakeGenerator()), folder / "out")

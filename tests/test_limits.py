@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from dreamshell.errors import LimitError, ParseError
-from dreamshell.limits import (MAX_ITERATIONS, MAX_LINE_CHARS, MAX_PROMPT_CHARS, MAX_STEPS, check_request,
+from dreamshell.line.errors import LimitError, ParseError
+from dreamshell.line.limits import (MAX_ITERATIONS, MAX_LINE_CHARS, MAX_PROMPT_CHARS, MAX_STEPS, check_request,
                                max_steps)
-from dreamshell.parser import parse_line, parse_request
-from dreamshell.request import DreamRequest
-from dreamshell.samplers import SAMPLERS
+from dreamshell.line.parser import parse_line, parse_request
+from dreamshell.line.request import DreamRequest
+from dreamshell.line.samplers import SAMPLERS
 
 
 def _message(line: str) -> str:

@@ -8,9 +8,9 @@ from safetensors.numpy import save_file
 
 from dreamshell.engines.generator import DiffusersGenerator, batches
 from dreamshell.engines.protocols import GenerationError
-from dreamshell.models import ModelSpec, demo_spec
-from dreamshell.parser import parse_request
-from dreamshell.resolve import resolve_request
+from dreamshell.weights.models import ModelSpec, demo_spec
+from dreamshell.line.parser import parse_request
+from dreamshell.run.resolve import resolve_request
 
 
 def _request(spec, line):
@@ -70,7 +70,7 @@ def test_an_inpainting_checkpoint_is_detected_and_used_for_every_mode(tmp_path):
     from tiny_pipeline import make_tiny_sd1_single_file
     from diffusers import StableDiffusionInpaintPipeline
     path, config = make_tiny_sd1_single_file(tmp_path, in_channels=9)
-    from dreamshell.models import spec_for_path
+    from dreamshell.weights.models import spec_for_path
     spec = spec_for_path(path)
     assert spec.kind == "sd1-inpaint"
     spec = ModelSpec("inpaint", path, spec.kind, width=64, height=64, steps=3, sampler="ddim", config=config)
@@ -157,7 +157,7 @@ def test_a_ckpt_is_read_safely_detected_and_loaded(tmp_path):
     path, config = make_tiny_sd1_single_file(tmp_path)
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": load_file(str(path)), "global_step": 470000}, ckpt)
-    from dreamshell.models import spec_for_path
+    from dreamshell.weights.models import spec_for_path
     assert spec_for_path(ckpt).kind == "sd1"
     g = DiffusersGenerator(device="cpu")
     g.load(ModelSpec("ckpt", ckpt, "", width=64, height=64, steps=2, sampler="ddim", config=config))

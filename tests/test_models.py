@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dreamshell.models import ModelSpec, ModelsFileError, Registry, load_registry
-from dreamshell.parser import parse_request
-from dreamshell.resolve import resolve_request
+from dreamshell.weights.models import ModelSpec, ModelsFileError, Registry, load_registry
+from dreamshell.line.parser import parse_request
+from dreamshell.run.resolve import resolve_request
 
 
 def test_models_file_entries_and_defaults(tmp_path):

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dreamshell.dreamlog import read_commands
-from dreamshell.naming import save_numbered
-from dreamshell.output import OutputError, OutputFolder
-from dreamshell.parser import parse_request
-from dreamshell.pngmeta import ImageMeta, png_bytes, read_recipe
+from dreamshell.store.dreamlog import read_commands
+from dreamshell.store.naming import save_numbered
+from dreamshell.store.output import OutputError, OutputFolder
+from dreamshell.line.parser import parse_request
+from dreamshell.store.pngmeta import ImageMeta, png_bytes, read_recipe
 
 REQUEST = parse_request('"a red circle" -s 20 -S 7 -W 64 -H 64 -C 5 -A k_euler --model demo')
 
@@ -75,11 +75,11 @@ KILLED_RUN = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from fake_generator import FakeGenerator
-    from dreamshell.model_host import ModelHost
-    from dreamshell.models import ModelSpec, Registry
-    from dreamshell.parser import parse_request
-    from dreamshell.session import Session
-    import dreamshell.output as output
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.weights.models import ModelSpec, Registry
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.session import Session
+    import dreamshell.store.output as output
     real_append = output.append_log_line
 
     def slow_append(*args):   # a slow fsync: widens the moment between the PNG and its line
@@ -123,7 +123,7 @@ def test_a_log_line_that_cannot_be_written_takes_its_image_back_out(tmp_path, mo
     out = OutputFolder(folder)
     out.save_image(Image.new("RGB", (64, 64)), meta(1))
     before = (folder / "dream_log.txt").read_bytes()
-    import dreamshell.fileops as fileops
+    import dreamshell.store.fileops as fileops
     real_write = os.write
 
     def half_then_full(fd, data):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from dreamshell.formatter import format_request
-from dreamshell.parser import ParseError, parse_line, parse_request
-from dreamshell.request import BangCommand, Blank, DreamRequest, HelpRequest, UpscaleSpec
+from dreamshell.line.formatter import format_request
+from dreamshell.line.parser import ParseError, parse_line, parse_request
+from dreamshell.line.request import BangCommand, Blank, DreamRequest, HelpRequest, UpscaleSpec
 
 VALID = [
     # (line, canonical command)

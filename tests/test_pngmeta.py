@@ -6,10 +6,10 @@ import json
 import pytest
 from PIL import Image, PngImagePlugin
 
-from dreamshell.extras import RecipeExtras
-from dreamshell.formatter import format_request
-from dreamshell.parser import ParseError, parse_request
-from dreamshell.pngmeta import (ImageMeta, MetadataError, a1111_parameters, fetch_recipe, parse_a1111, png_bytes,
+from dreamshell.weights.library import RecipeExtras
+from dreamshell.line.formatter import format_request
+from dreamshell.line.parser import ParseError, parse_request
+from dreamshell.store.pngmeta import (ImageMeta, MetadataError, a1111_parameters, fetch_recipe, parse_a1111, png_bytes,
                                 read_chunks, read_recipe)
 
 RESOLVED = parse_request('"a fantastic alien landscape, 8k [blurry, dark]" -s 60 -S 3355519391 -W 576 -H 512 '

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from dreamshell.engines import preview as pv
-from dreamshell.models import ModelSpec, demo_spec
-from dreamshell.parser import parse_request
-from dreamshell.resolve import resolve_request
+from dreamshell.weights.models import ModelSpec, demo_spec
+from dreamshell.line.parser import parse_request
+from dreamshell.run.resolve import resolve_request
 
 
 # ----- projections

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dreamshell.prompt import PromptError, extract_negative, split_prompt
+from dreamshell.line.prompt import PromptError, extract_negative, split_prompt
 
 
 def test_negative_groups_are_collected():

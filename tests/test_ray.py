@@ -11,9 +11,9 @@ import pytest
 import ray
 
 from dreamshell.cli import build_argparser, main
-from dreamshell.models import Registry, demo_spec
-from dreamshell.ray_batch import local_runtime_env, run_ray
-from dreamshell.session import Control
+from dreamshell.weights.models import Registry, demo_spec
+from dreamshell.batch.cluster import local_runtime_env, run_ray
+from dreamshell.run.session import Control
 
 STEPS = ["-s", "3"]
 LINES = [

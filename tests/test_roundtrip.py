@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dreamshell.dreamlog import commands_from_bytes
-from dreamshell.formatter import format_request
-from dreamshell.limits import max_steps
-from dreamshell.parser import parse_request
-from dreamshell.prompt import PromptError, split_prompt
-from dreamshell.request import DreamRequest, UpscaleSpec
-from dreamshell.safetext import first_unsafe
-from dreamshell.samplers import SAMPLERS, schedule_names
-from dreamshell.switches import MAX_SEED, SWITCHES
+from dreamshell.store.dreamlog import commands_from_bytes
+from dreamshell.line.formatter import format_request
+from dreamshell.line.limits import max_steps
+from dreamshell.line.parser import parse_request
+from dreamshell.line.prompt import PromptError, split_prompt
+from dreamshell.line.request import DreamRequest, UpscaleSpec
+from dreamshell.line.safetext import first_unsafe
+from dreamshell.line.samplers import SAMPLERS, schedule_names
+from dreamshell.line.switches import MAX_SEED, SWITCHES
 
 # a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
 WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="[]:")

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from dreamshell.safetext import (ELLIPSIS, MESSAGE_LIMIT, first_unsafe, for_markup, one_line, quoted, shorten,
+from dreamshell.line.safetext import (ELLIPSIS, MESSAGE_LIMIT, first_unsafe, for_markup, one_line, quoted, shorten,
                                  visible)
 
 HOSTILE = [

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dreamshell.parser import ParseError, parse_request
-from dreamshell.samplers import SAMPLERS, SCHEDULES, cannot_run, effective_schedule, find_sampler, plan
+from dreamshell.line.parser import ParseError, parse_request
+from dreamshell.line.samplers import SAMPLERS, SCHEDULES, cannot_run, effective_schedule, find_sampler, plan
 
 # A1111 1.10 `modules/sd_samplers_kdiffusion.py`, `sd_samplers_timesteps.py`, `sd_samplers_lcm.py`:
 # name -> the scheduler in its options (what "Automatic" runs), None for the model's own (Uniform)

@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from conftest import run_line as run
-from dreamshell.dispatch import Dispatcher
-from dreamshell.dreamlog import read_commands
-from dreamshell.parser import parse_request
-from dreamshell.pngmeta import read_recipe
-from dreamshell.session import Control, Listener, UserError
+from dreamshell.run.dispatch import Dispatcher
+from dreamshell.store.dreamlog import read_commands
+from dreamshell.line.parser import parse_request
+from dreamshell.store.pngmeta import read_recipe
+from dreamshell.run.session import Control, Listener, UserError
 
 
 def pixels(path):
@@ -149,7 +149,7 @@ def test_switching_models_and_back_gives_the_same_bytes(make_session):
 
 
 def test_missing_weights_are_one_clear_line(make_session, tmp_path):
-    from dreamshell.models import ModelSpec
+    from dreamshell.weights.models import ModelSpec
     s = make_session()
     s.registry.models["gone"] = ModelSpec("gone", tmp_path / "nowhere", "sd1")
     with pytest.raises(UserError, match="does not exist"):
@@ -255,8 +255,8 @@ def test_batch_size_makes_the_images_each_seed_makes_alone(make_session, shared_
 
 
 def test_the_stopped_line_says_the_images_after_it_were_not_made():
-    from dreamshell.session import Stopped
-    from dreamshell.ui import stopped_line
+    from dreamshell.run.session import Stopped
+    from dreamshell.run.report import stopped_line
     assert stopped_line(Stopped(1, 5, 0)) == ("stopped: image 1 of 5 was not finished and is not saved; the 4 after "
                                              "it were not made; 0 finished image(s) kept")
     assert "after it" not in stopped_line(Stopped(3, 3, 2))

@@ -4,10 +4,10 @@ import pytest
 from fake_generator import FakeGenerator
 from PIL import Image
 
-from dreamshell.dispatch import Dispatcher
-from dreamshell.model_host import ModelHost
-from dreamshell.models import ModelSpec, Registry
-from dreamshell.session import Session
+from dreamshell.run.dispatch import Dispatcher
+from dreamshell.run.model_host import ModelHost
+from dreamshell.weights.models import ModelSpec, Registry
+from dreamshell.run.session import Session
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_unexpected_errors_are_one_line_and_a_logged_traceback(drive_shell, monk
 
 
 def test_help_comes_from_the_switch_table(make_session):
-    from dreamshell.switches import SWITCHES
+    from dreamshell.line.switches import SWITCHES
     d = Dispatcher(make_session(), echo=lambda _: None)
     text = d.help_text()
     for sw in SWITCHES:

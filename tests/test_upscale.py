@@ -107,7 +107,7 @@ def upscaling_session(make_session, tmp_path):
 
 def test_dash_U_through_the_session(upscaling_session, tmp_path):
     from conftest import run_line
-    from dreamshell.pngmeta import read_chunks, read_recipe
+    from dreamshell.store.pngmeta import read_chunks, read_recipe
     s = upscaling_session()
     r2 = run_line(s, "a red circle -S 1 -U 2").records[0]
     assert Image.open(r2.path).size == (128, 128)
@@ -133,10 +133,10 @@ def test_missing_upscaler_weights_still_save_the_image(upscaling_session, tmp_pa
 
 def test_fix_writes_a_new_file_and_never_overwrites(upscaling_session, tmp_path):
     from conftest import run_line
-    from dreamshell.dispatch import Dispatcher
-    from dreamshell.parser import parse_request
-    from dreamshell.postprocess import register_fix
-    from dreamshell.pngmeta import read_recipe
+    from dreamshell.run.dispatch import Dispatcher
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.postprocess import register_fix
+    from dreamshell.store.pngmeta import read_recipe
     s = upscaling_session()
     rec = run_line(s, "a blue square -S 4").records[0]
     before = Path(rec.path).read_bytes()
@@ -160,8 +160,8 @@ def test_fix_writes_a_new_file_and_never_overwrites(upscaling_session, tmp_path)
 
 
 def test_dash_U_typed_at_the_dream_prompt(upscaling_session, drive_shell, tmp_path):
-    from dreamshell.pngmeta import read_chunks
-    from dreamshell.postprocess import register_fix
+    from dreamshell.store.pngmeta import read_chunks
+    from dreamshell.run.postprocess import register_fix
     s = upscaling_session()
     d = drive_shell(s, register=register_fix)
     d.type("a red circle -S 1 -U 2\ra red circle -S 1 -U 4 0.5\r!fix ../out/000000.1.png -U 4\r")
@@ -178,7 +178,7 @@ def test_the_demo_upscaler_beats_bicubic():
     import importlib.util
     from safetensors.torch import load_file
 
-    from dreamshell.models import builtin_models_dir
+    from dreamshell.weights.models import builtin_models_dir
     script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_upscaler.py"
     spec = importlib.util.spec_from_file_location("train_demo_upscaler", script)
     mod = importlib.util.module_from_spec(spec)

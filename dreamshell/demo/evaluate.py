@@ -65,8 +65,8 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
              cfg: float | None = None, sampler: str | None = None, prompts: int | None = None,
              img2img: int | None = None, inpaint: int | None = None) -> Scores:
     """All seven figures; `prompts`, `img2img` and `inpaint` shrink the three parts (the smoke test)."""
-    from ..parser import parse_request
-    from ..resolve import resolve_request
+    from ..line.parser import parse_request
+    from ..run.resolve import resolve_request
 
     t0 = time.perf_counter()
     hits = {"colour": 0, "shape": 0, "background": 0}
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from ..engines.generator import DiffusersGenerator
-    from ..models import demo_spec, spec_for_path
+    from ..weights.models import demo_spec, spec_for_path
 
     spec = demo_spec() if args.model is None else spec_for_path(Path(args.model))
     if args.model is not None:

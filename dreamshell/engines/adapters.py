@@ -16,9 +16,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..extras import DIFFUSERS_LORA_FILE, ExtraError, Library, UsedEmbedding, UsedLora
-from ..prompt import PromptError
-from ..safetext import quoted, shorten
+from ..weights.library import DIFFUSERS_LORA_FILE, ExtraError, Library, UsedEmbedding, UsedLora
+from ..line.prompt import PromptError
+from ..line.safetext import quoted, shorten
 from .protocols import GenerationError
 
 MAX_VAES = 3   # extra VAEs kept loaded beside the model's own

@@ -15,13 +15,13 @@ import re
 import warnings
 from pathlib import Path
 
-from .. import hires
-from ..extras import Folders, Library
-from ..hashing import weights_sha256
-from ..models import ModelSpec, builtin_models_dir
-from ..prompt import split_prompt
-from ..request import DreamRequest
-from ..samplers import SamplerError, plan as scheduler_plan
+from ..line import hires
+from ..weights.library import Folders, Library
+from ..weights.hashing import weights_sha256
+from ..weights.models import ModelSpec, builtin_models_dir
+from ..line.prompt import split_prompt
+from ..line.request import DreamRequest
+from ..line.samplers import SamplerError, plan as scheduler_plan
 from .preview import LatentRGB, PreviewTap, projection_for
 from . import loading
 from .adapters import Adapters, clip_skip

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoint import KIND_NAMES, Detected, NotAModel, classify, detect_folder, safetensors_header
-from ..models import ModelSpec
+from ..weights.checkpoint import KIND_NAMES, Detected, NotAModel, classify, detect_folder, safetensors_header
+from ..weights.models import ModelSpec
 from .protocols import GenerationError
 
 # diffusers' infer_diffusers_model_type names -> dreamshell kinds

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from ..models import ModelSpec
-from ..request import DreamRequest
+from ..weights.models import ModelSpec
+from ..line.request import DreamRequest
 
 
 class GenerationError(RuntimeError):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..models import Registry, builtin_models_dir
+from ..weights.models import Registry, builtin_models_dir
 from .esrgan import build_from_state_dict
 from .generator import is_out_of_memory, pick_device
 from .protocols import GenerationError

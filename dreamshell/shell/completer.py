@@ -10,9 +10,9 @@ import shlex
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
-from ..hires import upscaler_names
-from ..samplers import sampler_names, schedule_names
-from ..switches import BY_SPELLING, SWITCHES
+from ..line.hires import upscaler_names
+from ..line.samplers import sampler_names, schedule_names
+from ..line.switches import BY_SPELLING, SWITCHES
 
 
 class DreamCompleter(Completer):

@@ -18,11 +18,11 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from ..dispatch import Command, Dispatcher, Outcome, Work, data_dir
-from ..jobs import Job, JobQueue
-from ..request import ImageRecord
-from ..session import Session, UserError
-from ..ui import TextListener, record_line
+from ..run.dispatch import Command, Dispatcher, Outcome, Work, data_dir
+from ..run.jobs import Job, JobQueue
+from ..line.request import ImageRecord
+from ..run.session import Session, UserError
+from ..run.report import TextListener, record_line
 from .completer import DreamCompleter
 from .thumbnails import PROTOCOLS, block_fragments, detect_protocol, render
 

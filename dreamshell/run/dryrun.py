@@ -13,18 +13,18 @@ from collections import deque
 from pathlib import Path
 from typing import TextIO
 
-from .extras import ExtraError, Library
-from .prompt import PromptError
-from .dreamlog import CommandFileError, read_command_stream, read_commands
-from .formatter import format_request
-from .limits import check_request
-from .models import ModelsFileError, Registry, load_registry
-from .parser import ParseError, parse_line
-from .pngmeta import MetadataError, fetch_recipe
-from .request import BangCommand, Blank, DreamRequest, HelpRequest
+from ..weights.library import ExtraError, Library
+from ..line.prompt import PromptError
+from ..store.dreamlog import CommandFileError, read_command_stream, read_commands
+from ..line.formatter import format_request
+from ..line.limits import check_request
+from ..weights.models import ModelsFileError, Registry, load_registry
+from ..line.parser import ParseError, parse_line
+from ..store.pngmeta import MetadataError, fetch_recipe
+from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from .resolve import ResolveError, apply_defaults, resolve_request
-from .safetext import one_line, quoted, shorten, visible
-from .switches import MAX_SEED
+from ..line.safetext import one_line, quoted, shorten, visible
+from ..line.switches import MAX_SEED
 
 RANDOM = "<random>"
 KEPT_SEEDS = 100_000   # -S -N can look this far back

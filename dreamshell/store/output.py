@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .dreamlog import LOG_NAME, append_comment, append_log_line
 from .fileops import directory_lock, stale_temp_files
-from .formatter import format_request
+from ..line.formatter import format_request
 from .naming import save_derived, save_numbered
 from .pngmeta import ImageMeta, MetadataError, png_bytes, read_recipe
 

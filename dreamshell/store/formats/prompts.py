@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 
-from ..limits import MAX_LORAS
-from ..prompt import LORA_TAG, MAX_LORA_WEIGHT, PromptError, extract_loras, split_prompt
-from ..switches import format_number
+from ...line.limits import MAX_LORAS
+from ...line.prompt import LORA_TAG, MAX_LORA_WEIGHT, PromptError, extract_loras, split_prompt
+from ...line.switches import format_number
 
 # private-use stand-ins for escaped characters while the syntax is read
 _ESC = {"\\(": "\ue000", "\\)": "\ue001", "\\[": "\ue002", "\\]": "\ue003", "\\\\": "\ue004"}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import re
 
-from .. import hires
-from ..extras import RecipeExtras
-from ..formatter import format_request
-from ..parser import ParseError, _lookup, parse_switches, split_line, strip_log_prefix
-from ..prompt import LORA_TAG, PromptError, extract_negative, split_prompt
-from ..samplers import find_sampler
-from ..switches import SWITCHES, UNSUPPORTED, format_number
+from ...line import hires
+from ...weights.library import RecipeExtras
+from ...line.formatter import format_request
+from ...line.parser import ParseError, _lookup, parse_switches, split_line, strip_log_prefix
+from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
+from ...line.samplers import find_sampler
+from ...line.switches import SWITCHES, UNSUPPORTED, format_number
 from .common import APP_ID, Builder, ImageMeta, MetadataError, Recipe, one_line, short
 
 # ----- writing

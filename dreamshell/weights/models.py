@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .checkpoint import KINDS, NotAModel, detect
-from .extras import Folders
-from .safetext import quoted, shorten
+from .library import Folders
+from ..line.safetext import quoted, shorten
 
 DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 PREDICTIONS = ("v", "epsilon")
 DEMO_NAME = "demo"
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent   # dreamshell/
 
 
 class ModelsFileError(ValueError):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import __version__
-from .batch_plan import LineError, LogIndex, Plan, load_inputs
-from .extras import RecipeExtras
-from .formatter import format_request
-from .output import OutputFolder, compose_grid
-from .pngmeta import ImageMeta
-from .request import ImageRecord
-from .ui import record_line
+from .. import __version__
+from .plan import LineError, LogIndex, Plan, load_inputs
+from ..weights.library import RecipeExtras
+from ..line.formatter import format_request
+from ..store.output import OutputFolder, compose_grid
+from ..store.pngmeta import ImageMeta
+from ..line.request import ImageRecord
+from ..run.report import record_line
 
 DEPTH = 2                 # images queued at each worker (the next one is there when one ends)
 MAX_LOSSES = 3            # an image whose worker died this often is given up

@@ -27,8 +27,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .prompt import PromptError, split_prompt
-from .safetext import quoted, shorten
+from ..line.prompt import PromptError, split_prompt
+from ..line.safetext import quoted, shorten
 
 LORA_SUFFIXES = (".safetensors",)
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"

@@ -11,11 +11,11 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import CommandFileError
+from ..line.errors import CommandFileError
 from .fileops import append_line
-from .limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
-from .parser import is_comment, strip_log_prefix
-from .safetext import shorten
+from ..line.limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
+from ..line.parser import is_comment, strip_log_prefix
+from ..line.safetext import shorten
 
 LOG_NAME = "dream_log.txt"
 

@@ -14,14 +14,14 @@ import json
 import math
 import re
 
-from .. import hires
-from ..extras import RecipeExtras
-from ..formatter import format_request
-from ..parser import ParseError, parse_request
-from ..prompt import LORA_TAG, PromptError, extract_negative, split_prompt
-from ..request import DreamRequest
-from ..samplers import effective_schedule, find_sampler, find_schedule
-from ..switches import SwitchError, format_number
+from ...line import hires
+from ...weights.library import RecipeExtras
+from ...line.formatter import format_request
+from ...line.parser import ParseError, parse_request
+from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
+from ...line.request import DreamRequest
+from ...line.samplers import effective_schedule, find_sampler, find_schedule
+from ...line.switches import SwitchError, format_number
 from .common import Builder, ImageMeta, MetadataError, Recipe, short
 from .prompts import _to_a1111_text, a1111_to_dreamshell, dreamshell_to_a1111
 

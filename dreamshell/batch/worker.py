@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .models import ModelSpec, Registry
-from .request import DreamRequest
+from ..weights.models import ModelSpec, Registry
+from ..line.request import DreamRequest
 
 
 class ImageWorker:
@@ -26,7 +26,7 @@ class ImageWorker:
     def run(self, request: DreamRequest, spec: ModelSpec, init=None, mask=None, notes: bool = False) -> dict:
         """Make one image: {"image", "request", "post", "original", "model_hash", "notes", "pid"},
         or {"error": one line} when the model or the image cannot be made."""
-        from .engines.protocols import GenerationError
+        from ..engines.protocols import GenerationError
         try:
             return self._run(request, spec, init, mask, notes)
         except (GenerationError, OSError, ValueError) as e:
@@ -35,7 +35,7 @@ class ImageWorker:
 
     def _run(self, request, spec, init, mask, notes) -> dict:
         if self.generator is None:
-            from .engines.generator import DiffusersGenerator
+            from ..engines.generator import DiffusersGenerator
             self.generator = DiffusersGenerator(device=self.device, precision=self.precision,
                                                 folders=self.registry.folders)
             self.generator.esrgan = lambda image, factor: self._esrgan().upscale(image, factor, 1.0)
@@ -50,7 +50,7 @@ class ImageWorker:
         if mask is not None:  # the unmasked part exactly as it was, as the local run keeps it
             from PIL import Image
             image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
-        from .extras import Library
+        from ..weights.library import Library
         out = {"image": image, "request": request, "post": (), "original": None, "notes": told,
                "model_hash": self.generator.model_hash or "", "pid": os.getpid(),
                "extras": Library(self.registry.folders).recipe_extras(request.prompt, request.vae)}
@@ -62,13 +62,13 @@ class ImageWorker:
 
     def _esrgan(self):
         if self.upscaler is None:
-            from .engines.upscaler import make_upscaler
+            from ..engines.upscaler import make_upscaler
             self.upscaler = make_upscaler(self.registry, self.device)
         return self.upscaler
 
     def _upscale(self, image, request: DreamRequest) -> dict:
         """As the local run: upscaled, or kept as it is with -U dropped from its recipe and a note."""
-        from .engines.protocols import GenerationError
+        from ..engines.protocols import GenerationError
         spec = request.upscale
         try:
             up = self._esrgan().upscale(image, spec.factor, spec.strength)

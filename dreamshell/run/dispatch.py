@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .dreamlog import read_commands
-from .formatter import format_request
-from .models import ModelsFileError
-from .output import OutputError
-from .parser import ParseError, parse_line
-from .pngmeta import MetadataError, fetch_recipe
-from .request import BangCommand, Blank, HelpRequest
+from ..store.dreamlog import read_commands
+from ..line.formatter import format_request
+from ..weights.models import ModelsFileError
+from ..store.output import OutputError
+from ..line.parser import ParseError, parse_line
+from ..store.pngmeta import MetadataError, fetch_recipe
+from ..line.request import BangCommand, Blank, HelpRequest
 from .session import Control, Listener, Session, UserError
-from .switches import SWITCHES
-from .safetext import one_line, shorten, visible
-from .ui import TextListener, stopped_line
+from ..line.switches import SWITCHES
+from ..line.safetext import one_line, shorten, visible
+from .report import TextListener, stopped_line
 
 
 def data_dir() -> Path:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import re
 
-from ..prompt import PromptError, split_prompt
-from ..switches import format_number
+from ...line.prompt import PromptError, split_prompt
+from ...line.switches import format_number
 from .common import Builder, MetadataError, Recipe, short
 from .prompts import a1111_to_dreamshell
 
@@ -196,7 +196,7 @@ def read_comfyui(text: str) -> Recipe:
 
 
 def _comfy_sampler(b: Builder, name: str, scheduler: str) -> None:
-    from ..samplers import find_sampler, find_schedule
+    from ...line.samplers import find_sampler, find_schedule
     sampler = find_sampler(name) if name else None
     if sampler is None:
         if name:

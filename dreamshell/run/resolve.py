@@ -8,10 +8,10 @@ from __future__ import annotations
 import random
 from dataclasses import fields
 
-from . import hires
-from .models import ModelSpec
-from .request import REQUEST_DEFAULTS, DreamRequest
-from .switches import MAX_SEED
+from ..line import hires
+from ..weights.models import ModelSpec
+from ..line.request import REQUEST_DEFAULTS, DreamRequest
+from ..line.switches import MAX_SEED
 
 
 class ResolveError(ValueError):

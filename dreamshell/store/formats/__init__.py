@@ -1,7 +1,7 @@
 """Recipes in image files, ours and the peers': writing the three PNG chunks, reading any of them.
 
 `fetch_recipe(path)` returns the request with notes naming everything that could not be carried
-over; `dreamshell.pngmeta` keeps the older names. Metadata is data: parsed, never evaluated.
+over; `dreamshell.store.pngmeta` keeps the older names. Metadata is data: parsed, never evaluated.
 `fetch_recipe(path, library)` also checks the LoRA, embedding and VAE files the image names against the
 session's folders (`extras.Library`): one missing, or with another hash than the image records, is a note.
 """
@@ -12,9 +12,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ..formatter import format_request
-from ..prompt import PromptError, split_prompt
-from ..samplers import cannot_run
+from ...line.formatter import format_request
+from ...line.prompt import PromptError, split_prompt
+from ...line.samplers import cannot_run
 from .a1111 import a1111_parameters, parse_a1111, read_a1111
 from .comfyui import read_comfyui
 from .common import MAX_COMMAND, ImageMeta, MetadataError, Recipe, short
@@ -119,7 +119,7 @@ def library_notes(recipe: Recipe, library) -> list[str]:
     """Notes for the LoRAs, embeddings and VAE of a recipe that are missing from the session's folders or whose
     files have other hashes than the image records (A1111's: `extras.lora_hash`, `embedding_hash`,
     `vae_hash`). Hashing reads each file once (cached); a file that cannot be read is named, not fatal."""
-    from ..extras import ExtraError, embedding_hash, lora_hash, vae_hash
+    from ...weights.library import ExtraError, embedding_hash, lora_hash, vae_hash
     notes: list[str] = []
     rec = recipe.recorded
     try:

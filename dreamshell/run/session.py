@@ -15,20 +15,20 @@ from typing import Callable
 
 from PIL import Image
 
-from . import __version__
-from .engines.protocols import GenerationError, Interrupted
-from .errors import LimitError
-from .extras import ExtraError, Library, RecipeExtras
-from .limits import check_request
-from .formatter import format_request
+from .. import __version__
+from ..engines.protocols import GenerationError, Interrupted
+from ..line.errors import LimitError
+from ..weights.library import ExtraError, Library, RecipeExtras
+from ..line.limits import check_request
+from ..line.formatter import format_request
 from .model_host import LoadError, ModelHost
-from .models import ModelSpec, ModelsFileError, Registry
-from .output import OutputFolder, compose_grid
-from .pngmeta import ImageMeta
-from .prompt import PromptError
-from .request import DreamRequest, ImageRecord
+from ..weights.models import ModelSpec, ModelsFileError, Registry
+from ..store.output import OutputFolder, compose_grid
+from ..store.pngmeta import ImageMeta
+from ..line.prompt import PromptError
+from ..line.request import DreamRequest, ImageRecord
 from .resolve import ResolveError, apply_defaults, image_requests, resolve_request
-from .switches import MAX_SIZE, MIN_SIZE
+from ..line.switches import MAX_SIZE, MIN_SIZE
 
 
 class UserError(ValueError):

@@ -14,11 +14,11 @@ import logging
 import time
 from pathlib import Path
 
-from .batch_plan import plan_lines
-from .batch_run import DEPTH, BatchRun, OrderedWriter
-from .dreamlog import read_command_source
-from .errors import CommandFileError
-from .output import OutputError
+from .plan import plan_lines
+from .driver import DEPTH, BatchRun, OrderedWriter
+from ..store.dreamlog import read_command_source
+from ..line.errors import CommandFileError
+from ..store.output import OutputError
 
 INSTALL = '--ray needs Ray, an optional extra: pip install "dreamshell[ray]"'
 MAX_RESTARTS = 3          # a worker process that dies is started again this often
@@ -27,7 +27,7 @@ MAX_RESTARTS = 3          # a worker process that dies is started again this oft
 def local_runtime_env() -> dict:
     """Workers of a Ray started here import this very dreamshell (a source checkout included)."""
     import os
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {"env_vars": {"PYTHONPATH": path}}
 
@@ -66,7 +66,7 @@ class WorkerPool:
     """The actors, what each runs now, and which are down (restarting) or gone."""
 
     def __init__(self, ray, count: int, options: dict, registry, device: str, precision: str):
-        from .ray_worker import ImageWorker
+        from .worker import ImageWorker
         self.ray = ray
         cls = ray.remote(ImageWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **options)
         self.actors = [cls.remote(registry, device, precision) for _ in range(count)]

@@ -7,12 +7,12 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .. import hires
-from ..extras import RecipeExtras
-from ..limits import LimitError, check_request
-from ..prompt import PromptError, split_prompt
-from ..request import DreamRequest
-from ..switches import BY_SPELLING, SwitchError, format_number
+from ...line import hires
+from ...weights.library import RecipeExtras
+from ...line.limits import LimitError, check_request
+from ...line.prompt import PromptError, split_prompt
+from ...line.request import DreamRequest
+from ...line.switches import BY_SPELLING, SwitchError, format_number
 
 APP_ID = "dreamshell"
 MAX_CHUNK = 1 << 20          # one text chunk (decompressed) a recipe may come from

@@ -16,15 +16,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from .extras import ExtraError, Library
-from .limits import check_request
-from .prompt import PromptError
-from .dreamlog import LOG_NAME
-from .formatter import format_request
-from .models import ModelsFileError, ModelSpec, Registry
-from .parser import ParseError, parse_line
-from .request import BangCommand, Blank, DreamRequest, HelpRequest
-from .resolve import ResolveError, apply_defaults, image_requests, resolve_request
+from ..weights.library import ExtraError, Library
+from ..line.limits import check_request
+from ..line.prompt import PromptError
+from ..store.dreamlog import LOG_NAME
+from ..line.formatter import format_request
+from ..weights.models import ModelsFileError, ModelSpec, Registry
+from ..line.parser import ParseError, parse_line
+from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
+from ..run.resolve import ResolveError, apply_defaults, image_requests, resolve_request
 
 
 class LineError(ValueError):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 
 from .dispatch import Command, Dispatcher, Outcome, Work
-from .parser import ParseError, parse_switches
-from .pngmeta import MetadataError, read_recipe
-from .request import DreamRequest
+from ..line.parser import ParseError, parse_switches
+from ..store.pngmeta import MetadataError, read_recipe
+from ..line.request import DreamRequest
 from .session import Control, Listener, Session, UserError
 
 FIX_SWITCHES = {"upscale"}

@@ -13,8 +13,8 @@ from concurrent.futures import Future
 from queue import SimpleQueue
 from typing import Callable
 
-from .engines.protocols import GenerationError
-from .models import ModelSpec
+from ..engines.protocols import GenerationError
+from ..weights.models import ModelSpec
 
 
 class LoadError(ValueError):

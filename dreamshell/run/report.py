@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .request import ImageRecord
-from .safetext import one_line, visible
+from ..line.request import ImageRecord
+from ..line.safetext import one_line, visible
 from .session import Listener, Stopped
 
 

@@ -3,7 +3,7 @@
 Writing: `png_bytes(image, meta)` returns the encoded PNG with the three text chunks. Reading:
 `fetch_recipe(path)` (request, notes, source) and `read_recipe(path)` (the request alone) read ours,
 InvokeAI's (1.x-6.x), A1111's (PNG, JPEG, WebP) and ComfyUI's; the formats live in
-`dreamshell.formats`. Pillow and stdlib only.
+`dreamshell.store.formats`. Pillow and stdlib only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 from .formats import (ImageMeta, MetadataError, Recipe, a1111_parameters, dream_text, fetch_recipe, parse_a1111,
                       read_texts, sd_metadata)
 from .formats.common import APP_ID
-from .request import DreamRequest
+from ..line.request import DreamRequest
 
 __all__ = ["APP_ID", "ImageMeta", "MetadataError", "Recipe", "a1111_parameters", "fetch_recipe", "parse_a1111",
            "png_bytes", "read_chunks", "read_recipe", "sd_metadata"]

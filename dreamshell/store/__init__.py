@@ -1,0 +1,1 @@
+"""What lands on disk: the output folder (name + chunks + log line, crash-consistent), the log, durable writes, recipe formats."""
