@@ -84,7 +84,7 @@ def main() -> int:
         return 2
     model = args.model
     if model is None:
-        from make_fullsize_checkpoints import write_checkpoint
+        from dreamshell.engines.fullsize import write_checkpoint
         model = str(write_checkpoint("sd15", Path(tempfile.mkdtemp(prefix="bench-gpu-"))))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD 1.5 shape, float16, 512x512, "
           f"{args.steps} steps, k_euler, CFG 7.5")

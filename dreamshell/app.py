@@ -6,15 +6,16 @@ import signal
 import threading
 from pathlib import Path
 
-from .run.dispatch import Dispatcher
-from .store.dreamlog import read_command_source
 from .line.errors import CommandFileError
-from .line.safetext import shorten
-from .run.model_host import ModelHost
-from .weights.models import ModelsFileError, load_registry
 from .line.request import DreamRequest
-from .run.session import Control, Session
+from .line.safetext import shorten
+from .run.dispatch import Dispatcher
+from .run.model_host import ModelHost
 from .run.report import RichProgress, TextListener, error_printer
+from .run.session import Session
+from .run.types import Control
+from .store.dreamlog import read_command_source
+from .weights.models import ModelsFileError, load_registry, with_folders
 
 
 def _generator_factory(device: str, precision: str, lowvram: bool = False, compile: bool = False,
@@ -33,13 +34,10 @@ def _upscaler_factory(registry, device: str):
     return make
 
 
-def with_folders(registry, args):
-    """The registry with the LoRA, embedding and VAE folders the launch switches name (over the models file's)."""
-    from dataclasses import replace
-    changes = {field: Path(value).expanduser() for field, value in
-               (("loras", getattr(args, "lora_dir", None)), ("embeddings", getattr(args, "embedding_dir", None)),
-                ("vaes", getattr(args, "vae_dir", None))) if value}
-    return replace(registry, folders=replace(registry.folders, **changes)) if changes else registry
+def launch_folders(args) -> dict:
+    """--lora_dir, --embedding_dir and --vae_dir as weights.models.with_folders takes them."""
+    return {"loras": getattr(args, "lora_dir", None), "embeddings": getattr(args, "embedding_dir", None),
+            "vaes": getattr(args, "vae_dir", None)}
 
 
 class InterruptibleRun:
@@ -86,7 +84,7 @@ def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     error = error_printer(err)
 
     try:
-        registry = with_folders(load_registry(config), args)
+        registry = with_folders(load_registry(config), **launch_folders(args))
         spec = registry.get(args.model) if args.model else registry.default
     except ModelsFileError as e:
         error(str(e))

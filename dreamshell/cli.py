@@ -1,4 +1,4 @@
-"""argv -> config; the composition root that builds engines, session and shell.
+"""argv -> config: the launcher's switches, the session defaults, and the run (app.py builds the parts).
 
 Heavy modules (torch, diffusers) are imported only when a model is really loaded, so `--help`,
 `--version`, `--dry_run` and the first `dream>` prompt appear at once.
@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = args.config or default_models_file()
     if args.dry_run:
+        from .app import launch_folders
         from .run.dryrun import dry_run
-        return dry_run(args.from_file, config, session_defaults(args, ap), sys.stdout)
+        return dry_run(args.from_file, config, session_defaults(args, ap), sys.stdout, launch_folders(args))
     from .app import run_app
     return run_app(args, config, session_defaults(args, ap))
 

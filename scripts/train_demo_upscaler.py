@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from dreamshell.demo import shapes  # noqa: E402
+from dreamshell.demo.upscaler_eval import evaluate  # noqa: E402
 from dreamshell.engines.esrgan import SRVGGNetCompact, build_from_state_dict  # noqa: E402
 
 OUT = ROOT / "models" / "upscaler" / "demo-x4.safetensors"
@@ -75,28 +76,6 @@ def batch(rng, n):
     lrs, hrs = zip(*(pair(rng) for _ in range(n)))
     to = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2)  # noqa: E731
     return to(lrs), to(hrs)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a.clamp(0, 1), b).item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def evaluate(model, n: int = 64, seed: int = 12345) -> dict:
-    """PSNR of the model and of bicubic upsampling on held-out 64x64 -> 256x256 shape images."""
-    rng = random.Random(seed)
-    bic, ours = [], []
-    with torch.no_grad():
-        for _ in range(n):
-            hr_img = shapes.render(shapes.random_scene(rng), rng, scale=4)
-            lr_img = hr_img.resize((64, 64), Image.BICUBIC)
-            hr = torch.from_numpy(np.asarray(hr_img, np.float32) / 255).permute(2, 0, 1)[None]
-            lr = torch.from_numpy(np.asarray(lr_img, np.float32) / 255).permute(2, 0, 1)[None]
-            up = torch.from_numpy(np.asarray(lr_img.resize((256, 256), Image.BICUBIC), np.float32) / 255)
-            bic.append(psnr(up.permute(2, 0, 1)[None], hr))
-            ours.append(psnr(model(lr), hr))
-    return {"images": n, "bicubic_psnr": round(float(np.mean(bic)), 2), "model_psnr": round(float(np.mean(ours)), 2),
-            "gain_db": round(float(np.mean(ours) - np.mean(bic)), 2)}
 
 
 def main() -> int:

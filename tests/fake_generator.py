@@ -15,6 +15,7 @@ class FakeGenerator:
     device = "cpu"
     precision = "float32"
     model_hash = "0" * 64
+    batch_size = 1
     built = 0
 
     def __init__(self, step_delay: float = 0.0):
@@ -27,22 +28,31 @@ class FakeGenerator:
         self.load_gate.set()
         self.loads: list[str] = []
         self.generated: list[int] = []
+        self.esrgan = None
+        self.files_seen: list = []        # the LoRA/embedding/VAE files each image was given (work-once tests)
 
     def load(self, spec):
         self.load_gate.wait(30)
         if not spec.weights.exists() and spec.name != "fake":
             raise GenerationError(f"model '{spec.name}': {spec.weights} does not exist")
+        if spec.name == "broken":
+            self.spec = None
+            raise GenerationError(f"cannot load model 'broken' from {spec.weights}: its weights are damaged")
         self.loads.append(spec.name)
         self.spec = spec
 
-    def tokenization(self, prompt: str) -> str:
+    def tokenization(self, prompt: str, files=None) -> str:
         return f"tokens of {prompt}"
 
-    def prompt_notes(self, prompt: str) -> list[str]:
+    def prompt_notes(self, prompt: str, files=None) -> list[str]:
         return []
 
-    def generate(self, request, *, init_image=None, mask=None, on_step=None, should_stop=None, on_preview=None,
-                 **_):
+    def generate_batch(self, requests, *, files=None, on_step=None, should_stop=None):
+        return [self.generate(r, files=files, on_step=on_step, should_stop=should_stop) for r in requests]
+
+    def generate(self, request, *, files=None, init_image=None, mask=None, on_step=None, should_stop=None,
+                 on_preview=None, **_):
+        self.files_seen.append(files)
         for step in range(request.steps):
             while not self.gate.wait(0.01):
                 if should_stop is not None and should_stop():

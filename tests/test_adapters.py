@@ -14,7 +14,7 @@ from dreamshell.store.dreamlog import read_commands
 from dreamshell.weights.library import Folders
 from dreamshell.weights.models import demo_spec, Registry
 from dreamshell.store.pngmeta import read_chunks
-from dreamshell.run.session import UserError
+from dreamshell.line.errors import UserError
 
 BASE = "a red circle on a blue background -S 5 -s 6"
 
@@ -97,7 +97,7 @@ def test_two_loras_and_each_alone_differ(session):
 
 def test_the_tag_is_taken_out_of_the_text_the_encoder_reads(demo_generator, session):
     s = session()
-    texts = [t for _, t in demo_generator._encoder_texts("a red circle <lora:rnd:0.5> on a blue background")]
+    texts = [t for _, t in demo_generator.text.encoder_texts("a red circle <lora:rnd:0.5> on a blue background")]
     assert texts == ["a red circle on a blue background"]
     tagged = pixels(one(s, "a red circle <lora:rnd:0> on a blue background -S 5 -s 6").path)
     assert tagged == pixels(one(s, BASE).path)   # weight 0 and the tag gone from the text: the plain image
@@ -156,7 +156,7 @@ def test_embeddings_are_words_of_the_prompt_and_of_the_negative(session):
 def test_an_embedding_changes_what_the_word_means(session, demo_generator):
     s = session()
     with_word = pixels(one(s, "a zzword on a blue background -S 5 -s 6").path)
-    assert "zzword" in demo_generator.tokenizer.get_vocab()
+    assert "zzword" in demo_generator.text.tokenizer.get_vocab()
     # the word as plain text (no such embedding: another word of the same letters) draws differently
     assert with_word != pixels(one(s, "a zzwort on a blue background -S 5 -s 6").path)
 

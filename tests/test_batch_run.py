@@ -8,7 +8,7 @@ from PIL import Image
 from dreamshell.batch.plan import plan_lines
 from dreamshell.batch.driver import BatchRun, OrderedWriter
 from dreamshell.weights.models import Registry, demo_spec
-from dreamshell.run.session import Control
+from dreamshell.run.types import Control, ImageResult
 
 LINES = [(1, "a red circle -S 7 -n 3"), (2, "a blue square -S -1"), (4, "a green square -S 30 -n 2"),
          (5, "a pink circle -I -1 -f 0.5 -S 40")]
@@ -58,8 +58,8 @@ class FakePool:
             else:
                 self.made.append(index)
                 colour = (request.seed % 256, len(request.prompt), 9)
-                events.append(("ok", index, {"request": request, "image": Image.new("RGB", (64, 64), colour),
-                                             "notes": [], "post": (), "model_hash": "ab" * 32, "original": None}))
+                events.append(("ok", index, ImageResult(Image.new("RGB", (64, 64), colour), request, "txt2img",
+                                                        "ab" * 32)))
         return events
 
 

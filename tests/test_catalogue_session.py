@@ -2,7 +2,6 @@
 written before is changed (issue 12's catalogue, the session's half; tests/test_catalogue.py has the
 line-level half)."""
 
-from pathlib import Path
 
 import pytest
 from fake_generator import FakeGenerator

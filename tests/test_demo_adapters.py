@@ -1,26 +1,19 @@
 """The shipped demo adapters do what they are for, through dreamshell (a CI-sized sample of
 bench/eval_demo_adapters.py; the full measurement is in models/loras/README.md and the closing note)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from conftest import run_line as run
+from dreamshell.demo.adapters_eval import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("eval_demo_adapters", ROOT / "bench" / "eval_demo_adapters.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def measured():
-    return _bench().measure(seeds=1, prompts=6, base_prompts=6, echo=lambda *_: None)
+    return measure(seeds=1, prompts=6, base_prompts=6, echo=lambda *_: None)
 
 
 def test_the_demo_lora_teaches_the_cross_only_with_its_tag(measured):

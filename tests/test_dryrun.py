@@ -22,7 +22,8 @@ def test_earlier_seeds_are_followed():
     assert [ok for ok, _ in results] == [True, True, True, True, False]
     assert " -S 9 " in results[1][1]
     assert f" -S {RANDOM} " in results[3][1]
-    assert "refers to an image 9 back, but only 6 come before it" in results[4][1]
+    # the run's own words (run/resolve.py): the dry run plans through the same code
+    assert "-S -9 refers to the seed 9 image(s) back, but there is only 6 image(s) made so far" in results[4][1]
 
 
 def test_the_resolved_request_is_checked_against_the_sampler():

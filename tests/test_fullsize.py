@@ -1,16 +1,15 @@
 """Full size, offline: a random-weight SD 1.5 file in the original (LDM) layout, as downloaded, is
 detected from its header, loaded with every tensor where it was written, and makes an image."""
 
-import sys
-from pathlib import Path
+import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+pytestmark = pytest.mark.slow   # full size / Ray: minutes; CI runs it
 
 
 def test_a_full_size_sd15_checkpoint_loads_offline_with_every_tensor_in_place(tmp_path, monkeypatch):
     import socket
 
-    from make_fullsize_checkpoints import check, write_checkpoint
+    from dreamshell.engines.fullsize import check, write_checkpoint
 
     def refuse(*args, **kwargs):
         raise OSError("network access is disabled in this test")

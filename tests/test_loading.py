@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-from dreamshell.engines.generator import DiffusersGenerator, batches
+from dreamshell.engines.generator import DiffusersGenerator
+from dreamshell.run.plan import batch_groups
 from dreamshell.engines.protocols import GenerationError
 from dreamshell.weights.models import ModelSpec, demo_spec
 from dreamshell.line.parser import parse_request
@@ -92,9 +93,10 @@ def test_an_inpainting_checkpoint_is_detected_and_used_for_every_mode(tmp_path):
 def test_batches_group_only_what_differs_in_seed():
     base = parse_request("a red circle -S 1").with_(steps=4, width=64, height=64, cfg_scale=5.0, sampler="ddim")
     reqs = [base.with_(seed=s) for s in (1, 2, 3)] + [base.with_(seed=4, prompt="a blue square")]
-    assert [len(g) for g in batches(reqs, 2)] == [2, 1, 1]
-    assert [len(g) for g in batches(reqs, 8)] == [3, 1]
-    assert [len(g) for g in batches(reqs, 1)] == [1, 1, 1, 1]
+    assert [len(g) for g in batch_groups(reqs, 2, together=True)] == [2, 1, 1]
+    assert [len(g) for g in batch_groups(reqs, 8, together=True)] == [3, 1]
+    assert [len(g) for g in batch_groups(reqs, 1, together=True)] == [1, 1, 1, 1]
+    assert [len(g) for g in batch_groups(reqs, 8, together=False)] == [1, 1, 1, 1]   # an init image: one at a time
 
 
 @pytest.mark.parametrize("sampler", ["k_euler_a", "ddim"])
@@ -102,8 +104,8 @@ def test_each_image_of_a_batch_is_the_image_its_seed_makes_alone(demo, sampler):
     spec = demo.spec
     reqs = [_request(spec, f"a green triangle -S {s} -s 5 -A {sampler}") for s in (11, 12, 13)]
     alone = [_pixels(demo.generate(r)) for r in reqs]
-    demo.batch_size = 1
-    assert all(np.array_equal(a, _pixels(b)) for a, b in zip(alone, demo.generate_batch(reqs)))
+    one_by_one = [image for r in reqs for image in demo.generate_batch([r])]
+    assert all(np.array_equal(a, _pixels(b)) for a, b in zip(alone, one_by_one))
     demo.batch_size = 3
     try:
         together = [_pixels(b) for b in demo.generate_batch(reqs)]
@@ -166,7 +168,7 @@ def test_a_ckpt_is_read_safely_detected_and_loaded(tmp_path):
 
 def test_running_out_of_memory_on_the_cpu_is_recognised():
     """CPU allocation failures are out-of-memory errors (one line with what to try), not 'unexpected'."""
-    from dreamshell.engines.generator import is_out_of_memory
+    from dreamshell.engines.device import is_out_of_memory
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
                                          "can't allocate memory: you tried to allocate 40000000000000 bytes."))
     assert is_out_of_memory(MemoryError())

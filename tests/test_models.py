@@ -112,7 +112,7 @@ def test_shipped_configs_rebuild_the_real_architectures(kind, part):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreamshell.engines.generator import single_file_config
+    from dreamshell.engines.loading import single_file_config
     folder = single_file_config(kind) / part
     with torch.device("meta"):
         if part == "unet":
@@ -129,7 +129,7 @@ def test_shipped_configs_rebuild_the_real_architectures(kind, part):
 def test_shipped_tokenizer_is_clips(tmp_path):
     from transformers import CLIPTokenizer
 
-    from dreamshell.engines.generator import single_file_config
+    from dreamshell.engines.loading import single_file_config
     tok = CLIPTokenizer.from_pretrained(single_file_config("sd1") / "tokenizer", local_files_only=True)
     assert len(tok) == 49408
     assert tok("a photograph of an astronaut riding a horse").input_ids == \

@@ -13,7 +13,7 @@ import ray
 from dreamshell.cli import build_argparser, main
 from dreamshell.weights.models import Registry, demo_spec
 from dreamshell.batch.cluster import local_runtime_env, run_ray
-from dreamshell.run.session import Control
+from dreamshell.run.types import Control
 
 STEPS = ["-s", "3"]
 LINES = [
@@ -32,6 +32,8 @@ LINES = [
     "a pink circle -S 22",
 ]
 TOTAL = 16
+
+pytestmark = pytest.mark.slow   # full size / Ray: minutes; CI runs it
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from dreamshell.line.prompt import PromptError, split_prompt
 from dreamshell.line.request import DreamRequest, UpscaleSpec
 from dreamshell.line.safetext import first_unsafe
 from dreamshell.line.samplers import SAMPLERS, schedule_names
+from dreamshell.line.hires import target_size
 from dreamshell.line.switches import MAX_SEED, SWITCHES
 
 # a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
@@ -111,12 +112,12 @@ def requests(draw):
     for key in ("steps", "hires_steps"):
         if key in values and "sampler" in values:  # each sampler's own bound (LCM: 50)
             values[key] = min(values[key], max_steps(values["sampler"]))
-    if values.get("hires_fix") and values.get("width", 0) * values.get("hires_scale", 2) > 8192 + 8:
-        values["hires_scale"] = 1.5
-        values["width"] = min(values["width"], 4096)
-    if values.get("hires_fix") and values.get("height", 0) * values.get("hires_scale", 2) > 8192 + 8:
-        values["hires_scale"] = 1.5
-        values["height"] = min(values["height"], 4096)
+    if values.get("hires_fix"):   # the second pass within the size limit (as rounded: hires.target_size)
+        scale = values.get("hires_scale", 2)
+        if max(target_size(values.get("width", 64), values.get("height", 64), scale)) > 8192:
+            values["hires_scale"] = 1.5
+            values["width"] = min(values.get("width", 64), 4096)
+            values["height"] = min(values.get("height", 64), 4096)
     return DreamRequest(prompt=draw(prompts().filter(_valid_prompt)), **values)
 
 

@@ -10,7 +10,8 @@ from dreamshell.run.dispatch import Dispatcher
 from dreamshell.store.dreamlog import read_commands
 from dreamshell.line.parser import parse_request
 from dreamshell.store.pngmeta import read_recipe
-from dreamshell.run.session import Control, Listener, UserError
+from dreamshell.line.errors import UserError
+from dreamshell.run.types import Control, Listener
 
 
 def pixels(path):
@@ -255,7 +256,7 @@ def test_batch_size_makes_the_images_each_seed_makes_alone(make_session, shared_
 
 
 def test_the_stopped_line_says_the_images_after_it_were_not_made():
-    from dreamshell.run.session import Stopped
+    from dreamshell.run.types import Stopped
     from dreamshell.run.report import stopped_line
     assert stopped_line(Stopped(1, 5, 0)) == ("stopped: image 1 of 5 was not finished and is not saved; the 4 after "
                                              "it were not made; 0 finished image(s) kept")

@@ -212,16 +212,20 @@ def test_switch_typed_while_the_model_loads_loads_once(drive_shell, fake_session
 def test_a_failed_switch_keeps_the_model_that_was_loaded(drive_shell, fake_session, tmp_path):
     s = fake_session()
     s.registry.models["gone"] = ModelSpec("gone", tmp_path / "nowhere", "sd1")
+    s.registry.models["broken"] = ModelSpec("broken", tmp_path, "sd1")     # there, but it does not load
     d = drive_shell(s)
     d.type("one -S 1\r")
     d.wait_output("[1] ")
-    d.type("!switch gone\r")
-    line = d.wait_output("does not exist")
+    d.type("!switch gone\r")          # weights that are not there: answered at once, nothing loads
+    gone = d.wait_output("does not exist")
+    d.type("!switch broken\r")
+    broken = d.wait_output("cannot load")
     d.type("two -S 2\r")
     d.wait_output("[2] ")
     assert d.finish() == 0
-    assert "fake is still the loaded model" in line
-    assert s.spec.name == "fake" and s.seeds == [1, 2]
+    assert gone.startswith("error: model 'gone': ")
+    assert "fake is still the loaded model" in broken
+    assert s.spec.name == "fake" and s.seeds == [1, 2] and s.fake.loads == ["fake", "fake"]
 
 
 def test_a_line_typed_before_the_model_loads_waits_for_it(drive_shell, fake_session):

@@ -175,14 +175,10 @@ def test_dash_U_typed_at_the_dream_prompt(upscaling_session, drive_shell, tmp_pa
 
 
 def test_the_demo_upscaler_beats_bicubic():
-    import importlib.util
     from safetensors.torch import load_file
 
+    from dreamshell.demo.upscaler_eval import evaluate
     from dreamshell.weights.models import builtin_models_dir
-    script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_upscaler.py"
-    spec = importlib.util.spec_from_file_location("train_demo_upscaler", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     model = build_from_state_dict(load_file(str(builtin_models_dir() / "upscaler" / "demo-x4.safetensors")))
-    figures = mod.evaluate(model, n=12)
+    figures = evaluate(model, n=12)
     assert figures["gain_db"] >= 1.0, figures

@@ -14,11 +14,12 @@ import logging
 import time
 from pathlib import Path
 
-from .plan import plan_lines
-from .driver import DEPTH, BatchRun, OrderedWriter
-from ..store.dreamlog import read_command_source
 from ..line.errors import CommandFileError
+from ..line.safetext import first_line
+from ..store.dreamlog import read_command_source
 from ..store.output import OutputError
+from .driver import DEPTH, BatchRun, OrderedWriter
+from .plan import plan_lines
 
 INSTALL = '--ray needs Ray, an optional extra: pip install "dreamshell[ray]"'
 MAX_RESTARTS = 3          # a worker process that dies is started again this often
@@ -90,7 +91,7 @@ class WorkerPool:
 
     def submit(self, actor: int, index: int, task, payload, notes: bool) -> None:
         request, init, mask = payload
-        ref = self.actors[actor].run.remote(request, task.spec, init, mask, notes)
+        ref = self.actors[actor].run.remote(request, task.spec, task.plan.files, init, mask, notes)
         self.running[ref] = (index, actor)
         self.load[actor] += 1
         self.model[actor] = task.spec.name
@@ -123,8 +124,8 @@ class WorkerPool:
         except RayError:  # the worker process died: hand the image to another
             self._mark_down(actor)
             return "lost", index, None
-        self.pids.add(result.get("pid"))
-        return ("error", index, result["error"]) if "error" in result else ("ok", index, result)
+        self.pids.add(result.pid)
+        return ("error", index, result.error) if result.error is not None else ("ok", index, result.result)
 
     def _mark_down(self, actor: int) -> None:
         if actor not in self.down and actor not in self.gone:
@@ -158,7 +159,13 @@ class BatchProgress:
     """One bar for the whole batch: images done, images/s, ETA and workers alive."""
 
     def __init__(self, console, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
         self._progress = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
                                   TextColumn("{task.fields[workers]}"), console=console, transient=True)
@@ -203,7 +210,7 @@ def run_ray(args, registry, spec, defaults, echo, error, control, console=None) 
     try:
         started = connect(ray, args.ray)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        error(f"--ray {args.ray}: cannot reach the Ray cluster ({str(e).strip().splitlines()[0]})")
+        error(f"--ray {args.ray}: cannot reach the Ray cluster ({first_line(e)})")
         return 2
     count, options, device = worker_layout(ray, args.device, args.ray_cpus_per_worker, args.ray_workers)
     if count < 1:

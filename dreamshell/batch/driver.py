@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import __version__
-from .plan import LineError, LogIndex, Plan, load_inputs
-from ..weights.library import RecipeExtras
-from ..line.formatter import format_request
+from ..line.errors import UserError
+from ..line.request import ImageRecord
+from ..run.image import load_inputs
+from ..run.report import record_line
+from ..run.types import ImageResult
 from ..store.output import OutputFolder, compose_grid
 from ..store.pngmeta import ImageMeta
-from ..line.request import ImageRecord
-from ..run.report import record_line
+from .plan import LogIndex, Plan
 
 DEPTH = 2                 # images queued at each worker (the next one is there when one ends)
 MAX_LOSSES = 3            # an image whose worker died this often is given up
@@ -42,24 +43,15 @@ class OrderedWriter:
                 self.echo(note)
         return self._folders[key]
 
-    def write(self, task, result: dict) -> str:
-        """Save one image (and its original with --save_original); return its path."""
-        request, image = result["request"], result["image"]
-        image_type = "inpaint" if request.init_mask else "img2img" if request.init_img else "txt2img"
-        folder = self.folder(request.outdir)
-        for note in result["notes"]:
+    def write(self, task, result: ImageResult) -> str:
+        """Save one image (and its original with --save_original) with the one call a local run uses."""
+        for note in result.notes:
             self.echo(note)
-        extras = result.get("extras") or RecipeExtras()
-        meta = ImageMeta(request, result["model_hash"], __version__, tuple(result["post"]), image_type, extras)
-        path = folder.save_image(image, meta)
-        if request.upscale and request.save_original and result["original"] is not None:
-            plain = request.with_(upscale=None, save_original=False)
-            folder.save_original(path, result["original"], ImageMeta(plain, result["model_hash"], __version__,
-                                                                     (), image_type, extras))
+        path, command = self.folder(result.request.outdir).save_result(result, task.plan.extras, __version__)
         self.count += 1
-        self.echo(record_line(ImageRecord(str(path), request.seed, format_request(request), self.count)))
-        if task.grid:
-            self._grid.append((path, image, result))
+        self.echo(record_line(ImageRecord(str(path), result.request.seed, command, self.count)))
+        if task.plan.grid:
+            self._grid.append((path, result))
         return str(path)
 
     def end_line(self, task) -> None:
@@ -67,20 +59,17 @@ class OrderedWriter:
         made, self._grid = self._grid, []
         if len(made) < 2:
             return
-        first, _, result = made[0]
-        images = [image for _, image, _ in made]
-        grid = compose_grid(images)
-        one = result["request"]
-        line = task.line_request.with_(grid=False, width=one.width, height=one.height, init_img=one.init_img)
-        meta = ImageMeta(line, result["model_hash"], __version__, (), "grid", result.get("extras") or RecipeExtras())
-        self.folder(one.outdir).save_grid(first, grid, meta, len(images))
+        first, result = made[0]
+        meta = ImageMeta(task.plan.grid_request(result.request), result.model_hash, __version__, (), "grid",
+                         task.plan.extras)
+        self.folder(result.request.outdir).save_grid(first, compose_grid([r.image for _, r in made]), meta, len(made))
 
 
 class BatchRun:
     """The driver's loop: make tasks ready in a window ahead of the writer, hand them to free workers
     (the same model first), take results, write them in order."""
 
-    def __init__(self, plan: Plan, pool: WorkerPool, writer: OrderedWriter, control, label: str,
+    def __init__(self, plan: Plan, pool, writer: OrderedWriter, control, label: str,
                  error, resume: bool, progress=None, window: int | None = None):
         self.tasks = plan.tasks
         self.pool, self.writer, self.control, self.label = pool, writer, control, label
@@ -103,7 +92,8 @@ class BatchRun:
         while True:
             self._prepare()
             stopping = self.control.stop.is_set()
-            self._flush(stopping)
+            if not stopping:
+                self._flush()
             if self.next >= len(self.tasks):
                 return "done"
             if stopping:
@@ -127,7 +117,7 @@ class BatchRun:
                 continue  # waits until the image it names is written
             try:
                 payload = self._inputs(task)
-            except LineError as e:
+            except UserError as e:
                 self._fail_line(task, str(e))
                 continue
             logged = self._log(payload[0].outdir).take(payload[0]) if self.resume else None
@@ -141,9 +131,9 @@ class BatchRun:
         if request.init_img == "-1":
             last = next((self.paths[j] for j in range(task.line_start - 1, -1, -1) if j in self.paths), None)
             if last is None:
-                raise LineError("-I -1 means the last image made, but none was made before this line")
+                raise UserError("-I -1 means the last image made, but none was made before this line")
             request = request.with_(init_img=last)
-        init, mask, request = load_inputs(request, task.explicit_size)
+        init, mask, request = load_inputs(request, task.plan.explicit_size, self.writer.echo)
         return request, init, mask
 
     def _log(self, outdir: str | None) -> LogIndex:
@@ -198,14 +188,13 @@ class BatchRun:
 
     # ----- write, in the file's order
 
-    def _flush(self, stopping: bool = False) -> None:
-        """Write what is next in order; when stopping, only finished images (a failure seen after
-        Ctrl-C may be the stop itself, so it is not reported)."""
-        while self.next < len(self.tasks):
+    def _flush(self) -> None:
+        """Write what is next in order, until an image is not finished or Ctrl-C is pressed (it stops at
+        once: what is written is whole and logged; images finished but not written are made again by
+        --resume)."""
+        while self.next < len(self.tasks) and not self.control.stop.is_set():
             i, task = self.next, self.tasks[self.next]
             state = self.status[i]
-            if stopping and state not in ("done", "skipped"):
-                return
             if state == "done":
                 self.paths[i] = self.writer.write(task, self.results.pop(i))
                 self.payload.pop(i, None)

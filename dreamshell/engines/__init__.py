@@ -1,0 +1,1 @@
+"""The engines: the only code that imports torch (diffusers generator, adapters, upscaler, previews)."""

@@ -1,7 +1,8 @@
 """LoRAs, textual-inversion embeddings, VAEs and clip skip on the resident pipeline (imports torch).
 
-The generator calls `apply(request)` before each image: the line's LoRAs are loaded once (diffusers'
-`load_lora_weights`, needs peft) and weighted with `set_adapters`; a line without tags runs with every
+Before each image the generator hands in the files its line uses (`weights/library.LineFiles`, found
+once when the line was planned): the LoRAs are loaded once (diffusers' `load_lora_weights`, needs peft)
+and weighted with `set_adapters`; a line without tags runs with every
 LoRA disabled, so it makes the same bytes as before any was loaded (nothing is fused). Embeddings
 are loaded when their word first appears (`load_textual_inversion`, `.pt` only through
 `weights_only=True`). A `--vae` swaps the pipeline's VAE (each loaded once) and back. Clip skip drops
@@ -16,24 +17,17 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..weights.library import DIFFUSERS_LORA_FILE, ExtraError, Library, UsedEmbedding, UsedLora
-from ..line.prompt import PromptError
-from ..line.safetext import quoted, shorten
+from ..line.safetext import first_line, quoted, shorten
+from ..weights.library import DIFFUSERS_LORA_FILE, UsedEmbedding, UsedLora
 from .protocols import GenerationError
 
 MAX_VAES = 3   # extra VAEs kept loaded beside the model's own
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return shorten(text[0] if text else type(e).__name__, 200)
-
-
 class Adapters:
     """What is loaded into one resident model; `reset()` when the model goes."""
 
-    def __init__(self, library: Library):
-        self.library = library
+    def __init__(self):
         self.reset()
 
     def reset(self) -> None:
@@ -47,27 +41,23 @@ class Adapters:
 
     # ----- LoRAs
 
-    def load_loras(self, pipe, prompt: str, model_name: str) -> tuple[list[UsedLora], list[str]]:
-        """The prompt's LoRAs, each loaded once; notes for weights a file has that the model has no place for."""
-        try:
-            used = self.library.used_loras(prompt)
-        except (ExtraError, PromptError) as e:
-            raise GenerationError(str(e)) from None
+    def load_loras(self, pipe, used: tuple[UsedLora, ...], model_name: str) -> list[str]:
+        """A line's LoRAs, each loaded once; notes for weights a file has that the model has no place for."""
         notes = []
         for u in used:
             if str(u.path.resolve()) not in self.loras:
                 notes += self._load_lora(pipe, u, model_name)
-        return used, notes
+        return notes
 
-    def apply_loras(self, pipe, prompt: str, model_name: str) -> None:
-        used, _ = self.load_loras(pipe, prompt, model_name)
+    def apply_loras(self, pipe, used: tuple[UsedLora, ...], model_name: str) -> None:
+        self.load_loras(pipe, used, model_name)
         if used:
             names = [self.loras[str(u.path.resolve())] for u in used]
             try:
                 pipe.enable_lora()
                 pipe.set_adapters(names, adapter_weights=[u.weight for u in used])
             except Exception as e:
-                raise GenerationError(f"cannot weight the LoRAs {', '.join(u.name for u in used)}: {_one_line(e)}") \
+                raise GenerationError(f"cannot weight the LoRAs {', '.join(u.name for u in used)}: {first_line(e)}") \
                     from e
             self.lora_active = True
         elif self.lora_active and hasattr(pipe.unet, "_orig_mod"):
@@ -99,11 +89,11 @@ class Adapters:
                 pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter,
                                        local_files_only=True)
         except ImportError as e:
-            raise GenerationError(f"LoRAs need the 'peft' package: pip install peft ({_one_line(e)})") from None
+            raise GenerationError(f"LoRAs need the 'peft' package: pip install peft ({first_line(e)})") from None
         except Exception as e:
             self._forget(pipe, adapter)
             raise GenerationError(f"LoRA {quoted(used.name)} ({shorten(str(path), 120)}) does not fit model "
-                                  f"'{model_name}': {_one_line(e)}") from e
+                                  f"'{model_name}': {first_line(e)}") from e
         finally:
             if compiled is not None:
                 pipe.unet = compiled   # the compiled wrapper of the same module: it recompiles on its next call
@@ -130,12 +120,10 @@ class Adapters:
 
     # ----- embeddings
 
-    def ensure_embeddings(self, pipe, prompt: str, is_sdxl: bool) -> list[UsedEmbedding]:
-        used = self.library.used_embeddings(prompt)
+    def ensure_embeddings(self, pipe, used: tuple[UsedEmbedding, ...], is_sdxl: bool) -> None:
         for u in used:
             if str(u.path.resolve()) not in self.embeddings:
                 self._load_embedding(pipe, u, is_sdxl)
-        return used
 
     def encoder_text(self, text: str) -> str:
         """The text as the tokenizer must see it: each embedding's word spelled as it was registered."""
@@ -177,23 +165,19 @@ class Adapters:
                 pipe.load_textual_inversion({used.name: vectors}, token=used.name, tokenizer=tokenizer,
                                             text_encoder=encoder)
             except Exception as e:
-                raise GenerationError(f"embedding {quoted(used.name)}: {_one_line(e)}") from e
+                raise GenerationError(f"embedding {quoted(used.name)}: {first_line(e)}") from e
         self.embeddings[str(used.path.resolve())] = used.name
 
     # ----- VAE
 
-    def apply_vae(self, pipes: list, name: str | None, load_config_from, after_swap) -> None:
-        """Put the VAE `name` (None: the model's own) into every pipeline."""
+    def apply_vae(self, pipes: list, path: Path | None, load_config_from, after_swap) -> None:
+        """Put the VAE file or folder at `path` (None: the model's own) into every pipeline."""
         base = pipes[0]
         if self.base_vae is None:
             self.base_vae = base.vae
-        if not name:
+        if path is None:
             key, vae = None, self.base_vae
         else:
-            try:
-                path = self.library.find_vae(name)
-            except ExtraError as e:
-                raise GenerationError(str(e)) from None
             key = str(path.resolve())
             if key not in self.vaes:
                 if len(self.vaes) >= MAX_VAES:
@@ -248,8 +232,8 @@ def _read_embedding(path: Path, name: str):
     except Exception as e:
         if path.suffix.lower() != ".safetensors":
             raise GenerationError(f"refusing embedding {quoted(name)} ({shown}): it does not load with "
-                                  f"torch.load(weights_only=True) ({_one_line(e)}); use a .safetensors file") from None
-        raise GenerationError(f"embedding {quoted(name)} ({shown}) cannot be read: {_one_line(e)}") from None
+                                  f"torch.load(weights_only=True) ({first_line(e)}); use a .safetensors file") from None
+        raise GenerationError(f"embedding {quoted(name)} ({shown}) cannot be read: {first_line(e)}") from None
     if isinstance(data, torch.Tensor):
         return data
     if not isinstance(data, dict):
@@ -293,7 +277,7 @@ def load_vae(path: Path, like, load_config_from=None):
     except GenerationError:
         raise
     except Exception as e:
-        raise GenerationError(f"cannot load the VAE {shown}: {_one_line(e)}") from e
+        raise GenerationError(f"cannot load the VAE {shown}: {first_line(e)}") from e
     return vae.to(next(like.parameters()).device)
 
 

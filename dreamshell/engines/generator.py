@@ -1,114 +1,32 @@
 """The diffusers generator: one resident Stable Diffusion pipeline, txt2img / img2img / inpainting
 built from the same components, samplers by name, a CPU generator per image. Imports torch.
 
-A generation reads as a script: pick the pipeline, set the sampler, encode the prompt, prepare the
-noise, denoise (with a per-step callback that reports progress and can stop), return the image.
+A generation reads as a script: pick the pipeline, set the sampler, encode the prompt (conditioning.py),
+prepare the noise, denoise (with a per-step callback that reports progress and can stop), return the
+image. The hires fix's two passes are in hires_pass.py, several images in one batch in batching.py,
+the device and dtype in device.py, loading details in loading.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-import logging
-import os
-import re
-import warnings
-from pathlib import Path
 
-from ..line import hires
-from ..weights.library import Folders, Library
-from ..weights.hashing import weights_sha256
-from ..weights.models import ModelSpec, builtin_models_dir
-from ..line.prompt import split_prompt
 from ..line.request import DreamRequest
-from ..line.samplers import SamplerError, plan as scheduler_plan
-from .preview import LatentRGB, PreviewTap, projection_for
+from ..line.safetext import first_line
+from ..line.samplers import SamplerError
+from ..line.samplers import plan as scheduler_plan
+from ..weights.hashing import weights_sha256
+from ..weights.library import Folders, Library, LineFiles
+from ..weights.models import ModelSpec, builtin_models_dir
 from . import loading
-from .adapters import Adapters, clip_skip
+from .adapters import Adapters
+from .batching import generate_together
+from .conditioning import Conditioner
+from .device import is_out_of_memory, pick_device, pick_dtype, quiet_libraries
+from .hires_pass import generate_hires
+from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
-
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-CLIP_CHUNK = 75  # tokens CLIP reads at a time, between its start and end tokens
-_ATTENTION = re.compile(r"[()]|\.(and|blend|swap)\(|[\w)]\+|[\w)]-+(?=[\s,]|$)")
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import diffusers.utils.logging
-    import transformers.utils.logging
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    for name in ("transformers", "diffusers", "compel"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*torchvision.*")
-    warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")  # a second LoRA
-
-
-def single_file_config(kind: str) -> Path:
-    """A diffusers config folder (JSON + tokenizer files, no weights) for a single-file checkpoint of
-    `kind`, assembled once in the user cache from the configs shipped in the package."""
-    import shutil
-
-    import platformdirs
-
-    from .. import __version__
-    source = CONFIGS_DIR / kind
-    if not (source / "model_index.json").exists():
-        raise GenerationError(f"no shipped config for kind '{kind}' at {source}")
-    target = Path(platformdirs.user_cache_dir("dreamshell", appauthor=False)) / f"configs-{__version__}" / kind
-    if not (target / "model_index.json").exists():
-        tmp = target.with_name(f"{kind}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
-        for tok in tmp.glob("tokenizer*"):
-            for name in ("vocab.json", "merges.txt"):
-                shutil.copy(CONFIGS_DIR / "clip_tokenizer" / name, tok / name)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def pick_device(name: str) -> str:
-    import torch
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GenerationError("--device cuda: this torch sees no CUDA device (is it a CPU build?); "
-                              "use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise GenerationError("--device mps: Apple's MPS backend is not available here; use --device auto or cpu")
-    return name
-
-
-def pick_dtype(precision: str, device: str):
-    """float16 on GPUs; on CPU bfloat16 where the CPU has it natively (else float32)."""
-    import torch
-    if precision == "auto":
-        if device in ("cuda", "mps"):
-            return torch.float16
-        from .loading import native_bf16
-        return torch.bfloat16 if native_bf16() else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-    oom = getattr(torch, "OutOfMemoryError", None)
-    text = str(error).lower()
-    return ((oom is not None and isinstance(error, oom)) or isinstance(error, MemoryError)
-            or "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
 
 
 class DiffusersGenerator:
@@ -116,7 +34,7 @@ class DiffusersGenerator:
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, lowvram: bool = False,
                  compile: bool = False, batch_size: int = 1, folders: Folders | None = None):
-        _quiet_libraries()
+        quiet_libraries()
         import torch
         self.torch = torch
         self.device = pick_device(device)
@@ -128,8 +46,9 @@ class DiffusersGenerator:
         self.model_hash = ""
         self._pipes: dict = {}
         self._scheduler_config = None
-        self._compel = None
-        self.adapters = Adapters(Library(folders or Folders.under(builtin_models_dir())))
+        self.library = Library(folders or Folders.under(builtin_models_dir()))   # when a caller gives no files
+        self.adapters = Adapters()
+        self.text = Conditioner(self)
         self.esrgan = None   # (image, factor) -> image: the Real-ESRGAN upscaler for --hires_upscaler esrgan
         if self.device == "cpu":
             loading.set_cpu_threads(torch)
@@ -168,16 +87,24 @@ class DiffusersGenerator:
             return f"; loading '{previous.name}' again failed too: no model is loaded"
         return f"; model '{previous.name}' is loaded again"
 
+    @property
+    def vae_float32(self) -> bool:
+        """bfloat16 on a CPU: the UNet and text encoders run in bfloat16, the VAE in float32."""
+        return self.dtype == self.torch.bfloat16 and self.device == "cpu"
+
     def _load(self, spec: ModelSpec, kind: str, prediction: str | None) -> None:
         cls = loading.pipeline_class(kind, "txt2img")
+        # with a float32 VAE the weights load in float32 and the rest is cast: a VAE loaded in bfloat16 and
+        # cast back would carry bfloat16-rounded weights (not the file's: a VAE file then differed)
+        load_dtype = self.torch.float32 if self.vae_float32 else self.dtype
         try:
             if spec.is_single_file:
-                config = spec.config or single_file_config(loading.config_folder(kind, prediction))
+                config = spec.config or loading.single_file_config(loading.config_folder(kind, prediction))
                 pipe = cls.from_single_file(str(spec.weights), config=str(config), local_files_only=True,
-                                            torch_dtype=self.dtype)
+                                            torch_dtype=load_dtype)
             else:
                 extra = {} if kind.startswith("sdxl") else {"safety_checker": None, "requires_safety_checker": False}
-                pipe = cls.from_pretrained(str(spec.weights), torch_dtype=self.dtype, local_files_only=True,
+                pipe = cls.from_pretrained(str(spec.weights), torch_dtype=load_dtype, local_files_only=True,
                                            **extra)
         except GenerationError:
             raise
@@ -187,7 +114,8 @@ class DiffusersGenerator:
         if hasattr(pipe, "safety_checker"):
             pipe.safety_checker = None
         loading.set_prediction(pipe, prediction)
-        if self.dtype == self.torch.bfloat16 and self.device == "cpu":
+        if self.vae_float32:
+            loading.cast_all_but_vae(pipe, self.dtype)
             loading.keep_vae_float32(pipe.vae, self.dtype, self.torch)
         loading.memory_modes(pipe, self.device, self.lowvram)
         if self.compile:
@@ -199,7 +127,7 @@ class DiffusersGenerator:
 
     @staticmethod
     def _load_error(spec: ModelSpec, kind: str, e: Exception) -> str:
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = first_line(e)
         if spec.weights.suffix.lower() == ".ckpt" and ("weights_only" in str(e) or "Unable to load" in str(e)
                                                         or "Unpickl" in type(e).__name__):
             return loading.refuse_ckpt(spec.weights)
@@ -208,7 +136,7 @@ class DiffusersGenerator:
 
     def unload(self) -> None:
         self._pipes.clear()
-        self._compel = None
+        self.text.reset()
         self.adapters.reset()
         self.spec, self.kind = None, ""
         import gc
@@ -260,127 +188,17 @@ class DiffusersGenerator:
         cls = getattr(diffusers, plan.scheduler)
         return cls.from_config(self._scheduler_config, **plan.options)
 
-    # ----- prompts
+    # ----- prompts (conditioning.py)
 
-    @property
-    def tokenizer(self):
-        pipe = self._pipes["txt2img"]
-        return pipe.tokenizer or pipe.tokenizer_2  # the SDXL refiner has only the second
+    def files(self, prompt: str, vae: str | None, files: LineFiles | None) -> LineFiles:
+        """The files a line uses: as planned, or (a caller that planned nothing) found in the library now."""
+        return files if files is not None else self.library.files_for(prompt, vae)
 
-    def _token_count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def prompt_notes(self, prompt: str, files: LineFiles | None = None) -> list[str]:
+        return self.text.prompt_notes(prompt, files)
 
-    def _encoder_texts(self, prompt: str) -> list[tuple[str, str]]:
-        """(label, text as the tokenizer sees it) for each part of the prompt; the prompt's embeddings
-        are loaded first, so their words count as the tokens they are."""
-        if self.spec is not None:
-            self.adapters.ensure_embeddings(self._pipes["txt2img"], prompt, self.is_sdxl)
-        parts = split_prompt(prompt)
-        out = [(f"prompt (weight {w:g})", self._as_tokens(t)) for t, w in parts.positive]
-        if parts.negative:
-            out.append(("negative", self._as_tokens(parts.negative)))
-        return out
-
-    def _as_tokens(self, text: str) -> str:
-        """The text with each embedding's word as its vectors' tokens (a 2-vector word is 2 tokens)."""
-        text = self.adapters.encoder_text(text)
-        pipe = self._pipes.get("txt2img")
-        if self.adapters.embeddings and pipe is not None and hasattr(pipe, "maybe_convert_prompt"):
-            text = pipe.maybe_convert_prompt(text, self.tokenizer)
-        return text
-
-    def prompt_notes(self, prompt: str) -> list[str]:
-        """Visible notes about a prompt: long ones are chunked, never silently cut; a LoRA whose file
-        has layers the model lacks says so (its LoRAs and embeddings are loaded here, before the first
-        image)."""
-        notes = []
-        if self.spec is not None:
-            notes += self.adapters.load_loras(self._pipes["txt2img"], prompt, self.spec.name)[1]
-        for _, text in self._encoder_texts(prompt):
-            n = self._token_count(text)
-            if n > CLIP_CHUNK:
-                chunks = -(-n // CLIP_CHUNK)
-                notes.append(f"note: '{text[:30]}...' is {n} tokens; CLIP reads {CLIP_CHUNK} at a time, "
-                             f"so it is encoded in {chunks} chunks (nothing is dropped)")
-        return notes
-
-    def tokenization(self, prompt: str) -> str:
-        """The tokens of each part of the prompt, with those past CLIP's limit marked (`-t`)."""
-        lines = []
-        for label, text in self._encoder_texts(prompt):
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
-            toks = [self.tokenizer.convert_ids_to_tokens(i).replace("</w>", " ").strip() for i in ids]
-            shown = " ".join(toks[:CLIP_CHUNK])
-            past = " ".join(toks[CLIP_CHUNK:])
-            lines.append(f"{label}: {len(toks)} tokens: {shown}" + (f" | past {CLIP_CHUNK}: {past}" if past else ""))
-        return "\n".join(lines)
-
-    def _needs_compel(self, texts: list[str]) -> bool:
-        return any(_ATTENTION.search(t) or self._token_count(t) > CLIP_CHUNK for t in texts)
-
-    def _get_compel(self):
-        if self._compel is None:
-            try:
-                from compel import Compel, ReturnedEmbeddingsType
-            except ImportError:
-                raise GenerationError("attention syntax and prompts over 75 tokens need the 'compel' "
-                                      "package: pip install compel") from None
-            pipe = self._pipes["txt2img"]
-            ti = {}
-            try:
-                from compel import DiffusersTextualInversionManager
-                ti = {"textual_inversion_manager": DiffusersTextualInversionManager(pipe)}
-            except ImportError:
-                pass
-            if self.kind == "sdxl-refiner":
-                self._compel = Compel(
-                    tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
-                    returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                    requires_pooled=True, truncate_long_prompts=False, device=self.device, **ti)
-            elif self.is_sdxl:
-                self._compel = Compel(
-                    tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
-                    returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                    requires_pooled=[False, True], truncate_long_prompts=False, device=self.device, **ti)
-            else:
-                self._compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
-                                      truncate_long_prompts=False, device=self.device, **ti)
-        return self._compel
-
-    def _encode(self, texts: list[str]):
-        """Embeddings for each text, all of one length: [(embeds, pooled or None), ...]."""
-        torch = self.torch
-        pipe = self._pipes["txt2img"]
-        with torch.no_grad():
-            if self._needs_compel(texts):
-                compel = self._get_compel()
-                out = [compel(t) for t in texts]
-                if self.is_sdxl:
-                    embeds = compel.pad_conditioning_tensors_to_same_length([e for e, _ in out])
-                    return list(zip(embeds, [p for _, p in out]))
-                return [(e, None) for e in compel.pad_conditioning_tensors_to_same_length(out)]
-            if self.is_sdxl:
-                result = []
-                for t in texts:
-                    e, _, p, _ = pipe.encode_prompt(prompt=t, device=self.device, num_images_per_prompt=1,
-                                                    do_classifier_free_guidance=False)
-                    result.append((e, p))
-                return result
-            return [(pipe.encode_prompt(t, self.device, 1, False)[0], None) for t in texts]
-
-    def _conditioning(self, request: DreamRequest) -> dict:
-        parts = split_prompt(request.prompt)
-        positives = parts.normalized(request.skip_normalize)
-        pipe = self._pipes["txt2img"]
-        texts = [self.adapters.encoder_text(t) for t, _ in positives] + [self.adapters.encoder_text(parts.negative)]
-        with clip_skip([getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)], request.clip_skip):
-            encoded = self._encode(texts)
-        cond = sum(w * e for (_, w), (e, _) in zip(positives, encoded[:-1]))
-        kwargs = {"prompt_embeds": cond, "negative_prompt_embeds": encoded[-1][0]}
-        if self.is_sdxl:
-            kwargs["pooled_prompt_embeds"] = sum(w * p for (_, w), (_, p) in zip(positives, encoded[:-1]))
-            kwargs["negative_pooled_prompt_embeds"] = encoded[-1][1]
-        return kwargs
+    def tokenization(self, prompt: str, files: LineFiles | None = None) -> str:
+        return self.text.tokenization(prompt, files)
 
     # ----- noise
 
@@ -418,17 +236,18 @@ class DiffusersGenerator:
             for m, mode in zip(convs, old):
                 m.padding_mode = mode
 
-    def prepare(self, request: DreamRequest) -> None:
+    def prepare(self, request: DreamRequest, files: LineFiles | None = None) -> None:
         """Make the line's LoRAs, embeddings and VAE the active ones (each loaded once per model)."""
         if self.spec is None:
             raise GenerationError("no model is loaded")
+        files = self.files(request.prompt, request.vae, files)
         base = self._pipes["txt2img"]
-        self.adapters.apply_loras(base, request.prompt, self.spec.name)
-        self.adapters.ensure_embeddings(base, request.prompt, self.is_sdxl)
-        self.adapters.apply_vae(list(self._pipes.values()), request.vae, None, self._vae_swapped)
+        self.adapters.apply_loras(base, files.loras, self.spec.name)
+        self.adapters.ensure_embeddings(base, files.embeddings, self.is_sdxl)
+        self.adapters.apply_vae(list(self._pipes.values()), files.vae, None, self._vae_swapped)
 
     def _vae_swapped(self, vae) -> None:
-        if self.dtype == self.torch.bfloat16 and self.device == "cpu" and not getattr(vae, "_ds_float32", False):
+        if self.vae_float32 and not getattr(vae, "_ds_float32", False):
             loading.keep_vae_float32(vae, self.dtype, self.torch)
             vae._ds_float32 = True
         if self.lowvram and self.device in ("cuda", "mps"):
@@ -436,19 +255,30 @@ class DiffusersGenerator:
         else:
             vae.to(self.device)
 
-    def generate(self, request: DreamRequest, *, init_image=None, mask=None, on_step=None, should_stop=None,
-                 on_preview=None, preview_every: int = 1):
+    def generate(self, request: DreamRequest, *, files: LineFiles | None = None, init_image=None, mask=None,
+                 on_step=None, should_stop=None, on_preview=None, preview_every: int = 1):
         """One image for a resolved per-image request. Raises Interrupted or GenerationError.
 
+        `files` are the LoRAs, embeddings and VAE the line was planned with (None: found now).
         on_preview(step, steps, image), if given, gets a small RGB image at latent size (the image's
         size over the VAE factor: 8 for SD, 4 for the demo model) of the predicted clean image every
         `preview_every` model evaluations and at the last one, on this thread; `steps` counts model
         evaluations (Heun and DPM2 make about two per step, PLMS one more). With --hires_fix the steps
         of both passes count as one run."""
-        self.prepare(request)
+        self.prepare(request, files)
         if request.hires_fix and init_image is None and mask is None:
-            return self._generate_hires(request, on_step, should_stop, on_preview, preview_every)
+            return generate_hires(self, request, on_step, should_stop, on_preview, preview_every)
         return self._generate_one(request, init_image, mask, on_step, should_stop, on_preview, preview_every)
+
+    def generate_batch(self, requests: list[DreamRequest], *, files: LineFiles | None = None, on_step=None,
+                       should_stop=None) -> list:
+        """The images of one batch (run/plan.batch_groups decided it: txt2img images of one line that differ
+        only in seed and variations); image i is the image that request alone makes (its own noise and
+        sampler generator)."""
+        self.prepare(requests[0], files)
+        if len(requests) == 1:
+            return [self._generate_one(requests[0], None, None, on_step, should_stop, None, 1)]
+        return generate_together(self, requests, on_step, should_stop)
 
     def _generate_one(self, request: DreamRequest, init_image, mask, on_step, should_stop, on_preview,
                       preview_every: int, output_type: str = "pil", steps_before: int = 0, steps_all: int | None = None):
@@ -466,7 +296,7 @@ class DiffusersGenerator:
                 tap(step + 1, _pipe.num_timesteps, kwargs["latents"])
             return kwargs
 
-        args = dict(self._conditioning(request), num_inference_steps=request.steps,
+        args = dict(self.text.conditioning(request), num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type=output_type,
                     generator=self.torch.Generator("cpu").manual_seed(request.seed))
         if mode == "txt2img":
@@ -480,46 +310,6 @@ class DiffusersGenerator:
         if self.kind.endswith("-inpaint") and mode != "inpaint":
             self._whole_image_mask(args, request)
         return self._run(pipe, args, request, tap.attached(pipe.scheduler) if tap else None)[0]
-
-    def _generate_hires(self, request: DreamRequest, on_step, should_stop, on_preview, preview_every: int):
-        """A1111's hires fix: the first pass at W x H, upscaled (latents resized, Lanczos or Real-ESRGAN),
-        then an img2img pass at the target size with the same seed."""
-        upscaler = request.hires_upscaler or hires.DEFAULT_UPSCALER
-        scale = request.hires_scale or hires.DEFAULT_SCALE
-        strength = request.hires_strength or hires.DEFAULT_STRENGTH
-        steps2 = request.hires_steps or request.steps
-        if upscaler == "latent" and self.kind.endswith("-inpaint"):
-            raise GenerationError("--hires_upscaler latent does not work with an inpainting model (it needs an "
-                                  "image for its masked-image input); use --hires_upscaler lanczos or esrgan")
-        if upscaler == "esrgan" and self.esrgan is None:
-            raise GenerationError("--hires_upscaler esrgan needs the Real-ESRGAN upscaler, which is not set up here; "
-                                  "use latent or lanczos")
-        width, height = hires.target_size(request.width, request.height, scale)
-        first = request.with_(hires_fix=False, hires_scale=None, hires_steps=None, hires_strength=None,
-                              hires_upscaler=None)
-        # A1111 runs --hires_steps N denoising steps: a schedule of N / strength steps entered at the strength
-        # (its setup_img2img_steps); diffusers runs the last strength x steps of the schedule it is given
-        schedule = max(1, int(steps2 / min(strength, 0.999)))
-        second = first.with_(width=width, height=height, steps=schedule, strength=strength, with_variations=())
-        total = request.steps + schedule - int(schedule - schedule * strength)
-        latent = upscaler == "latent"
-        out = self._generate_one(first, None, None, on_step, should_stop, on_preview, preview_every,
-                                 output_type="latent" if latent else "pil", steps_all=total)
-        if latent:
-            factor = self._pipes["txt2img"].vae_scale_factor
-            size = (height // factor, width // factor)
-            image = self.torch.nn.functional.interpolate(out[None].float(), size=size, mode="bilinear",
-                                                         antialias=False).to(out.dtype)
-        elif upscaler == "lanczos":
-            from PIL import Image
-            image = out.resize((width, height), Image.LANCZOS)
-        else:
-            from PIL import Image
-            image = self.esrgan(out, scale)
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.LANCZOS)
-        return self._generate_one(second, image, None, on_step, should_stop, on_preview, preview_every,
-                                  steps_before=request.steps, steps_all=total)
 
     def _whole_image_mask(self, args: dict, request: DreamRequest) -> None:
         """An inpainting UNet making a new image (txt2img) or redrawing one (img2img): the whole image
@@ -547,54 +337,6 @@ class DiffusersGenerator:
                     f"out of memory on {self.device} making {batch} {request.width}x{request.height} image(s): "
                     + loading.oom_advice(self.device, self.lowvram)) from None
             raise
-
-    def generate_batch(self, requests: list[DreamRequest], *, on_step=None, should_stop=None) -> list:
-        """One image per resolved txt2img request, up to batch_size at a time where the requests differ
-        only in seed and variations; image i is the image that request alone makes (its own noise and
-        sampler generator). With a batch of 1 this is exactly `generate` for each."""
-        images = []
-        for group in batches(requests, self.batch_size):
-            if len(group) == 1:   # generate prepares its own LoRAs, embeddings and VAE
-                images.append(self.generate(group[0], on_step=on_step, should_stop=should_stop))
-                continue
-            self.prepare(group[0])   # one line's images: the same prompt, VAE and clip skip
-            images += self._generate_together(group, on_step, should_stop)
-        return images
-
-    def _generate_together(self, group: list[DreamRequest], on_step, should_stop) -> list:
-        torch, first = self.torch, group[0]
-        pipe = self._pipe("txt2img")
-        pipe.scheduler = self._scheduler(first.sampler, first.schedule)
-
-        def step_end(_pipe, step, _timestep, kwargs):
-            if should_stop is not None and should_stop():
-                raise Interrupted()
-            if on_step is not None:
-                on_step(step + 1, first.steps)
-            return kwargs
-
-        cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None)
-                for k, v in self._conditioning(first).items()}
-        args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
-                    callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
-                    generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
-                    latents=torch.cat([self.initial_latents(r) for r in group]))
-        if self.kind.endswith("-inpaint"):
-            self._whole_image_mask(args, first)
-        return self._run(pipe, args, first)
-
-
-def batches(requests: list[DreamRequest], size: int) -> list[list[DreamRequest]]:
-    """Consecutive runs of requests that can share one batch: the same but for seed and variations."""
-    groups: list[list[DreamRequest]] = []
-    for r in requests:
-        same = groups and len(groups[-1]) < size and r.init_img is None and not r.hires_fix and \
-            groups[-1][0].with_(seed=0, with_variations=()) == r.with_(seed=0, with_variations=())
-        if same:
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    return groups
 
 
 def slerp(t: float, a, b):

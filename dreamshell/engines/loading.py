@@ -8,7 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..weights.checkpoint import KIND_NAMES, Detected, NotAModel, classify, detect_folder, safetensors_header
+from ..weights.checkpoint import (
+    KIND_NAMES,
+    Detected,
+    NotAModel,
+    classify,
+    detect_folder,
+    safetensors_header,
+)
+from ..weights.hashing import cache_dir
 from ..weights.models import ModelSpec
 from .protocols import GenerationError
 
@@ -157,6 +165,13 @@ def set_cpu_threads(torch) -> None:
         torch.set_num_threads(cores)
 
 
+def cast_all_but_vae(pipe, dtype) -> None:
+    """Every model of a pipeline loaded in float32 but its VAE in `dtype` (bfloat16 on a CPU)."""
+    for name, component in pipe.components.items():
+        if name != "vae" and hasattr(component, "to") and hasattr(component, "parameters"):
+            component.to(dtype)
+
+
 def keep_vae_float32(vae, dtype, torch) -> None:
     """Run the VAE in float32 beside a bfloat16 UNet: inputs are upcast, encoded latents go back."""
     vae.to(torch.float32)
@@ -201,3 +216,30 @@ def oom_advice(device: str, lowvram: bool) -> str:
     elif device == "cuda":
         tips.append("--precision float16")
     return "try " + ", ".join(tips)
+
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def single_file_config(kind: str) -> Path:
+    """A diffusers config folder (JSON + tokenizer files, no weights) for a single-file checkpoint of
+    `kind`, assembled once in the user cache from the configs shipped in the package."""
+    import shutil
+
+    from .. import __version__
+    source = CONFIGS_DIR / kind
+    if not (source / "model_index.json").exists():
+        raise GenerationError(f"no shipped config for kind '{kind}' at {source}")
+    target = cache_dir() / f"configs-{__version__}" / kind
+    if not (target / "model_index.json").exists():
+        tmp = target.with_name(f"{kind}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        for tok in tmp.glob("tokenizer*"):
+            for name in ("vocab.json", "merges.txt"):
+                shutil.copy(CONFIGS_DIR / "clip_tokenizer" / name, tok / name)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

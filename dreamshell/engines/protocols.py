@@ -1,14 +1,19 @@
-"""What the session needs from engines, and the errors they raise (no torch here)."""
+"""What the run needs from engines, and the errors they raise (no torch here).
+
+`run/` reaches the model only through these protocols; `engines/generator.DiffusersGenerator` and
+`engines/upscaler` implement them, and tests use fakes (tests/fake_generator.py)."""
 
 from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from ..weights.models import ModelSpec
+from ..line.errors import UserError
 from ..line.request import DreamRequest
+from ..weights.library import LineFiles
+from ..weights.models import ModelSpec
 
 
-class GenerationError(RuntimeError):
+class GenerationError(RuntimeError, UserError):
     """A generation that failed for a reason the user can act on; str() is one line."""
 
 
@@ -16,25 +21,30 @@ class Interrupted(Exception):
     """The user stopped the generation (Ctrl-C); nothing partial is kept."""
 
 
-StepCallback = Callable[[int, int], None]   # (step done, total steps)
+StepCallback = Callable[[int, int], None]        # (step done, total steps)
 StopCheck = Callable[[], bool]
+PreviewCallback = Callable[[int, int, object], None]   # (step done, total, small PIL image)
 
 
 class Generator(Protocol):
-    spec: ModelSpec | None
-    model_hash: str
-    device: str
-    precision: str
+    """One resident model that makes images for resolved per-image requests."""
+
+    spec: ModelSpec | None        # the resident model (None: none loaded)
+    model_hash: str               # sha256 of its weights, for the recipe
+    device: str                   # cuda | mps | cpu
+    precision: str                # float32 | float16 | bfloat16
+    batch_size: int               # images of one line it may make in one call (--batch_size)
+    esrgan: Callable | None       # (image, factor) -> image for --hires_upscaler esrgan; set by the host
 
     def load(self, spec: ModelSpec) -> None: ...
 
-    def generate(self, request: DreamRequest, *, init_image=None, mask=None,
-                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None): ...
+    def generate(self, request: DreamRequest, *, files: LineFiles | None = None, init_image=None, mask=None,
+                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+                 on_preview: PreviewCallback | None = None): ...
 
-    def tokenization(self, prompt: str) -> str: ...
+    def generate_batch(self, requests: list[DreamRequest], *, files: LineFiles | None = None,
+                       on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> list: ...
 
-    def prompt_notes(self, prompt: str) -> list[str]: ...
+    def tokenization(self, prompt: str, files: LineFiles | None = None) -> str: ...
 
-
-class Upscaler(Protocol):
-    def upscale(self, image, factor: float, strength: float): ...
+    def prompt_notes(self, prompt: str, files: LineFiles | None = None) -> list[str]: ...

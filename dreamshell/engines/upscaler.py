@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..weights.models import Registry, builtin_models_dir
+from .device import is_out_of_memory, pick_device
 from .esrgan import build_from_state_dict
-from .generator import is_out_of_memory, pick_device
 from .protocols import GenerationError
 
 DOWNLOADS = {

@@ -1,14 +1,20 @@
-"""The user-error types shared by the parser and the limits (stdlib only).
+"""The user-error types (stdlib only).
 
-`parser.ParseError` is this ParseError (re-exported there); a LimitError is a ParseError, so every
-place that shows a bad line's one-line message shows a limit's too.
+Every error a person can cause (a bad line, a missing file, a models file that cannot be read, a
+recipe that cannot be fetched, a model that cannot load) is a `UserError`: its str() is the one line
+to show, and the shell, the dry run and the batch planners catch this one class. Anything else is a
+bug: one line plus a traceback in errors.log.
 """
 
 from __future__ import annotations
 
 
-class ParseError(ValueError):
-    """A line that is not a valid command; str() is the one line to show the user."""
+class UserError(ValueError):
+    """Something the user can fix; str() is the one line to show (what was wrong, what is allowed)."""
+
+
+class ParseError(UserError):
+    """A line that is not a valid command."""
 
 
 class LimitError(ParseError):
@@ -16,7 +22,4 @@ class LimitError(ParseError):
 
 
 class CommandFileError(ParseError):
-    """A file that cannot be read as commands (a folder, a device, binary, too big); str() is one line.
-
-    A ParseError, so the places that show a bad line's message show it too.
-    """
+    """A file that cannot be read as commands (a folder, a device, binary, too big)."""

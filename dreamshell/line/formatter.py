@@ -1,4 +1,5 @@
-"""A request -> the canonical command line that reproduces it (stdlib only). REFERENCE.md section 3.
+"""A request -> the canonical command line that reproduces it (stdlib only), in the
+original shell's log-line shape (lstein/stable-diffusion v1.15 `dream_log.txt`).
 
 Order: the prompt, then the switches in table order; a switch is written when its value differs
 from the request's default. `parse_request(format_request(r)) == r` for every valid request.
@@ -34,7 +35,7 @@ def format_request(request: DreamRequest, shown: dict[str, str] | None = None) -
     parts = [quote(request.prompt)]
     for sw in SWITCHES:
         value = getattr(request, sw.field)
-        if value == REQUEST_DEFAULTS[sw.field]:
+        if value == REQUEST_DEFAULTS[sw.field] and not (shown and sw.field in shown):
             continue
         parts.append(sw.spelling)
         if shown and sw.field in shown:

@@ -1,8 +1,9 @@
-"""The bounds on what one line may ask for, in one place (stdlib only).
+"""The bounds on what one line may ask for, in one place (stdlib only): every number here is used by
+the switch table (switches.py), the parser, the planner and the recipe readers (store/formats).
 
-The parser checks what the line alone shows (`check_request` on the parsed request); the session and
-the dry run check again once the model's defaults are filled in (the sampler, the steps). Each
-refusal is one LimitError line naming the bound and what to do instead.
+The parser checks what the line alone shows (`check_request` on the parsed request); the planner checks
+again once the model's defaults are filled in (`check_resolved`: the sampler, the steps). Each refusal
+is one LimitError line naming the bound and what to do instead.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from .request import DreamRequest
 from .safetext import quoted, shorten
 from .samplers import SAMPLERS, find_sampler
 
+MAX_SEED = 2**32 - 1           # -S: a 32-bit seed, as every tool writes it
+MIN_SIZE, MAX_SIZE = 64, 8192  # -W/-H, multiples of 8
 MAX_ITERATIONS = 1000          # -n: images from one line
 MAX_LINE_CHARS = 10_000        # one typed line or one line of a command file
 MAX_PROMPT_CHARS = 2000        # the prompt; compel encodes long prompts in 75-token chunks
 MAX_PAREN_DEPTH = 3            # ((( ))) nesting: compel's parser is exponential in the depth
 MAX_PAREN_GROUPS = 40          # ( ) groups in one prompt: each costs compel's parser time
-MAX_HIRES_SIZE = 8192          # the hires fix's second pass, like -W/-H
+MAX_HIRES_SIZE = MAX_SIZE      # the hires fix's second pass, like -W/-H
 MAX_LORAS = 16                 # <lora:...> tags in one prompt
 MAX_COMMAND_FILE_BYTES = 64 * 1024 * 1024   # --from_file, !replay, the dry run
 
@@ -79,6 +82,12 @@ def check_request(request: DreamRequest) -> None:
     """Raise LimitError for a request over a bound; None fields (not known yet) are not checked."""
     check_prompt_length(request.prompt)
     check_iterations(request.iterations)
+    check_resolved(request)
+
+
+def check_resolved(request: DreamRequest) -> None:
+    """The bounds that depend on values a model's defaults may fill in (the sampler, the steps, the size):
+    checked again once a line is resolved."""
     if request.steps is not None:
         check_steps(request.steps, request.sampler)
     if request.hires_steps is not None:

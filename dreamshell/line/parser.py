@@ -1,4 +1,5 @@
-"""A dream> line -> a typed request (stdlib only). REFERENCE.md section 1.
+"""A dream> line -> a typed request (stdlib only). The original shell's
+line (lstein/stable-diffusion `ldm/dream/args.py`, InvokeAI 2.2 `ldm/invoke/args.py`), read as users type it.
 
 Reads what people type and what the original shell wrote: quoted or bare prompts with apostrophes,
 the spaced v1.15 switches, the glued v1.x forms (`-s50 -Ak_lms -mplms -b1`) and a log line's
@@ -14,10 +15,17 @@ import shlex
 from .errors import LimitError, ParseError
 from .limits import check_line_length, check_prompt_length, check_request
 from .prompt import LORA_TAG, PromptError, split_prompt
-from .samplers import find_sampler
-from .request import Blank, BangCommand, DreamRequest, HelpRequest
+from .request import BangCommand, Blank, DreamRequest, HelpRequest
 from .safetext import first_unsafe, quoted, shorten, visible
-from .switches import BY_SPELLING, HELP_SPELLINGS, UNSUPPORTED, Switch, SwitchError, all_spellings
+from .samplers import find_sampler
+from .switches import (
+    BY_SPELLING,
+    HELP_SPELLINGS,
+    UNSUPPORTED,
+    Switch,
+    SwitchError,
+    all_spellings,
+)
 
 __all__ = ["ParseError", "LimitError", "parse_line", "parse_request", "parse_switches", "split_line",
            "strip_log_prefix", "check_text", "is_comment"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
+from .errors import UserError
 from .limits import MAX_LORAS, MAX_PAREN_DEPTH, MAX_PAREN_GROUPS
 from .safetext import quoted
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """A prompt the generator cannot read; the message says what and why."""
 
 
@@ -35,7 +37,7 @@ class PromptParts:
     loras: tuple[LoraTag, ...] = ()
 
     def normalized(self, skip_normalize: bool = False) -> tuple[tuple[str, float], ...]:
-        """Weights scaled to sum 1 (the anchor's blend rule) unless skip_normalize (`-x`)."""
+        """Weights scaled to sum 1 (the original shell's blend rule) unless skip_normalize (`-x`)."""
         if skip_normalize or len(self.positive) == 1:
             return self.positive
         total = sum(w for _, w in self.positive)
@@ -166,9 +168,15 @@ def check_parentheses(text: str, where: str = "the prompt") -> None:
                           "(each one slows the prompt parser)")
 
 
+@lru_cache(maxsize=512)
 def split_prompt(prompt: str) -> PromptParts:
     """Parse LoRA tags, negatives and weighted sub-prompts; raise PromptError on text that cannot mean
-    anything."""
+    anything. Parsed once per prompt (the parser, the library, the engine and the formats all ask)."""
+    return parse_prompt(prompt)
+
+
+def parse_prompt(prompt: str) -> PromptParts:
+    """split_prompt without the cache."""
     prompt, loras = extract_loras(prompt)
     positive, negative = extract_negative(prompt)
     check_parentheses(positive)

@@ -94,6 +94,15 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return shorten(str(message), limit)
 
 
+def first_line(error, limit: int = 200) -> str:
+    """The first line of an error's (or a text's) message, visible and shortened; the error's type name
+    when it has no message (what a one-line report of a library's exception shows)."""
+    lines = str(error).strip().splitlines()
+    if lines:
+        return shorten(lines[0], limit)
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
 def for_markup(message: str, limit: int = MESSAGE_LIMIT) -> str:
     """one_line(message) escaped for the END of a rich markup string (print it with emoji=False).
 

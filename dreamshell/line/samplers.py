@@ -1,8 +1,8 @@
 """Sampler and schedule names (the original shell's, A1111's, InvokeAI's, ComfyUI's) and the diffusers
 schedulers behind them.
 
-stdlib only: the generator engine turns a `plan(sampler, schedule)` into a scheduler. REFERENCE.md
-section 5; A1111 `modules/sd_samplers_kdiffusion.py`, `modules/sd_schedulers.py`; diffusers
+stdlib only: the generator engine turns a `plan(sampler, schedule)` into a scheduler.
+Sources: A1111 `modules/sd_samplers_kdiffusion.py`, `modules/sd_schedulers.py`; diffusers
 `docs/source/en/api/schedulers/overview.md`. A name diffusers cannot run is kept (a recipe stays
 what it was) and refused by name when it is about to run; it is never swapped for a look-alike.
 """
@@ -12,14 +12,16 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, replace
 
+from .errors import UserError
 
-class SamplerError(ValueError):
+
+class SamplerError(UserError):
     """A sampler/schedule pair that cannot run here; str() is the one line for the user."""
 
 
 @dataclass(frozen=True)
 class Sampler:
-    name: str                     # canonical name written to logs (the anchor's when it has one)
+    name: str                     # canonical name written to logs (the original shell's when it has one)
     a1111: str | None             # AUTOMATIC1111's name (without a schedule suffix)
     scheduler: str | None         # diffusers scheduler class; None: diffusers has none
     options: dict = field(default_factory=dict)
@@ -123,7 +125,7 @@ def find_schedule(name: str) -> Schedule | None:
 
 
 def find_sampler(name: str) -> Sampler | None:
-    """The sampler called `name` (anchor, A1111, ComfyUI or InvokeAI spelling, any case), or None.
+    """The sampler called `name` (the original shell's, A1111's, ComfyUI or InvokeAI spelling, any case), or None.
 
     A1111's combined names ("DPM++ 2M Karras", "Euler a SGM Uniform") give the sampler with its
     `schedule` set, named "<A1111 sampler> <A1111 schedule>"."""
@@ -145,9 +147,12 @@ def schedule_names() -> list[str]:
 
 
 def sampler_names() -> list[str]:
-    """All accepted names, canonical ones first (for help and completion)."""
-    names = [s.name for s in SAMPLERS]
-    names += [s.a1111 for s in SAMPLERS if s.a1111 and s.a1111 not in names]
+    """The names of the samplers that run here, canonical ones first (for help, completion and the
+    unknown-sampler error). Names diffusers has no scheduler for (`k_dpmpp_2_a`, `DPM fast`, ...) are
+    still read from recipes and refused by name when run, but never offered."""
+    runs = [s for s in SAMPLERS if s.scheduler is not None]
+    names = [s.name for s in runs]
+    names += [s.a1111 for s in runs if s.a1111 and s.a1111 not in names]
     names += ["DPM++ 2M Karras", "DPM++ SDE Karras", "DPM2 Karras", "DPM2 a Karras", "LMS Karras"]
     return names
 

@@ -10,14 +10,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import hires
+from .errors import UserError
+from .limits import MAX_SEED, MAX_SIZE, MIN_SIZE
 from .request import UpscaleSpec
 from .safetext import quoted
-from .samplers import find_sampler, find_schedule, nearest_sampler, sampler_names, schedule_names
+from .samplers import (
+    find_sampler,
+    find_schedule,
+    nearest_sampler,
+    sampler_names,
+    schedule_names,
+)
 
-MAX_SEED = 2**32 - 1
 
-
-class SwitchError(ValueError):
+class SwitchError(UserError):
     """A value a switch cannot take; the message names the token and the rule."""
 
 
@@ -55,7 +61,6 @@ def seed(token: str) -> int:
     return value
 
 
-MIN_SIZE, MAX_SIZE = 64, 8192
 
 
 def image_size(token: str) -> int:
@@ -189,7 +194,7 @@ def _flag(field: str, long: str, short: tuple[str, ...], help: str) -> Switch:
     return Switch(field, long, short, None, help, nargs=(0, 0))
 
 
-# Order is the order of canonical lines: prompt, -s, -S, -W, -H, -C, -A, [--schedule], --model first (REFERENCE 3).
+# Order is the order of canonical lines: prompt, -s, -S, -W, -H, -C, -A, [--schedule], --model first (the original shell's log lines).
 SWITCHES: tuple[Switch, ...] = (
     Switch("steps", "--steps", ("-s",), positive_int("steps are a whole number >= 1"),
            "sampling steps", "N"),

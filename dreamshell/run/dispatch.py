@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..store.dreamlog import read_commands
+from ..line.errors import UserError
 from ..line.formatter import format_request
-from ..weights.models import ModelsFileError
-from ..store.output import OutputError
-from ..line.parser import ParseError, parse_line
-from ..store.pngmeta import MetadataError, fetch_recipe
+from ..line.parser import parse_line
 from ..line.request import BangCommand, Blank, HelpRequest
-from .session import Control, Listener, Session, UserError
-from ..line.switches import SWITCHES
 from ..line.safetext import one_line, shorten, visible
+from ..line.switches import SWITCHES
+from ..store.dreamlog import read_commands
+from ..store.pngmeta import fetch_recipe
 from .report import TextListener, stopped_line
+from .session import Session
+from .types import Control, Listener
 
 
 def data_dir() -> Path:
@@ -96,7 +96,7 @@ class Dispatcher:
         """Run fn; a user error is one line, a bug one line plus a traceback in errors.log."""
         try:
             return fn()
-        except (ParseError, UserError, MetadataError, ModelsFileError, OutputError) as e:
+        except UserError as e:
             self.error(str(e))
             return Outcome(failed=True)
         except KeyboardInterrupt:
@@ -118,9 +118,7 @@ class Dispatcher:
         try:
             return self.guard(work.label, lambda: work.run(control, listener))
         finally:
-            finish = getattr(listener, "finish", None)
-            if finish is not None:
-                finish()
+            listener.finish()
 
     def execute(self, line: str, control: Control | None = None, listener: Listener | None = None) -> Outcome:
         """Run a line to the end, now (batch files, one-shot lines, !replay, tests)."""
@@ -189,7 +187,7 @@ class Dispatcher:
     def _fetch(self, args: str) -> Outcome:
         if not args:
             raise UserError("!fetch needs a path: !fetch outputs/000001.42.png")
-        recipe = fetch_recipe(Path(_unquote(args)).expanduser(), getattr(self.session, "library", None))
+        recipe = fetch_recipe(Path(_unquote(args)).expanduser(), self.session.library)
         command = format_request(recipe.request)
         self.echo(visible(f"recipe ({recipe.source}): {command}" if recipe.source else f"recipe: {command}"))
         for note in recipe.notes:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .session import Control, StopFlag
+from .types import Control, StopFlag
 
 
 @dataclass

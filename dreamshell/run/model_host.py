@@ -14,10 +14,12 @@ from queue import SimpleQueue
 from typing import Callable
 
 from ..engines.protocols import GenerationError
+from ..line.errors import UserError
+from ..line.safetext import first_line
 from ..weights.models import ModelSpec
 
 
-class LoadError(ValueError):
+class LoadError(UserError):
     """A model that cannot be loaded; str() is the one line (it says what is resident instead)."""
 
 
@@ -29,7 +31,6 @@ class ModelHost:
         self._tasks: SimpleQueue = SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="model-host", daemon=True)
         self._thread.start()
-        self._lock = threading.Lock()
         self.generator = None
         self.upscaler_instance = None
         self.loading: ModelSpec | None = None   # the spec being loaded now, for the toolbar
@@ -69,7 +70,7 @@ class ModelHost:
     @property
     def spec(self) -> ModelSpec | None:
         """The resident model's spec (None before the first load finishes)."""
-        return getattr(self.generator, "spec", None)
+        return self.generator.spec if self.generator is not None else None
 
     def preload(self, spec: ModelSpec) -> Future:
         """Start loading spec in the background (the shell does this once the prompt is drawn)."""
@@ -86,15 +87,14 @@ class ModelHost:
             return spec
         if self.generator is None:
             self.generator = self._generator_factory()
-            if hasattr(self.generator, "esrgan"):   # the hires fix's Real-ESRGAN upscaler (runs on this thread)
-                self.generator.esrgan = self._hires_esrgan
+            self.generator.esrgan = self._hires_esrgan   # the hires fix's Real-ESRGAN (runs on this thread)
         previous = self.spec
         self.loading = spec
         try:
             self.loads += 1
             self.generator.load(spec)
         except (GenerationError, OSError, ValueError) as e:
-            message = _one_line(e)
+            message = first_line(e, 400)
             kept = self._restore(previous)
             if previous is not None and self.spec == previous and f"'{previous.name}'" in message:
                 kept = ""   # the engine has said already that the previous model is loaded again
@@ -118,17 +118,16 @@ class ModelHost:
                 return "; no model is loaded now (!switch NAME loads one)"
         return f"; {previous.name} is still the loaded model"
 
-    def generator_for(self, spec: ModelSpec):
-        """The generator with spec resident (host thread only)."""
-        self._ensure(spec)
-        return self.generator
-
     def _hires_esrgan(self, image, factor: float):
         try:
             upscaler = self.upscaler()
         except LoadError as e:
             raise GenerationError(f"--hires_upscaler esrgan: {e}; use latent or lanczos") from None
         return upscaler.upscale(image, factor, 1.0)
+
+    def upscale(self, image, factor: float, strength: float):
+        """Real-ESRGAN -U on this thread's upscaler (LoadError when none is set up)."""
+        return self.upscaler().upscale(image, factor, strength)
 
     def upscaler(self):
         """The upscaler, made on first use (its weights load only when -U or !fix asks)."""
@@ -141,11 +140,6 @@ class ModelHost:
     @property
     def device_label(self) -> str:
         gen = self.generator
-        if gen is None or not hasattr(gen, "device"):
+        if gen is None:
             return "-"
-        return f"{gen.device} {getattr(gen, 'precision', '')}".strip()
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        return f"{gen.device} {gen.precision}"

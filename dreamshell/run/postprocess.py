@@ -1,7 +1,9 @@
 """`!fix PATH -U F [S]`: post-process an existing image into a new file (no torch here).
 
-Writes `NNNNNN.SEED.upscale.png` beside the original (then `-01`, `-02`, ...), never overwriting,
-with the original's recipe plus the upscale recorded in all three chunks, and a log line.
+Writes `NNNNNN.SEED.upscale.png` beside the original (then `-01`, `-02`, ...), never overwriting. When
+the original has a recipe, the result's recipe is that recipe plus `-U`, exactly what a line with
+`-U` writes, and so is its log line: replaying the log makes the image again and upscales it, the
+same bytes as the `!fix` result (under a new number, as every replayed image).
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-
+from .. import __version__
+from ..line.errors import UserError
+from ..line.parser import parse_switches
+from ..line.request import DreamRequest, ImageRecord
+from ..store.output import OutputFolder
+from ..store.pngmeta import ImageMeta, MetadataError, read_recipe
+from ..weights.library import RecipeExtras
 from .dispatch import Command, Dispatcher, Outcome, Work
-from ..line.parser import ParseError, parse_switches
-from ..store.pngmeta import MetadataError, read_recipe
-from ..line.request import DreamRequest
-from .session import Control, Listener, Session, UserError
+from .image import _load_image
+from .plan import check_image_file
+from .session import Session
+from .types import Control, Listener
 
 FIX_SWITCHES = {"upscale"}
 
@@ -26,20 +34,41 @@ def check_fix(path: Path, values: dict, files: bool = True) -> None:
     extra = set(values) - FIX_SWITCHES
     if extra:
         raise UserError(f"!fix takes only -U; {', '.join(sorted(extra))} belong on a prompt line")
-    if files and not path.is_file():
-        raise UserError(f"!fix {path}: no such file")
+    if files:
+        check_image_file(str(path), "!fix")
+
+
+def upscale_file(session: Session, path: Path, spec) -> ImageRecord:
+    """Upscale the image at path into STEM.upscale[-NN].png beside it, never overwriting."""
+    check_image_file(str(path), "!fix")
+    try:
+        recipe: DreamRequest | None = read_recipe(path)
+    except MetadataError:
+        recipe = None
+    image = _load_image(str(path), "!fix", "RGB")
+    host = session.host
+    up = host.call(lambda: host.upscale(image, spec.factor, spec.strength))
+    folder = OutputFolder(path.parent, log=session.log_enabled)
+    if recipe is None:
+        return ImageRecord(str(folder.save_fix(path, up, None)), -1, "", 0)
+    request = recipe.with_(upscale=spec)
+    post = ({"type": "esrgan", "scale": spec.factor, "strength": spec.strength},)
+    try:   # the source image's LoRAs, embeddings and VAE, where their files are here
+        extras = session.library.recipe_extras(recipe.prompt, recipe.vae)
+    except (UserError, OSError):
+        extras = None
+    meta = ImageMeta(request, host.generator.model_hash if host.generator else "", __version__, post,
+                     "img2img" if recipe.init_img else "txt2img", extras or RecipeExtras())
+    out = folder.save_fix(path, up, meta)
+    return ImageRecord(str(out), request.seed, meta.command, 0)
 
 
 def fix_image(session: Session, path: Path, values: dict, echo) -> Path:
     """Upscale the image at path as `values` say; return the new file's path."""
     check_fix(path, values)
-    try:
-        recipe: DreamRequest | None = read_recipe(path)
-    except MetadataError:
-        recipe = None
     spec = values["upscale"]
-    record = session.upscale_file(path, spec, recipe)
-    if recipe is None:
+    record = upscale_file(session, path, spec)
+    if not record.command:
         echo(f"{record.path}: upscaled x{spec.factor:g} (the original has no recipe, so none is written)")
     else:
         echo(f"{record.path}: {record.command}")
@@ -56,7 +85,7 @@ def register_fix(dispatcher: Dispatcher) -> None:
             raise UserError("!fix needs a path and -U: !fix outputs/000001.42.png -U 4")
         try:
             values, _ = parse_switches(tokens[1:])
-        except ParseError as e:
+        except UserError as e:
             raise UserError(f"!fix: {e}") from None
         path = Path(tokens[0]).expanduser()
         check_fix(path, values, files=dispatcher.check_files_now())

@@ -7,8 +7,7 @@ from typing import Callable
 
 from ..line.request import ImageRecord
 from ..line.safetext import one_line, visible
-from .session import Listener, Stopped
-
+from .types import Listener, Stopped
 
 NOTE_LIMIT = 4000   # -t's token lists are long on purpose; errors stay at safetext's shorter limit
 
@@ -79,8 +78,14 @@ class RichProgress:
 
     def start(self, label: str, total: int | None) -> None:
         """A bar for `total` steps; total None is a pulsing bar (loading)."""
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         self.stop()
         self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                                   MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),

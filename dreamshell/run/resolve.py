@@ -9,13 +9,24 @@ import random
 from dataclasses import fields
 
 from ..line import hires
-from ..weights.models import ModelSpec
+from ..line.errors import UserError
+from ..line.limits import MAX_SEED
 from ..line.request import REQUEST_DEFAULTS, DreamRequest
-from ..line.switches import MAX_SEED
+from ..weights.models import ModelSpec
 
 
-class ResolveError(ValueError):
+class ResolveError(UserError):
     """A request that refers to something that is not there (an earlier seed, a last image)."""
+
+
+class _Unknown:
+    """In place of a random source: seeds a line leaves open stay unknown (None) until it runs (the dry run)."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN_SEEDS"
+
+
+UNKNOWN_SEEDS = _Unknown()
 
 
 def apply_defaults(request: DreamRequest, defaults: DreamRequest | None) -> DreamRequest:
@@ -33,9 +44,12 @@ def apply_defaults(request: DreamRequest, defaults: DreamRequest | None) -> Drea
     return request.with_(**changes) if changes else request
 
 
-def resolve_seed(seed: int | None, earlier: list[int], rng: random.Random | None = None) -> int:
-    """A seed to use: the given one, an earlier one for -1/-2/..., or a fresh random one."""
+def resolve_seed(seed: int | None, earlier: list, rng=None) -> int | None:
+    """A seed to use: the given one, an earlier one for -1/-2/..., or a fresh random one (None when
+    `rng` is UNKNOWN_SEEDS: known only when the line runs)."""
     if seed is None:
+        if rng is UNKNOWN_SEEDS:
+            return None
         return (rng or random.SystemRandom()).randint(0, MAX_SEED)
     if seed >= 0:
         return seed
@@ -73,10 +87,15 @@ def resolve_request(request: DreamRequest, spec: ModelSpec, earlier_seeds: list[
     )
 
 
-def image_requests(resolved: DreamRequest, rng: random.Random | None = None) -> list[DreamRequest]:
+def image_requests(resolved: DreamRequest, rng=None) -> list[DreamRequest]:
     """One request per image of `-n N`. Image i gets seed S+i (A1111's rule), so each can be remade
     alone; with `-v A` every image is a variation of the one seed S, each with its own variation seed,
-    written as `-S S -V seed:A` (the original shell's VARIATIONS.md)."""
+    written as `-S S -V seed:A` (the original shell's VARIATIONS.md). With UNKNOWN_SEEDS the open seeds
+    stay None."""
+    if rng is UNKNOWN_SEEDS:
+        step = 0 if resolved.variation_amount else 1
+        return [resolved.with_(seed=None if resolved.seed is None else (resolved.seed + i * step) % (MAX_SEED + 1),
+                               iterations=1, grid=False, variation_amount=0.0) for i in range(resolved.iterations)]
     if resolved.variation_amount:
         rng = rng or random.SystemRandom()
         return [resolved.with_(iterations=1, grid=False, variation_amount=0.0,

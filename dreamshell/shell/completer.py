@@ -60,11 +60,8 @@ class DreamCompleter(Completer):
                 if name.lower().startswith(partial.lower()):
                     yield Completion(name + ":1>", start_position=-len(partial), display=name, display_meta="LoRA")
             return
-        try:
-            tokens = shlex.split(text, posix=True)
-        except ValueError:
-            tokens = text.split()
-        word = "" if text.endswith(" ") or not tokens else tokens[-1]
+        tokens, quote = _tokens(text)
+        word = "" if (text.endswith(" ") and not quote) or not tokens else quote + tokens[-1]
         previous = tokens[-1] if text.endswith(" ") and tokens else (tokens[-2] if len(tokens) > 1 else "")
         if text.startswith("!"):
             name = tokens[0][1:] if tokens else ""
@@ -86,3 +83,13 @@ class DreamCompleter(Completer):
                 for spelling in list(s.short) + [s.long]:
                     if spelling.startswith(word):
                         yield Completion(spelling, start_position=-len(word), display_meta=s.help)
+
+
+def _tokens(text: str) -> tuple[list[str], str]:
+    """The typed words, and the quote a last word still has open (`-A "DPM++ 2M K`): "" when none."""
+    for quote in ("", '"', "'"):
+        try:
+            return shlex.split(text + quote, posix=True), quote
+        except ValueError:
+            continue
+    return text.split(), ""

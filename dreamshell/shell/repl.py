@@ -18,11 +18,12 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.patch_stdout import patch_stdout
 
+from ..line.errors import UserError
+from ..line.request import ImageRecord
 from ..run.dispatch import Command, Dispatcher, Outcome, Work, data_dir
 from ..run.jobs import Job, JobQueue
-from ..line.request import ImageRecord
-from ..run.session import Session, UserError
 from ..run.report import TextListener, record_line
+from ..run.session import Session
 from .completer import DreamCompleter
 from .thumbnails import PROTOCOLS, block_fragments, detect_protocol, render
 
@@ -112,7 +113,7 @@ class DreamShell:
         self._timer: threading.Timer | None = None
         self._register_queue_commands()
         completer = DreamCompleter(lambda: list(session.registry.models), lambda: dispatcher.commands,
-                                   getattr(session, "library", None))
+                                   session.library)
         self.prompt = PromptSession(history=self.history, auto_suggest=AutoSuggestFromHistory(),
                                     completer=completer, complete_while_typing=False,
                                     bottom_toolbar=self.toolbar, input=input, output=output,

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..line.errors import CommandFileError
-from .fileops import append_line
 from ..line.limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
 from ..line.parser import is_comment, strip_log_prefix
 from ..line.safetext import shorten
+from .fileops import append_line
 
 LOG_NAME = "dream_log.txt"
 

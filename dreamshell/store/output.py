@@ -15,9 +15,11 @@ import os
 import re
 from pathlib import Path
 
+from ..line.errors import UserError
+from ..line.formatter import format_request
+from ..weights.library import RecipeExtras
 from .dreamlog import LOG_NAME, append_comment, append_log_line
 from .fileops import directory_lock, stale_temp_files
-from ..line.formatter import format_request
 from .naming import save_derived, save_numbered
 from .pngmeta import ImageMeta, MetadataError, png_bytes, read_recipe
 
@@ -25,7 +27,7 @@ from .pngmeta import ImageMeta, MetadataError, png_bytes, read_recipe
 _LOGGED = re.compile(r"^\d{6,}\.\d+(?:\.upscale(?:-\d+)?)?\.png$")
 
 
-class OutputError(OSError):
+class OutputError(OSError, UserError):
     """The folder cannot take the file (full, read-only, not a folder); str() is the one line."""
 
 
@@ -133,10 +135,22 @@ class OutputFolder:
     def save_image(self, image, meta: ImageMeta) -> Path:
         """The image as NNNNNN.SEED.png with its chunks and its log line; nothing half-written."""
         self.open()
-        command = format_request(meta.request)
+        command = meta.command
         with self._writing(f"; the image is not saved (its command: {command[:200]})"):
             return save_numbered(self.folder, meta.request.seed, png_bytes(image, meta),
                                  on_placed=self._log_line(command))
+
+    def save_result(self, result, extras: RecipeExtras, app_version: str) -> tuple[Path, str]:
+        """One made image (run/types.ImageResult) with its recipe, and its original under --save_original:
+        (the image's path, its canonical command). The one call every path saves an image with."""
+        meta = ImageMeta(result.request, result.model_hash, app_version, tuple(result.postprocessing),
+                         result.image_type, extras)
+        path = self.save_image(result.image, meta)
+        if result.original is not None:
+            plain = result.request.with_(upscale=None, save_original=False)
+            self.save_original(path, result.original, ImageMeta(plain, result.model_hash, app_version, (),
+                                                                result.image_type, extras))
+        return path, meta.command
 
     def save_original(self, upscaled: Path, image, meta: ImageMeta) -> Path:
         """The un-upscaled image beside the upscaled one (`--save_original`); not a log line of its own."""

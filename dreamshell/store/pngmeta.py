@@ -1,4 +1,4 @@
-"""The recipe in every PNG: `Dream`, `sd-metadata` (InvokeAI) and `parameters` (A1111). REFERENCE.md 3.
+"""The recipe in every PNG: `Dream`, `sd-metadata` (InvokeAI) and `parameters` (A1111); formats/ names each one's source.
 
 Writing: `png_bytes(image, meta)` returns the encoded PNG with the three text chunks. Reading:
 `fetch_recipe(path)` (request, notes, source) and `read_recipe(path)` (the request alone) read ours,
@@ -14,10 +14,19 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .formats import (ImageMeta, MetadataError, Recipe, a1111_parameters, dream_text, fetch_recipe, parse_a1111,
-                      read_texts, sd_metadata)
-from .formats.common import APP_ID
 from ..line.request import DreamRequest
+from .formats import (
+    ImageMeta,
+    MetadataError,
+    Recipe,
+    a1111_parameters,
+    dream_text,
+    fetch_recipe,
+    parse_a1111,
+    read_texts,
+    sd_metadata,
+)
+from .formats.common import APP_ID
 
 __all__ = ["APP_ID", "ImageMeta", "MetadataError", "Recipe", "a1111_parameters", "fetch_recipe", "parse_a1111",
            "png_bytes", "read_chunks", "read_recipe", "sd_metadata"]

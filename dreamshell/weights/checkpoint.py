@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import NotAModel
+from .safetensors import read_header
 
 UNET = "model.diffusion_model."
 CONV_IN = UNET + "input_blocks.0.0.weight"
 ATTN2_K = UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"  # level 1, first attention
 XL_BASE = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
 XL_REFINER = "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias"
-FAMILIES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 KIND_NAMES = {"sd1": "SD 1.x", "sd1-inpaint": "SD 1.x inpainting", "sd2": "SD 2.x", "sd2-inpaint": "SD 2.x inpainting",
               "sdxl": "SDXL base", "sdxl-refiner": "SDXL refiner", "sdxl-inpaint": "SDXL inpainting"}
 KINDS = tuple(KIND_NAMES)
-
-
-class NotAModel(ValueError):
-    """The file is readable but is not a Stable Diffusion model dreamshell loads; str() says what it is."""
 
 
 @dataclass(frozen=True)
@@ -49,18 +46,7 @@ class Detected:
 
 def safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a .safetensors header (reads the first bytes only)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise NotAModel(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
-        (length,) = struct.unpack("<Q", head)
-        if length > 100_000_000:
-            raise NotAModel(f"{path} is not a safetensors file (header length {length} makes no sense)")
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise NotAModel(f"{path} is not a safetensors file (its header is not JSON)") from None
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return read_header(path).shapes
 
 
 class _Shape:

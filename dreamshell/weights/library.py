@@ -19,16 +19,17 @@ whole file (10 hex).
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..line.errors import UserError
 from ..line.prompt import PromptError, split_prompt
 from ..line.safetext import quoted, shorten
+from .errors import NotAModel
+from .hashing import sha256_of
+from .safetensors import read_header
 
 LORA_SUFFIXES = (".safetensors",)
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -37,7 +38,7 @@ VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 MAX_FILES = 20_000      # files looked at in one folder tree
 
 
-class ExtraError(ValueError):
+class ExtraError(UserError):
     """A LoRA, embedding or VAE that cannot be found or read; str() is the one line for the user."""
 
 
@@ -74,67 +75,30 @@ class RecipeExtras:
     vae: tuple[str, str] | None = None                 # (file name, 10-hex hash or "" for a folder)
 
 
-# ----- hashes (A1111's algorithms), cached per (path, size, mtime)
-
-_cache: dict[tuple, str] = {}
-_cache_lock = threading.Lock()
-
-
-def _digest(path: Path, skip_header: bool) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, skip_header)
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if skip_header:
-            n = int.from_bytes(f.read(8), "little")
-            f.seek(n + 8)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    with _cache_lock:
-        _cache[key] = digest
-    return digest
+# ----- hashes (A1111's algorithms; computed once and cached by hashing.py)
 
 
 def sha256_file(path: Path) -> str:
     """sha256 of the whole file (A1111 `hashes.calculate_sha256`)."""
-    return _digest(Path(path), skip_header=False)
+    return sha256_of(Path(path))
 
 
 def addnet_hash(path: Path) -> str:
     """sha256 of a .safetensors file after its 8-byte length and JSON header (A1111
     `hashes.addnet_hash_safetensors`, the kohya additional-networks hash)."""
-    return _digest(Path(path), skip_header=True)
+    return sha256_of(Path(path), skip_header=True)
 
 
-MAX_HEADER = 100 << 20      # a safetensors JSON header read for its metadata
 _HEX = re.compile(r"[0-9a-fA-F]{12,64}")
 
 
 def recorded_lora_hash(path: Path) -> str:
     """The `sshs_model_hash` a .safetensors file's `__metadata__` records, "" when none (or not hex)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, "sshs")
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-    value = ""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        raw = f.read(n) if 2 < n <= MAX_HEADER else b""
     try:
-        meta = json.loads(raw).get("__metadata__") if raw else None
-    except (ValueError, AttributeError):
-        meta = None
-    recorded = meta.get("sshs_model_hash") if isinstance(meta, dict) else None
-    if isinstance(recorded, str) and _HEX.fullmatch(recorded.strip()):
-        value = recorded.strip()
-    with _cache_lock:
-        _cache[key] = value
-    return value
+        recorded = read_header(path).metadata.get("sshs_model_hash", "")
+    except NotAModel:
+        return ""
+    return recorded.strip() if _HEX.fullmatch(recorded.strip()) else ""
 
 
 def lora_hash(path: Path) -> str:
@@ -162,7 +126,8 @@ def vae_hash(path: Path) -> str:
 
 
 def _scan(folder: Path, suffixes: tuple[str, ...], folder_marker: str | None = None) -> dict[str, Path]:
-    """stem -> path for the files in folder and its subfolders (the first in sorted order wins)."""
+    """stem -> path for the regular files in folder and its subfolders (the first in sorted order wins).
+    FIFOs, devices and links to them are left out: reading one would block or never end."""
     found: dict[str, Path] = {}
     if not folder.is_dir():
         return found
@@ -170,14 +135,15 @@ def _scan(folder: Path, suffixes: tuple[str, ...], folder_marker: str | None = N
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs.sort()
         if folder_marker and folder_marker in files and Path(root) != folder:
-            found.setdefault(Path(root).name, Path(root))
+            if (Path(root) / folder_marker).is_file():
+                found.setdefault(Path(root).name, Path(root))
             continue
         for name in sorted(files):
             seen += 1
             if seen > MAX_FILES:
                 return found
             p = Path(root) / name
-            if p.suffix.lower() in suffixes:
+            if p.suffix.lower() in suffixes and p.is_file():
                 found.setdefault(p.stem, p)
     return found
 
@@ -203,6 +169,22 @@ def _missing(what: str, name: str, folder: Path, names, how: str) -> ExtraError:
     return ExtraError(f"no {what} {quoted(name)} in {shorten(str(folder), 120)}{hint} ({how})")
 
 
+@dataclass(frozen=True)
+class LineFiles:
+    """The LoRA, embedding and VAE files one line uses, found once when the line is planned; the engine
+    loads these paths and the recipe records their hashes (nothing is looked up again)."""
+
+    loras: tuple[UsedLora, ...] = ()
+    embeddings: tuple[UsedEmbedding, ...] = ()
+    vae: Path | None = None
+
+    def recipe(self) -> RecipeExtras:
+        """The files with A1111's hashes, for the image's metadata (each file hashed once, then cached)."""
+        return RecipeExtras(tuple((u.name, u.weight, lora_hash(u.path)) for u in self.loras),
+                            tuple((u.name, embedding_hash(u.path)) for u in self.embeddings),
+                            (self.vae.name, vae_hash(self.vae)) if self.vae is not None else None)
+
+
 _WORD_EDGE = r"(?<![A-Za-z0-9_]){}(?![A-Za-z0-9_])"
 
 
@@ -217,15 +199,21 @@ class Library:
         return _scan(self.folders.loras, LORA_SUFFIXES, DIFFUSERS_LORA_FILE)
 
     def find_lora(self, name: str) -> Path:
+        return self._lora_in(self.loras(), name)
+
+    def used_loras(self, prompt: str) -> list[UsedLora]:
+        """The prompt's LoRA tags with their files; ExtraError for a missing one, PromptError for a bad tag."""
+        tags = split_prompt(prompt).loras
+        if not tags:
+            return []
         found = self.loras()
+        return [UsedLora(t.name, self._lora_in(found, t.name), t.weight) for t in tags]
+
+    def _lora_in(self, found: dict[str, Path], name: str) -> Path:
         if name in found:
             return found[name]
         raise _missing("LoRA", name, self.folders.loras, found,
                        "LoRAs are .safetensors files; set the folder with --lora_dir or 'loras:' in the models file")
-
-    def used_loras(self, prompt: str) -> list[UsedLora]:
-        """The prompt's LoRA tags with their files; ExtraError for a missing one, PromptError for a bad tag."""
-        return [UsedLora(t.name, self.find_lora(t.name), t.weight) for t in split_prompt(prompt).loras]
 
     # embeddings
     def embeddings(self) -> dict[str, Path]:
@@ -249,9 +237,12 @@ class Library:
         return _scan(self.folders.vaes, VAE_SUFFIXES, "config.json")
 
     def find_vae(self, name: str) -> Path:
-        """A VAE by path, by file name in the VAE folder, or by stem there."""
+        """A VAE by path, by file name in the VAE folder, or by stem there (a regular file or a folder)."""
         path = Path(name).expanduser()
         if path.exists():
+            if not (path.is_file() or path.is_dir()):
+                raise ExtraError(f"--vae {quoted(name)} is not a regular file or a folder (a FIFO or a device "
+                                 "cannot be read as weights)")
             return path
         found = self.vaes()
         for p in found.values():
@@ -262,18 +253,11 @@ class Library:
         raise _missing("VAE", name, self.folders.vaes, {p.name for p in found.values()},
                        "give a path, or a .safetensors file or diffusers folder in the VAE folder (--vae_dir)")
 
-    # the recipe
-    def recipe_extras(self, prompt: str, vae: str | None) -> RecipeExtras:
-        loras = tuple((u.name, u.weight, lora_hash(u.path)) for u in self.used_loras(prompt))
-        embeddings = tuple((u.name, embedding_hash(u.path)) for u in self.used_embeddings(prompt))
-        vae_entry = None
-        if vae:
-            path = self.find_vae(vae)
-            vae_entry = (path.name, vae_hash(path))
-        return RecipeExtras(loras, embeddings, vae_entry)
+    # a line's files
+    def files_for(self, prompt: str, vae: str | None) -> LineFiles:
+        """The files a line uses, each folder scanned once; ExtraError for a LoRA or VAE that is not there."""
+        return LineFiles(tuple(self.used_loras(prompt)), tuple(self.used_embeddings(prompt)),
+                         self.find_vae(vae) if vae else None)
 
-    def check(self, prompt: str, vae: str | None) -> None:
-        """Raise ExtraError for a LoRA or VAE the line names that is not there."""
-        self.used_loras(prompt)
-        if vae:
-            self.find_vae(vae)
+    def recipe_extras(self, prompt: str, vae: str | None) -> RecipeExtras:
+        return self.files_for(prompt, vae).recipe()

@@ -1,4 +1,4 @@
-"""The models file -> model specs (no torch). REFERENCE.md section 4.
+"""The models file -> model specs (no torch); in the spirit of InvokeAI 2.x's configs/models.yaml.
 
 models.yaml maps a name to weights (a diffusers folder or one .safetensors/.ckpt file), an optional
 kind (read from the weights when left out: checkpoint.py), a description, defaults, a `vae` and a
@@ -14,9 +14,10 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..line.errors import UserError
+from ..line.safetext import quoted, shorten
 from .checkpoint import KINDS, NotAModel, detect
 from .library import Folders
-from ..line.safetext import quoted, shorten
 
 DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 PREDICTIONS = ("v", "epsilon")
@@ -24,7 +25,7 @@ DEMO_NAME = "demo"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent   # dreamshell/
 
 
-class ModelsFileError(ValueError):
+class ModelsFileError(UserError):
     """A models file that cannot be used; str() names the file, the entry and the rule."""
 
 
@@ -237,8 +238,15 @@ def load_registry(path: Path | None) -> Registry:
             models[str(name)] = _spec_from_entry(str(name), entry, base, path)
     if not models:
         models[DEMO_NAME] = demo_spec()
-    anchor = Path("models/ldm/stable-diffusion-v1/model.ckpt")
-    if anchor.exists() and not any(s.weights.resolve() == anchor.resolve() for s in models.values()):
-        models["stable-diffusion-1.4"] = ModelSpec("stable-diffusion-1.4", anchor.resolve(), "sd1",
+    original = Path("models/ldm/stable-diffusion-v1/model.ckpt")   # where lstein/stable-diffusion kept it
+    if original.exists() and not any(s.weights.resolve() == original.resolve() for s in models.values()):
+        models["stable-diffusion-1.4"] = ModelSpec("stable-diffusion-1.4", original.resolve(), "sd1",
                                                    "the original shell's checkpoint path")
     return Registry(models, upscalers, path if path is not None and path.exists() else None, folders)
+
+
+def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None) -> Registry:
+    """The registry with the LoRA, embedding and VAE folders the launch switches name (over the models file's)."""
+    changes = {field: Path(value).expanduser() for field, value in
+               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes)) if value}
+    return replace(registry, folders=replace(registry.folders, **changes)) if changes else registry

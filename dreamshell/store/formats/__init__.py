@@ -19,7 +19,13 @@ from .a1111 import a1111_parameters, parse_a1111, read_a1111
 from .comfyui import read_comfyui
 from .common import MAX_COMMAND, ImageMeta, MetadataError, Recipe, short
 from .container import read_texts
-from .invokeai import dream_text, read_dream, read_invokeai_metadata, read_sd_metadata, sd_metadata
+from .invokeai import (
+    dream_text,
+    read_dream,
+    read_invokeai_metadata,
+    read_sd_metadata,
+    sd_metadata,
+)
 
 __all__ = ["ImageMeta", "MetadataError", "Recipe", "a1111_parameters", "dream_text", "fetch_recipe",
            "parse_a1111", "read_texts", "sd_metadata"]

@@ -15,13 +15,12 @@ import math
 import re
 
 from ...line import hires
-from ...weights.library import RecipeExtras
-from ...line.formatter import format_request
 from ...line.parser import ParseError, parse_request
 from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
 from ...line.request import DreamRequest
 from ...line.samplers import effective_schedule, find_sampler, find_schedule
 from ...line.switches import SwitchError, format_number
+from ...weights.library import RecipeExtras
 from .common import Builder, ImageMeta, MetadataError, Recipe, short
 from .prompts import _to_a1111_text, a1111_to_dreamshell, dreamshell_to_a1111
 
@@ -137,7 +136,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
         keys.append(("TI hashes", embeddings))
     if r.upscale:
         keys += _upscale_keys(r)
-    keys.append(("Dreamshell", format_request(r)))
+    keys.append(("Dreamshell", meta.command))
     lines = [prompt]
     if negative:
         lines.append("Negative prompt: " + _to_a1111_text(negative.replace("\\:", ":")))

@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ...line import hires
-from ...weights.library import RecipeExtras
-from ...line.limits import LimitError, check_request
+from ...line.errors import UserError
+from ...line.formatter import format_request
+from ...line.limits import MAX_SIZE, MIN_SIZE, LimitError, check_request
 from ...line.prompt import PromptError, split_prompt
 from ...line.request import DreamRequest
 from ...line.switches import BY_SPELLING, SwitchError, format_number
+from ...weights.library import RecipeExtras
 
 APP_ID = "dreamshell"
 MAX_CHUNK = 1 << 20          # one text chunk (decompressed) a recipe may come from
@@ -20,7 +23,7 @@ MAX_TEXT_TOTAL = 4 << 20     # all text chunks of one file together
 MAX_COMMAND = 16384          # characters of a recovered command line
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """An image whose recipe cannot be read; str() is the one line for the user."""
 
 
@@ -34,6 +37,12 @@ class ImageMeta:
     postprocessing: tuple[dict, ...] = field(default_factory=tuple)
     image_type: str = "txt2img"
     extras: RecipeExtras = field(default_factory=RecipeExtras)   # LoRAs, embeddings, VAE with A1111's hashes
+
+    @cached_property
+    def command(self) -> str:
+        """The canonical command that remakes the image, formatted once: the log line's, the record's and
+        A1111's `Dreamshell` key."""
+        return format_request(self.request)
 
 
 @dataclass(frozen=True)
@@ -95,9 +104,9 @@ class Builder:
         except (TypeError, ValueError, OverflowError):
             self.drop(f"{label} {short(width)}x{short(height)} (not numbers)")
             return
-        rw, rh = (max(64, min(8192, 8 * round(v / 8))) for v in (w, h))
+        rw, rh = (max(MIN_SIZE, min(MAX_SIZE, 8 * round(v / 8))) for v in (w, h))
         if (rw, rh) != (w, h):
-            self.note(f"size {w}x{h} rounded to {rw}x{rh} (dreamshell sizes are multiples of 8 from 64 to 8192)")
+            self.note(f"size {w}x{h} rounded to {rw}x{rh} (dreamshell sizes are multiples of 8 from {MIN_SIZE} to {MAX_SIZE})")
         self.values["width"], self.values["height"] = rw, rh
 
     def seed(self, value) -> None:

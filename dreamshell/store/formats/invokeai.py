@@ -8,12 +8,18 @@ import json
 import re
 
 from ...line import hires
-from ...weights.library import RecipeExtras
 from ...line.formatter import format_request
-from ...line.parser import ParseError, _lookup, parse_switches, split_line, strip_log_prefix
+from ...line.parser import (
+    ParseError,
+    _lookup,
+    parse_switches,
+    split_line,
+    strip_log_prefix,
+)
 from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
 from ...line.samplers import find_sampler
 from ...line.switches import SWITCHES, UNSUPPORTED, format_number
+from ...weights.library import RecipeExtras
 from .common import APP_ID, Builder, ImageMeta, MetadataError, Recipe, one_line, short
 
 # ----- writing
@@ -145,7 +151,7 @@ def _version(text) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def anchor_schedule(b: Builder, app_id: str, app_version: str) -> None:
+def invokeai2_karras_schedule(b: Builder, app_id: str, app_version: str) -> None:
     """InvokeAI 2.1-2.2 ran its k_ samplers on Karras sigmas below `--karras_max` steps (default 30) and
     on the model's own (uniform) sigmas from there (InvokeAI 2.2 `ldm/models/diffusion/ksampler.py`)."""
     version = _version(app_version)
@@ -174,7 +180,7 @@ def read_dream(text: str, source: str = "Dream", app: tuple[str, str] = ("", "")
         b.note("line breaks in the prompt became spaces (a command is one line)")
     _dream_hires(b, values, app[0])
     b.values.update(values)
-    anchor_schedule(b, *app)
+    invokeai2_karras_schedule(b, *app)
     return b.build(prompt)
 
 
@@ -299,7 +305,7 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
         b.set("-V", pairs, "variations")
     _sd_postprocessing(b, image)
     recorded = _sd_read_extras(b, image, app == APP_ID)
-    anchor_schedule(b, app, str(data.get("app_version") or ""))
+    invokeai2_karras_schedule(b, app, str(data.get("app_version") or ""))
     if len(images) > 1:
         _grid(b, images)
     if data.get("model_id"):

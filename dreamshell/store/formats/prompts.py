@@ -12,7 +12,13 @@ from __future__ import annotations
 import re
 
 from ...line.limits import MAX_LORAS
-from ...line.prompt import LORA_TAG, MAX_LORA_WEIGHT, PromptError, extract_loras, split_prompt
+from ...line.prompt import (
+    LORA_TAG,
+    MAX_LORA_WEIGHT,
+    PromptError,
+    extract_loras,
+    split_prompt,
+)
 from ...line.switches import format_number
 
 # private-use stand-ins for escaped characters while the syntax is read

@@ -1,0 +1,31 @@
+"""Several images of one line in one batch (`--batch_size N`, GPUs): each keeps its own seed's noise and
+sampler generator, so image i is the image its request alone makes (imports torch)."""
+
+from __future__ import annotations
+
+from ..line.request import DreamRequest
+from .protocols import Interrupted
+
+
+def generate_together(gen, group: list[DreamRequest], on_step, should_stop) -> list:
+    """The images of `group` in one pipeline call on the generator `gen`."""
+    torch, first = gen.torch, group[0]
+    pipe = gen._pipe("txt2img")
+    pipe.scheduler = gen._scheduler(first.sampler, first.schedule)
+
+    def step_end(_pipe, step, _timestep, kwargs):
+        if should_stop is not None and should_stop():
+            raise Interrupted()
+        if on_step is not None:
+            on_step(step + 1, first.steps)
+        return kwargs
+
+    cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None)
+            for k, v in gen.text.conditioning(first).items()}
+    args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
+                callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
+                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
+                latents=torch.cat([gen.initial_latents(r) for r in group]))
+    if gen.kind.endswith("-inpaint"):
+        gen._whole_image_mask(args, first)
+    return gen._run(pipe, args, first)

@@ -1,0 +1,254 @@
+"""A line planned once: the one place that turns a parsed request into the images to make (no torch).
+
+Every way a line runs uses this: the shell and one-shot lines (run/session.py), `--from_file` and
+`!replay` (through the session), the dry run (run/dryrun.py) and the Ray driver (batch/plan.py).
+
+Planning has two steps, because the shell answers a typed line at once but runs it later, after the
+jobs queued before it:
+- `Planner.check(request)`: what the line alone can tell. Session defaults applied, the model it
+  names, its limits, a sampler that cannot run here, its LoRA / embedding / VAE files (each folder
+  scanned once), its `-I`/`-M` files. Raises `UserError`.
+- `Planner.resolve(checked, state)`: what depends on the lines before it (`PlanState`): the model
+  that is current, `-S -N`, `-I -1`, the size of an init image, random seeds, one request per image
+  (`-n`, `-v`), and the recipe's hashes. Leaves `state` as it was; `state.after_line(plan)` moves it on
+  for drivers that plan a whole file ahead (the dry run, Ray); the session moves it as images are saved.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+from ..line.errors import UserError
+from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
+from ..line.parser import parse_line
+from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
+from ..line.samplers import SamplerError, find_sampler
+from ..line.samplers import plan as scheduler_plan
+from ..weights.library import Library, LineFiles, RecipeExtras
+from ..weights.models import ModelsFileError, ModelSpec, Registry
+from .resolve import UNKNOWN_SEEDS, apply_defaults, image_requests, resolve_request
+
+LAST_IMAGE = "-1"     # -I -1: the last image made before the line
+
+
+class Pending:
+    """The image `-I -1` names when it is not written yet (a Ray batch plans ahead of its writer)."""
+
+    def __repr__(self) -> str:
+        return "<an earlier image of this file>"
+
+
+PENDING = Pending()
+
+
+@dataclass(frozen=True)
+class CheckedLine:
+    """A prompt line checked on its own: the session defaults applied, nothing resolved yet."""
+
+    request: DreamRequest
+    spec: ModelSpec | None       # the model the line names (None: the one current when it runs)
+    files: LineFiles             # its LoRAs and embeddings (and a VAE it names), found once
+    explicit_size: bool          # -W/-H given (on the line or at launch): an init image must match, or --fit
+
+
+@dataclass(frozen=True)
+class LinePlan:
+    """A line ready to run: every image's request, the files they use, the model."""
+
+    line: DreamRequest                    # resolved: the first image's seed, steps, size, sampler, model ...
+    spec: ModelSpec
+    images: tuple[DreamRequest, ...]      # one per image (-n, -v); init_img may still be "-1" (PENDING)
+    files: LineFiles
+    explicit_size: bool
+
+    @cached_property
+    def extras(self) -> RecipeExtras:
+        """The files with A1111's hashes for the images' recipes (hashed once, when first saved)."""
+        return self.files.recipe()
+
+    @property
+    def grid(self) -> bool:
+        return self.line.grid and len(self.images) > 1
+
+    def grid_request(self, first: DreamRequest) -> DreamRequest:
+        """The grid's recipe: the line (-n N, its first seed) at the size its images were made."""
+        return self.line.with_(grid=False, width=first.width, height=first.height, init_img=first.init_img)
+
+
+@dataclass
+class PlanState:
+    """What earlier lines leave for the next: the current model, the seeds of the images made (`-S -N`),
+    the last image (`-I -1`) and its size. `rng` draws the seeds a line leaves open; None leaves them
+    unknown (the dry run shows `<random>`)."""
+
+    model: ModelSpec
+    rng: random.Random | None = field(default_factory=random.SystemRandom)
+    seeds: list = field(default_factory=list)          # int, or None for a seed only known when it runs
+    last_image: object = None                          # a path (str), PENDING, or None: none made yet
+    last_size: tuple[int, int] | None = None           # the last image's size, when its file is not there yet
+    images: int = 0                                    # images made (or planned) so far
+
+    def after_line(self, plan: LinePlan) -> None:
+        """Move on past a planned line as if its images were made."""
+        self.model = plan.spec
+        self.seeds.extend(one.seed for one in plan.images)
+        self.images += len(plan.images)
+        last = plan.images[-1]
+        factor = last.upscale.factor if last.upscale else 1
+        self.last_image = PENDING
+        self.last_size = (round(last.width * factor), round(last.height * factor))
+
+    def image_made(self, seed: int, path: str) -> None:
+        """An image was saved (the session moves on image by image)."""
+        self.seeds.append(seed)
+        self.images += 1
+        self.last_image, self.last_size = path, None
+
+
+class Planner:
+    """Plans lines for one registry, one set of session defaults and one library of files."""
+
+    def __init__(self, registry: Registry, defaults: DreamRequest | None = None, library: Library | None = None):
+        self.registry = registry
+        self.defaults = defaults
+        self.library = library or Library(registry.folders)
+
+    def model(self, name: str) -> ModelSpec:
+        """A model by name or path, its weights there; one line when not."""
+        spec = self.registry.get(name)
+        check_weights(spec)
+        return spec
+
+    def check(self, request: DreamRequest, files: bool = True) -> CheckedLine:
+        """Everything the line alone can tell (`files`: also its -I/-M files, which a queued line looks
+        for only when it runs, since lines before it may make them)."""
+        request = apply_defaults(request, self.defaults)
+        spec = self.model(request.model) if request.model is not None else None
+        check_sampler(request.sampler, request.schedule)
+        found = self.library.files_for(request.prompt, request.vae)   # a model's own VAE: when it runs
+        explicit = bool(request.width or request.height)
+        if files:
+            for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")):
+                if path and path != LAST_IMAGE:
+                    check_image_file(path, what)
+            if request.init_img and request.init_img != LAST_IMAGE and not explicit:
+                size_from_image(request.init_img)
+        return CheckedLine(request, spec, found, explicit)
+
+    def resolve(self, checked: CheckedLine, state: PlanState) -> LinePlan:
+        """The line after the lines before it: model, seeds, -I -1, sizes, one request per image."""
+        request, spec = checked.request, checked.spec or state.model
+        check_weights(spec)
+        resolved = resolve_request(request, spec, state.seeds, state.rng).with_(model=spec.name)
+        check_sampler(resolved.sampler, resolved.schedule)
+        check_resolved(resolved)
+        files = checked.files
+        if resolved.vae and files.vae is None:   # the model's own VAE setting (the line named none)
+            files = replace(files, vae=self.library.find_vae(resolved.vae))
+        if resolved.init_img == LAST_IMAGE:
+            if state.last_image is None:
+                raise UserError("-I -1 means the last image made, but none was made before this line")
+            if state.last_image is not PENDING:
+                resolved = resolved.with_(init_img=str(state.last_image))
+        if resolved.init_img and not checked.explicit_size:
+            if resolved.init_img == LAST_IMAGE:
+                size = state.last_size
+            else:
+                size = size_from_image(resolved.init_img) if Path(resolved.init_img).expanduser().is_file() else None
+            if size is not None:
+                resolved = resolved.with_(width=size[0], height=size[1])
+        images = tuple(image_requests(resolved, state.rng))
+        return LinePlan(resolved, spec, images, files, checked.explicit_size)
+
+    def plan(self, request: DreamRequest, state: PlanState, files: bool = True) -> LinePlan:
+        return self.resolve(self.check(request, files), state)
+
+
+def plan_file_line(planner: Planner, state: PlanState, text: str, ray: bool = False):
+    """One line of a command file planned ahead (Ray and the dry run): a LinePlan (state moved past it),
+    a ModelSpec for `!switch NAME`, or the parsed item for other lines; UserError for a bad line."""
+    item = parse_line(text)
+    if isinstance(item, Blank):
+        return item
+    if isinstance(item, HelpRequest):
+        if ray:
+            raise UserError("a help line makes no image; remove it from the file")
+        return item
+    if isinstance(item, BangCommand):
+        if item.name == "switch" and item.args:
+            state.model = planner.model(item.args.strip().strip("\"'"))
+            return state.model
+        if ray:
+            raise UserError(f"!{item.name} is not run with --ray (only prompt lines and !switch NAME are)")
+        return item
+    plan = planner.plan(item, state)
+    state.after_line(plan)
+    return plan
+
+
+# ----- checks shared by every path (the same words on each)
+
+def check_weights(spec: ModelSpec) -> None:
+    if not spec.weights.exists():
+        raise ModelsFileError(f"model '{spec.name}': {spec.weights} does not exist; fix 'weights' in the models "
+                              "file or give --model a path that exists")
+
+
+def check_sampler(sampler: str | None, schedule: str | None) -> None:
+    """A sampler and schedule that can run here (diffusers has them, and the packages they need)."""
+    if not sampler:
+        if schedule:
+            scheduler_plan("k_euler", schedule)   # an unknown schedule name is refused by the parser
+        return
+    try:
+        planned = scheduler_plan(sampler, schedule)
+    except SamplerError as e:
+        raise UserError(str(e)) from None
+    if planned.needs and importlib.util.find_spec(planned.needs) is None:
+        found = find_sampler(sampler)
+        raise UserError(f"sampler '{found.name if found else sampler}' needs the '{planned.needs}' package: "
+                        f"pip install {planned.needs}")
+
+
+def check_image_file(path: str, what: str) -> None:
+    """-I / -M name a regular file (a FIFO or a device would block the queue or never end)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{what} {path}: no such file")
+    if not p.is_file():
+        kind = "a folder" if p.is_dir() else "not a regular file (a FIFO, a device or a socket)"
+        raise UserError(f"{what} {path}: is {kind}; give an image file")
+
+
+def size_from_image(path: str) -> tuple[int, int]:
+    """The size a line without -W/-H takes from its init image: its own, rounded down to a multiple of 8
+    (the header is read, not the pixels); one line when that is outside the size limits."""
+    from .image import read_image_size
+    width, height = read_image_size(path, "-I")
+    w, h = width // 8 * 8, height // 8 * 8
+    if not (MIN_SIZE <= w <= MAX_SIZE and MIN_SIZE <= h <= MAX_SIZE):
+        raise UserError(f"-I {width}x{height} image: without -W/-H the image's own size is used, and sizes go "
+                        f"from {MIN_SIZE} to {MAX_SIZE}; add -W/-H and --fit")
+    return w, h
+
+
+def batch_groups(images: tuple[DreamRequest, ...], size: int, together: bool) -> list[list[DreamRequest]]:
+    """Images made together (`--batch_size N`): consecutive txt2img images of one line that differ only
+    in seed and variations (each keeps its own seed's noise); one at a time otherwise. Decided here once."""
+    groups: list[list[DreamRequest]] = []
+    for one in images:
+        same = (together and groups and len(groups[-1]) < size and one.init_img is None and not one.hires_fix
+                and groups[-1][0].with_(seed=0, with_variations=()) == one.with_(seed=0, with_variations=()))
+        if same:
+            groups[-1].append(one)
+        else:
+            groups.append([one])
+    return groups
+
+
+__all__ = ["CheckedLine", "LinePlan", "PENDING", "UNKNOWN_SEEDS", "plan_file_line", "PlanState", "Planner", "batch_groups",
+           "check_image_file", "check_sampler", "check_weights", "size_from_image"]
