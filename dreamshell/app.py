@@ -9,7 +9,7 @@ from pathlib import Path
 from .line.errors import CommandFileError
 from .line.request import DreamRequest
 from .line.safetext import shorten
-from .run.dispatch import Dispatcher
+from .run.dispatch import Dispatcher, data_dir
 from .run.model_host import ModelHost
 from .run.report import RichProgress, TextListener, error_printer
 from .run.session import Session
@@ -72,9 +72,28 @@ def build_session(args, registry, defaults: DreamRequest) -> Session:
     return Session(registry, host, args.outdir, defaults=defaults, log=not args.no_log)
 
 
+def warnings_to_error_log() -> None:
+    """Library warnings (numpy, Pillow, torch, Ray) go to errors.log in the data folder, not to the
+    terminal, where they would break the prompt's lines."""
+    import logging
+    logging.captureWarnings(True)
+    log = logging.getLogger("py.warnings")
+    if not log.handlers:
+        try:
+            folder = data_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(folder / "errors.log", delay=True, encoding="utf-8")
+        except OSError:
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter("--- %(asctime)s warning: %(message)s"))
+        log.addHandler(handler)
+    log.propagate = False
+
+
 def run_app(args, config: Path | None, defaults: DreamRequest) -> int:
     from rich.console import Console
 
+    warnings_to_error_log()
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -47,8 +47,17 @@ def _positive_int(token: str) -> int:
     return value
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, but a switch of one or two values shows as `-U F [S]`, as it is typed."""
+
+    def _format_args(self, action, default_metavar):
+        shown = getattr(action, "shown_args", None)
+        return shown or super()._format_args(action, default_metavar)
+
+
 def build_argparser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
+        formatter_class=_Formatter,
         prog="dreamshell",
         description="An interactive dream> shell for Stable Diffusion: one resident model, prompts with "
                     "inline switches, every image logged and replayable.",
@@ -91,8 +100,9 @@ def build_argparser() -> argparse.ArgumentParser:
                     help="torch.compile the UNet (compiled once per model and image size; the first image is slow)")
     ap.add_argument("--batch_size", type=_positive_int, default=1, metavar="N",
                     help="run up to N images of -n as one batch (GPU; each keeps its own seed's noise)")
-    ap.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
-    ap.add_argument("--history_file", type=Path, default=None,
+    ap.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                    help="where the model runs: auto (a CUDA GPU, then Apple's MPS, then the CPU), cuda, mps or cpu")
+    ap.add_argument("--history_file", type=Path, default=None, metavar="FILE",
                     help="prompt history (default: the user data folder; env DREAMSHELL_HISTORY)")
     ap.add_argument("--no_log", action="store_true", help="do not append to dream_log.txt")
     ap.add_argument("--preview", choices=("auto", "kitty", "iterm", "sixel", "blocks", "off"), default="auto",
@@ -107,8 +117,9 @@ def build_argparser() -> argparse.ArgumentParser:
             defaults.add_argument(*names, dest=f"d_{sw.field}", action="store_true", help=sw.help)
         else:
             multi = sw.nargs[1] > 1  # -U F [S]: converted together in session_defaults
-            defaults.add_argument(*names, dest=f"d_{sw.field}", type=str if multi else _table_type(sw),
-                                  nargs="+" if multi else None, metavar=sw.metavar, help=sw.help)
+            action = defaults.add_argument(*names, dest=f"d_{sw.field}", type=str if multi else _table_type(sw),
+                                           nargs="+" if multi else None, metavar=sw.metavar, help=sw.help)
+            action.shown_args = sw.metavar if multi else None
     return ap
 
 

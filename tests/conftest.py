@@ -44,6 +44,42 @@ def tiny_models(tmp_path_factory):
     return lambda: Registry(dict(specs))
 
 
+@pytest.fixture(scope="module")
+def demo_generator():
+    """The real generator with the built-in demo model loaded (one per test module: adapters loaded by one
+    module do not reach another)."""
+    from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.weights.models import demo_spec
+    gen = DiffusersGenerator(device="cpu")
+    gen.load(demo_spec())
+    return gen
+
+
+def fake_session_at(folder, step_delay: float = 0.0, steps: int = 3):
+    """A session on the fake generator (no torch) with models `fake` (the default) and `other`, writing to
+    folder/out; `session.fake` is the generator (gates for steps and loads)."""
+    from fake_generator import FakeGenerator
+
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.run.session import Session
+    from dreamshell.weights.models import ModelSpec, Registry
+    weights = Path(folder) / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    specs = {n: ModelSpec(n, weights, "sd1", width=64, height=64, steps=steps, cfg_scale=5.0, sampler="k_euler",
+                          default=(n == "fake")) for n in ("fake", "other")}
+    gen = FakeGenerator(step_delay)
+    session = Session(Registry(specs), ModelHost(lambda: gen), Path(folder) / "out")
+    session.fake = gen
+    session.echoed = []
+    return session
+
+
+@pytest.fixture
+def fake_session(tmp_path):
+    """fake_session(step_delay=0.0, steps=3): a new session on the fake generator (see fake_session_at)."""
+    return lambda step_delay=0.0, steps=3: fake_session_at(tmp_path, step_delay, steps)
+
+
 @pytest.fixture(scope="session")
 def shared_generator():
     from dreamshell.engines.generator import DiffusersGenerator

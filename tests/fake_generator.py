@@ -16,6 +16,7 @@ class FakeGenerator:
     precision = "float32"
     model_hash = "0" * 64
     batch_size = 1
+    text_layers = 2
     built = 0
 
     def __init__(self, step_delay: float = 0.0):

@@ -11,7 +11,7 @@ from adapters import make_embedding, make_kohya_lora
 from conftest import run_line as run
 from dreamshell.run.dispatch import Dispatcher
 from dreamshell.store.dreamlog import read_commands
-from dreamshell.weights.library import Folders
+from dreamshell.weights.library import Folders, Library
 from dreamshell.weights.models import demo_spec, Registry
 from dreamshell.store.pngmeta import read_chunks
 from dreamshell.line.errors import UserError
@@ -32,14 +32,6 @@ def library(tmp_path_factory):
     make_embedding(root / "embeddings" / "qqword.pt", seed=4, vectors=3)
     make_embedding(root / "embeddings" / "wide.safetensors", seed=5, width=768)
     return Folders.under(root)
-
-
-@pytest.fixture(scope="module")
-def demo_generator(library):
-    from dreamshell.engines.generator import DiffusersGenerator
-    gen = DiffusersGenerator(device="cpu", folders=library)
-    gen.load(demo_spec())
-    return gen
 
 
 @pytest.fixture
@@ -95,9 +87,10 @@ def test_two_loras_and_each_alone_differ(session):
     assert len({both, a, b}) == 3
 
 
-def test_the_tag_is_taken_out_of_the_text_the_encoder_reads(demo_generator, session):
+def test_the_tag_is_taken_out_of_the_text_the_encoder_reads(demo_generator, session, library):
     s = session()
-    texts = [t for _, t in demo_generator.text.encoder_texts("a red circle <lora:rnd:0.5> on a blue background")]
+    prompt = "a red circle <lora:rnd:0.5> on a blue background"
+    texts = [t for _, t in demo_generator.text.encoder_texts(prompt, Library(library).files_for(prompt, None))]
     assert texts == ["a red circle on a blue background"]
     tagged = pixels(one(s, "a red circle <lora:rnd:0> on a blue background -S 5 -s 6").path)
     assert tagged == pixels(one(s, BASE).path)   # weight 0 and the tag gone from the text: the plain image
@@ -310,8 +303,9 @@ def test_completion_after_lora_lists_the_folder(library):
     assert found == ["unet_only:1>"]
 
 
-def test_tokenization_counts_an_embedding_as_its_vectors(demo_generator):
-    text = demo_generator.tokenization("a qqword <lora:rnd:1>")
+def test_tokenization_counts_an_embedding_as_its_vectors(demo_generator, library):
+    prompt = "a qqword <lora:rnd:1>"
+    text = demo_generator.tokenization(prompt, Library(library).files_for(prompt, None))
     tokens = text.split("tokens: ", 1)[1].split()
     assert tokens == ["a", "qqword", "qqword_1", "qqword_2"], text
 

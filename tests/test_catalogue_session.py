@@ -4,24 +4,18 @@ line-level half)."""
 
 
 import pytest
-from fake_generator import FakeGenerator
+from conftest import fake_session_at
 from PIL import Image
 
 from dreamshell.run.dispatch import Dispatcher
 from dreamshell.run.model_host import ModelHost
-from dreamshell.weights.models import ModelSpec, Registry
 from dreamshell.run.postprocess import register_fix
-from dreamshell.run.session import Session
 
 
 @pytest.fixture
 def shell_like(tmp_path):
     """A dispatcher on the fake model, as a batch or the shell runs lines; one good image made first."""
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    spec = ModelSpec("fake", weights, "sd1", width=64, height=64, steps=2, cfg_scale=5.0, sampler="k_euler",
-                     default=True)
-    session = Session(Registry({"fake": spec}), ModelHost(lambda: FakeGenerator()), tmp_path / "out")
+    session = fake_session_at(tmp_path, steps=2)
     out, errors = [], []
     d = Dispatcher(session, echo=out.append, error=errors.append)
     register_fix(d)

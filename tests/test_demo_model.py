@@ -42,14 +42,6 @@ def test_the_shape_reader_on_drawn_scenes():
     assert right["shape"] >= 57
 
 
-@pytest.fixture(scope="module")
-def demo_generator():
-    from dreamshell.engines.generator import DiffusersGenerator
-    g = DiffusersGenerator(device="cpu")
-    g.load(demo_spec())
-    return g
-
-
 def test_evaluation_smoke_test(demo_generator):
     """Each of the seven figures on a handful of images (the full grid: python -m dreamshell.demo.evaluate)."""
     from dreamshell.demo.evaluate import evaluate

@@ -118,16 +118,12 @@ def _shell_error_path():
     import tempfile
     from pathlib import Path
 
-    from fake_generator import FakeGenerator
+    from conftest import fake_session_at
 
     from dreamshell.run.dispatch import Dispatcher
-    from dreamshell.run.model_host import ModelHost
-    from dreamshell.weights.models import ModelSpec, Registry
-    from dreamshell.run.session import Session
     from dreamshell.run.report import error_printer
     folder = Path(tempfile.mkdtemp())
-    spec = ModelSpec("fake", folder, "sd1", width=64, height=64, steps=2, sampler="k_euler", default=True)
-    session = Session(Registry({"fake": spec}), ModelHost(lambda: FakeGenerator()), folder / "out")
+    session = fake_session_at(folder, steps=2)
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, color_system="truecolor", width=10_000)
     printed = []

@@ -111,12 +111,8 @@ def test_tap_rate():
 # ----- on the demo model
 
 @pytest.fixture(scope="module")
-def demo():
-    from dreamshell.engines.generator import DiffusersGenerator
-    gen = DiffusersGenerator(device="cpu")
-    spec = demo_spec()
-    gen.load(spec)
-    return gen, spec
+def demo(demo_generator):
+    return demo_generator, demo_generator.spec
 
 
 def request(spec, line):

@@ -43,8 +43,9 @@ def test_every_image_is_logged_with_a_canonical_line_and_echoed(make_session, tm
     assert len(log) == 2
     assert log[0].endswith(': "a white circle" -s 4 -S 3 -W 64 -H 64 -C 5 -A k_euler --model tiny')
     assert "-n" not in log[1] and "-S 4" in log[1]
-    shown = [line for line in s.echoed if line.startswith("[")]
-    assert shown[0].startswith("[1] ") and shown[1].startswith("[2] ")
+    shown = [line for line in s.echoed if ".png: " in line]
+    assert shown == [f"{r.path}: {r.command}" for r in records]   # each image's line is its log line
+    assert [line.split(": ", 1)[1] for line in shown] == [line.split(": ", 1)[1] for line in log]
     assert read_recipe(Path(records[1].path)) == parse_request(records[1].command)
 
 

@@ -1,42 +1,31 @@
 """The dream> shell driven through prompt_toolkit's pipe input, typed into while jobs run."""
 
-import pytest
 from fake_generator import FakeGenerator
 from PIL import Image
 
 from dreamshell.run.dispatch import Dispatcher
-from dreamshell.run.model_host import ModelHost
-from dreamshell.weights.models import ModelSpec, Registry
+from dreamshell.weights.models import ModelSpec
 from dreamshell.run.session import Session
 
 
-@pytest.fixture
-def fake_session(tmp_path):
-    """A session on the fake generator; `session.fake` is the generator (gates for steps and loads)."""
-    def make(step_delay=0.0):
-        weights = tmp_path / "weights"
-        weights.mkdir(exist_ok=True)
-        specs = {n: ModelSpec(n, weights, "sd1", width=64, height=64, steps=3, cfg_scale=5.0, sampler="k_euler",
-                              default=(n == "fake")) for n in ("fake", "other")}
-        gen = FakeGenerator(step_delay)
-        session = Session(Registry(specs), ModelHost(lambda: gen), tmp_path / "out")
-        session.fake = gen
-        return session
-    return make
-
-
 def image_lines(out):
-    return [line for line in out if line.startswith("[")]
+    """The lines that name a made image: `#N outputs/NNNNNN.SEED.png: command`."""
+    return [line for line in out if line.startswith("#") and ".png: " in line]
+
+
+def made(n: int) -> str:
+    """The text of the n-th image's line in a test's fresh output folder (file NNNNNN = n - 1)."""
+    return f"{n - 1:06d}."
 
 
 def test_a_whole_session(drive_shell, tmp_path):
     d = drive_shell()
     d.type("a red circle on a blue background -S 5\r")
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     d.type("a cat -s abc\r")          # a bad line: one error, the shell goes on
     d.type("half typed line\x03")     # Ctrl-C at the prompt clears the line
     d.type("a blue square -S -1\r")   # the last seed
-    d.wait_output("[2] ")
+    d.wait_output(made(2))
     d.type("!history\r!bogus\r")
     d.wait_output("unknown command")
     assert d.finish() == 0
@@ -55,7 +44,7 @@ def test_a_whole_session(drive_shell, tmp_path):
 def test_fetch_puts_the_recipe_on_the_next_input_line(drive_shell):
     d = drive_shell()
     d.type("a white triangle -S 9\r")
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     d.type("!fetch ../out/000000.9.png\r -n 2\r")
     d.wait_for(lambda: len(d.session.seeds) == 3)
     d.finish()
@@ -81,7 +70,7 @@ def test_unexpected_errors_are_one_line_and_a_logged_traceback(drive_shell, monk
     d.type("!help\r")
     d.wait_output("Switches:")
     d.finish()
-    assert line.startswith("error: unexpected RuntimeError: kaboom (traceback in ")
+    assert line.startswith("error: #1: unexpected RuntimeError: kaboom (traceback in ")   # the job it was
     log = tmp_path / "home" / "errors.log"
     assert "Traceback" in log.read_text() and "kaboom" in log.read_text()
 
@@ -98,7 +87,7 @@ def test_help_comes_from_the_switch_table(make_session):
 
 # ----- the queue behind the live prompt (issue 8)
 
-def test_lines_typed_while_a_job_runs_are_queued_and_run_in_order(drive_shell, fake_session):
+def test_lines_typed_while_a_job_runs_are_queued_and_run_in_order(drive_shell, fake_session, tmp_path):
     s = fake_session()
     s.fake.gate.clear()                           # the first image holds at its first step
     d = drive_shell(s)
@@ -117,7 +106,11 @@ def test_lines_typed_while_a_job_runs_are_queued_and_run_in_order(drive_shell, f
     s.fake.gate.set()
     assert d.finish() == 0
     assert s.seeds == [1, 2, 20, 20]
-    assert [line.split()[0] for line in image_lines(d.out)] == ["[1]", "[2]", "[3]", "[4]"]
+    # each image's line: its job, then the image's own log line (the file names its number)
+    out = tmp_path / "out"
+    assert [line.split()[:2] for line in image_lines(d.out)] == [
+        ["#1", f"{out / '000000.1.png'}:"], ["#1", f"{out / '000001.2.png'}:"], ["#2", f"{out / '000002.20.png'}:"],
+        ["#3", f"{out / '000003.20.png'}:"]]
     assert image_lines(d.out)[2].endswith("-S 20 -W 64 -H 64 -C 5 -A k_euler --model fake")
 
 
@@ -215,13 +208,13 @@ def test_a_failed_switch_keeps_the_model_that_was_loaded(drive_shell, fake_sessi
     s.registry.models["broken"] = ModelSpec("broken", tmp_path, "sd1")     # there, but it does not load
     d = drive_shell(s)
     d.type("one -S 1\r")
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     d.type("!switch gone\r")          # weights that are not there: answered at once, nothing loads
     gone = d.wait_output("does not exist")
     d.type("!switch broken\r")
     broken = d.wait_output("cannot load")
     d.type("two -S 2\r")
-    d.wait_output("[2] ")
+    d.wait_output(made(2))
     assert d.finish() == 0
     assert gone.startswith("error: model 'gone': ")
     assert "fake is still the loaded model" in broken
@@ -232,7 +225,7 @@ def test_a_line_typed_before_the_model_loads_waits_for_it(drive_shell, fake_sess
     s = fake_session()
     d = drive_shell(s, first_prompt_delay=5)   # the background load has not even started
     d.type("at once -S 4\r")
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     assert d.finish() == 0
     assert not any("no model is loaded" in line for line in d.out)
 
@@ -244,13 +237,13 @@ def test_an_unwritable_history_file_is_one_warning(drive_shell, fake_session, tm
     history = open_history(path, warnings.append)
     d = drive_shell(fake_session(), history=history)
     d.type("one -S 1\r")
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     path.unlink()
     path.mkdir()                      # the history file can no longer be written
     d.type("two -S 2\r")
-    d.wait_output("[2] ")
+    d.wait_output(made(2))
     d.type("three -S 3\r")
-    d.wait_output("[3] ")
+    d.wait_output(made(3))
     assert d.finish() == 0
     assert len(warnings) == 1 and warnings[0].startswith("warning: history is no longer saved")
     assert not any("Traceback" in line for line in d.out)
@@ -263,9 +256,9 @@ def test_thumbnails_follow_each_image_and_the_toolbar_shows_the_live_preview(dri
     d.type("a shape -S 3\r")
     d.wait_for(lambda: d.shell.jobs.running is not None and d.shell.jobs.running.step == 0)
     s.fake.gate.set()
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     r, g, b = FakeGenerator.colour(3)
-    thumbnail = d.out[d.out.index(next(o for o in d.out if o.startswith("[1] "))) + 1]
+    thumbnail = d.out[d.out.index(next(o for o in d.out if o.startswith("#1 ") and ".png: " in o)) + 1]
     assert thumbnail.count("\n") == 12 - 1 and "\u2580" in thumbnail
     assert f"\x1b[38;2;{r};{g};{b};48;2;{r};{g};{b}m" in thumbnail
     # while an image draws, the toolbar carries the picture above its status line
@@ -278,16 +271,16 @@ def test_thumbnails_follow_each_image_and_the_toolbar_shows_the_live_preview(dri
     d.type("!preview off\r")
     d.wait_output("preview: off")
     d.type("another -S 4\r")
-    d.wait_output("[2] ")
+    d.wait_output(made(2))
     assert d.finish() == 0
-    after = d.out[d.out.index(d.wait_output("[2] ")):]
+    after = d.out[d.out.index(d.wait_output(made(2))):]
     assert not any("\u2580" in o for o in after), "no thumbnail once previews are off"
 
 
 def test_no_pictures_when_the_output_is_not_a_terminal(drive_shell, fake_session):
     d = drive_shell(fake_session())          # preview auto, output is not a terminal
     d.type("a shape -S 3\r")
-    d.wait_output("[1] ")
+    d.wait_output(made(1))
     assert d.finish() == 0
     assert d.shell.protocol == "off" and not any("\x1b" in o for o in d.out)
 

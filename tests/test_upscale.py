@@ -79,11 +79,11 @@ def test_out_of_memory_halves_the_tile(tmp_path, monkeypatch):
     tiles = []
     real = mod.run_tiled
 
-    def fake(model, x, scale, tile, pad):
+    def fake(model, x, scale, tile, pad, should_stop=None):
         tiles.append(tile)
         if tile > 64:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real(model, x, scale, tile, pad)
+        return real(model, x, scale, tile, pad, should_stop)
     monkeypatch.setattr(mod, "run_tiled", fake)
     up.tile = 256
     assert up.upscale(Image.new("RGB", (40, 40)), 4, 1).size == (160, 160)

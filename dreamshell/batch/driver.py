@@ -31,7 +31,6 @@ class OrderedWriter:
         self.outdir = Path(outdir)
         self.log = log
         self.echo = echo
-        self.count = 0
         self._folders: dict[Path, OutputFolder] = {}
         self._grid: list = []
 
@@ -48,8 +47,7 @@ class OrderedWriter:
         for note in result.notes:
             self.echo(note)
         path, command = self.folder(result.request.outdir).save_result(result, task.plan.extras, __version__)
-        self.count += 1
-        self.echo(record_line(ImageRecord(str(path), result.request.seed, command, self.count)))
+        self.echo(record_line(ImageRecord(str(path), result.request.seed, command)))
         if task.plan.grid:
             self._grid.append((path, result))
         return str(path)

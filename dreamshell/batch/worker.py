@@ -63,8 +63,8 @@ class ImageWorker:
         result, = make_images(self.generator, [request], files, init, mask, upscale=self._upscale)
         return replace(result, notes=tuple(told) + result.notes) if told else result
 
-    def _upscale(self, image, factor: float, strength: float):
+    def _upscale(self, image, factor: float, strength: float, should_stop=None):
         if self.upscaler is None:
             from ..engines.upscaler import make_upscaler
             self.upscaler = make_upscaler(self.registry, self.device)
-        return self.upscaler.upscale(image, factor, strength)
+        return self.upscaler.upscale(image, factor, strength, should_stop=should_stop)

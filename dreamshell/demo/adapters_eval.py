@@ -38,9 +38,9 @@ def prompts_yolk(n: int | None) -> list[str]:
 def measure(seeds: int = 2, prompts: int | None = None, base_prompts: int = 24, echo=print) -> dict:
     from dreamshell.demo import concepts, evaluate, shapes
     from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.line.request import DreamRequest
     from dreamshell.weights.library import Folders
     from dreamshell.weights.models import builtin_models_dir, demo_spec
-    from dreamshell.line.request import DreamRequest
 
     spec = demo_spec()
     shipped = Folders.under(builtin_models_dir())

@@ -17,6 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..line.limits import LimitError, check_clip_skip
 from ..line.safetext import first_line, quoted, shorten
 from ..weights.library import DIFFUSERS_LORA_FILE, UsedEmbedding, UsedLora
 from .protocols import GenerationError
@@ -294,9 +295,10 @@ def clip_skip(encoders: list, n: int | None):
                 continue
             stack = getattr(te, "text_model", te).encoder   # transformers 5 drops .text_model
             layers = stack.layers
-            if n - 1 >= len(layers):
-                raise GenerationError(f"--clip_skip {n}: this model's text encoder has {len(layers)} layers; "
-                                      f"use 1 to {len(layers)}")
+            try:
+                check_clip_skip(n, len(layers))
+            except LimitError as e:
+                raise GenerationError(str(e)) from None
             saved.append((stack, layers))
             stack.layers = layers[:len(layers) - (n - 1)]
         yield

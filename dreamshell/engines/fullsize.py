@@ -262,8 +262,8 @@ def check(path: Path, stem: str, size: int = 64, steps: int = 2) -> dict:
     from safetensors import safe_open
 
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.weights.models import spec_for_path
     from dreamshell.line.request import DreamRequest
+    from dreamshell.weights.models import spec_for_path
     config_kind, want, prediction = CHECKPOINTS[stem]
     spec = spec_for_path(path)
     result = {"file": str(path), "detected_without_torch": spec.kind, "prediction": spec.prediction}

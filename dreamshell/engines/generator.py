@@ -49,6 +49,7 @@ class DiffusersGenerator:
         self.library = Library(folders or Folders.under(builtin_models_dir()))   # when a caller gives no files
         self.adapters = Adapters()
         self.text = Conditioner(self)
+        self._files = LineFiles()   # the files of the image being made (named if it goes NaN)
         self.esrgan = None   # (image, factor) -> image: the Real-ESRGAN upscaler for --hires_upscaler esrgan
         if self.device == "cpu":
             loading.set_cpu_threads(torch)
@@ -167,6 +168,15 @@ class DiffusersGenerator:
         return projection_for(replace(self.spec, kind=self.kind)) if self.spec is not None else None
 
     @property
+    def text_layers(self) -> int | None:
+        """Layers of the resident model's (first) text encoder: the deepest clip skip is one fewer."""
+        pipe = self._pipes.get("txt2img")
+        encoder = getattr(pipe, "text_encoder", None) or getattr(pipe, "text_encoder_2", None)
+        if encoder is None:
+            return None
+        return len(getattr(encoder, "text_model", encoder).encoder.layers)
+
+    @property
     def is_sdxl(self) -> bool:
         return self.kind.startswith("sdxl")
 
@@ -241,6 +251,7 @@ class DiffusersGenerator:
         if self.spec is None:
             raise GenerationError("no model is loaded")
         files = self.files(request.prompt, request.vae, files)
+        self._files = files
         base = self._pipes["txt2img"]
         self.adapters.apply_loras(base, files.loras, self.spec.name)
         self.adapters.ensure_embeddings(base, files.embeddings, self.is_sdxl)
@@ -294,6 +305,8 @@ class DiffusersGenerator:
                 on_step(steps_before + step + 1, steps_all or total)
             if tap is not None:
                 tap(step + 1, _pipe.num_timesteps, kwargs["latents"])
+            if step + 1 == _pipe.num_timesteps and self.torch.isnan(kwargs["latents"]).any():
+                raise GenerationError(self._nan_message(request))
             return kwargs
 
         args = dict(self.text.conditioning(request), num_inference_steps=request.steps,
@@ -309,7 +322,19 @@ class DiffusersGenerator:
                 args.update(mask_image=mask, width=request.width, height=request.height)
         if self.kind.endswith("-inpaint") and mode != "inpaint":
             self._whole_image_mask(args, request)
-        return self._run(pipe, args, request, tap.attached(pipe.scheduler) if tap else None)[0]
+        with contextlib.ExitStack() as stack:
+            if tap is not None:
+                stack.enter_context(tap.attached(pipe.scheduler))
+            stack.enter_context(loading.stop_checks(pipe.vae, should_stop))   # Ctrl-C inside a long decode
+            return self._run(pipe, args, request)[0]
+
+    def _nan_message(self, request: DreamRequest) -> str:
+        """What to say when the model's output is NaN (the image would be all black)."""
+        suspects = [f"LoRA {u.name}" for u in self._files.loras] + [f"embedding {u.name}" for u in self._files.embeddings]
+        which = (f"; this line uses {', '.join(suspects)}, which may hold NaN weights (try the line without it)"
+                 if suspects else "; the model's weights may hold NaN values, or try --precision float32")
+        return ("the model gave NaN (not-a-number) values, so the image would be all black, and it is not saved"
+                + which)
 
     def _whole_image_mask(self, args: dict, request: DreamRequest) -> None:
         """An inpainting UNet making a new image (txt2img) or redrawing one (img2img): the whole image

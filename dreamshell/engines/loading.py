@@ -5,6 +5,7 @@ memory modes. Imports torch; the generator calls these from `load`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..weights.checkpoint import (
 )
 from ..weights.hashing import cache_dir
 from ..weights.models import ModelSpec
-from .protocols import GenerationError
+from .protocols import GenerationError, Interrupted
 
 # diffusers' infer_diffusers_model_type names -> dreamshell kinds
 DIFFUSERS_TYPES = {"v1": "sd1", "inpainting": "sd1-inpaint", "v2": "sd2", "inpainting_v2": "sd2-inpaint",
@@ -243,3 +244,24 @@ def single_file_config(kind: str) -> Path:
         except OSError:  # another process got there first
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def stop_checks(vae, should_stop):
+    """Ctrl-C inside a VAE decode (minutes for a big image on a CPU): checked before each of the decoder's
+    blocks, and so before every tile when the decode is tiled."""
+    decoder = getattr(vae, "decoder", None)
+    if should_stop is None or decoder is None:
+        yield
+        return
+
+    def check(module, args):
+        if should_stop():
+            raise Interrupted()
+    blocks = [getattr(decoder, "mid_block", None), *getattr(decoder, "up_blocks", [])]
+    handles = [b.register_forward_pre_hook(check) for b in blocks if b is not None]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -35,6 +35,7 @@ class Generator(Protocol):
     precision: str                # float32 | float16 | bfloat16
     batch_size: int               # images of one line it may make in one call (--batch_size)
     esrgan: Callable | None       # (image, factor) -> image for --hires_upscaler esrgan; set by the host
+    text_layers: int | None       # layers of the resident model's text encoder (clip skip's bound), None: unknown
 
     def load(self, spec: ModelSpec) -> None: ...
 

@@ -15,7 +15,7 @@ from PIL import Image
 from ..weights.models import Registry, builtin_models_dir
 from .device import is_out_of_memory, pick_device
 from .esrgan import build_from_state_dict
-from .protocols import GenerationError
+from .protocols import GenerationError, Interrupted
 
 DOWNLOADS = {
     "4": "RealESRGAN_x4plus.pth from https://github.com/xinntao/Real-ESRGAN/releases",
@@ -37,14 +37,17 @@ def load_weights(path: Path) -> dict:
         raise GenerationError(f"refusing {path}: it does not load with torch.load(weights_only=True) ({e})") from None
 
 
-def run_tiled(model, x: torch.Tensor, scale: int, tile: int = 256, pad: int = 16) -> torch.Tensor:
-    """Apply model to x (1,C,H,W) tile by tile; each tile sees `pad` pixels of context; returns (1,C,sH,sW)."""
+def run_tiled(model, x: torch.Tensor, scale: int, tile: int = 256, pad: int = 16, should_stop=None) -> torch.Tensor:
+    """Apply model to x (1,C,H,W) tile by tile; each tile sees `pad` pixels of context; returns (1,C,sH,sW).
+    `should_stop` is asked before each tile (Ctrl-C: Interrupted)."""
     _, c, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
         return model(x)
     out = x.new_zeros((1, c, h * scale, w * scale))
     for top in range(0, h, tile):
         for left in range(0, w, tile):
+            if should_stop is not None and should_stop():
+                raise Interrupted()
             bottom, right = min(top + tile, h), min(left + tile, w)
             t0, l0 = max(top - pad, 0), max(left - pad, 0)
             b0, r0 = min(bottom + pad, h), min(right + pad, w)
@@ -84,12 +87,13 @@ class RealESRGANUpscaler:
             self._models[path] = model.to(self.device)
         return self._models[path]
 
-    def upscale_array(self, x: torch.Tensor, model, tile: int | None = None) -> torch.Tensor:
+    def upscale_array(self, x: torch.Tensor, model, tile: int | None = None, should_stop=None) -> torch.Tensor:
         tile = self.tile if tile is None else tile
         while True:
             try:
                 with torch.inference_mode():
-                    return run_tiled(model, x.to(self.device), model.scale, tile, self.pad).clamp(0, 1).cpu()
+                    return run_tiled(model, x.to(self.device), model.scale, tile, self.pad,
+                                     should_stop).clamp(0, 1).cpu()
             except Exception as e:
                 if not is_out_of_memory(e) or tile <= 32:
                     if is_out_of_memory(e):
@@ -100,7 +104,7 @@ class RealESRGANUpscaler:
                     torch.cuda.empty_cache()
                 tile = max(32, tile // 2 if tile > 0 else 256)
 
-    def upscale(self, image: Image.Image, factor: float, strength: float = 0.75) -> Image.Image:
+    def upscale(self, image: Image.Image, factor: float, strength: float = 0.75, should_stop=None) -> Image.Image:
         """Real-ESRGAN at the model's scale, resized (Lanczos) to `factor`; strength < 1 blends with a
         plain Lanczos resize of the input."""
         image = image.convert("RGB")
@@ -110,7 +114,7 @@ class RealESRGANUpscaler:
             return plain
         model = self._model_for(factor)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        y = self.upscale_array(x, model)
+        y = self.upscale_array(x, model, should_stop=should_stop)
         sr = Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
         if sr.size != target:
             sr = sr.resize(target, Image.LANCZOS)

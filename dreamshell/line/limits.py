@@ -21,6 +21,7 @@ MAX_PROMPT_CHARS = 2000        # the prompt; compel encodes long prompts in 75-t
 MAX_PAREN_DEPTH = 3            # ((( ))) nesting: compel's parser is exponential in the depth
 MAX_PAREN_GROUPS = 40          # ( ) groups in one prompt: each costs compel's parser time
 MAX_HIRES_SIZE = MAX_SIZE      # the hires fix's second pass, like -W/-H
+MAX_UPSCALED_SIDE = 16384      # -U and !fix: each side of the upscaled image (a 16384x16384 RGB image is 805 MB)
 MAX_LORAS = 16                 # <lora:...> tags in one prompt
 MAX_COMMAND_FILE_BYTES = 64 * 1024 * 1024   # --from_file, !replay, the dry run
 
@@ -99,3 +100,23 @@ def check_resolved(request: DreamRequest) -> None:
         if max(w, h) > MAX_HIRES_SIZE:
             raise LimitError(f"--hires_fix makes {w}x{h} from {request.width}x{request.height} at scale {scale:g}; "
                              f"sides are at most {MAX_HIRES_SIZE}: lower --hires_scale or -W/-H")
+    if request.upscale and request.width and request.height:
+        width, height = request.width, request.height
+        if request.hires_fix:
+            from .hires import DEFAULT_SCALE, target_size
+            width, height = target_size(width, height, request.hires_scale or DEFAULT_SCALE)
+        check_upscaled(width, height, request.upscale.factor, "-U")
+
+
+def check_upscaled(width: int, height: int, factor: float, what: str) -> None:
+    """An upscaled image's sides are at most MAX_UPSCALED_SIDE."""
+    w, h = round(width * factor), round(height * factor)
+    if max(w, h) > MAX_UPSCALED_SIDE:
+        raise LimitError(f"{what} {factor:g} makes {w}x{h} from {width}x{height}; upscaled sides are at most "
+                         f"{MAX_UPSCALED_SIDE}: use a smaller factor")
+
+
+def check_clip_skip(n: int | None, layers: int | None) -> None:
+    """Clip skip N leaves out the text encoder's last N-1 layers: at most all but one (None: not known)."""
+    if n and layers and n - 1 >= layers:
+        raise LimitError(f"--clip_skip {n}: this model's text encoder has {layers} layers; use 1 to {layers}")

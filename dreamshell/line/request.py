@@ -80,4 +80,3 @@ class ImageRecord:
     path: str
     seed: int
     command: str
-    number: int = 0   # the session's count of images, shown as [N]; 0 for a !fix result

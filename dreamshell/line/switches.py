@@ -221,7 +221,7 @@ SWITCHES: tuple[Switch, ...] = (
            "inpainting mask (white = repaint)", "PATH", complete="path"),
     _flag("fit", "--fit", (), "resize the init image to fit W x H"),
     Switch("upscale", "--upscale", ("-U",), upscale,
-           "Real-ESRGAN upscale: factor [strength], strength < 1 blends with a plain resize",
+           "Real-ESRGAN upscale: factor [strength]; a strength below 1 blends with a plain resize (default 0.75)",
            "F [S]", nargs=(1, 2), format=format_upscale),
     _flag("save_original", "--save_original", (), "with -U, keep the un-upscaled image too"),
     _flag("grid", "--grid", ("-g",), "also save a grid of the -n images"),

@@ -17,7 +17,7 @@ from ..line.errors import UserError
 from ..line.formatter import format_request
 from ..line.parser import parse_line
 from ..line.request import BangCommand, Blank, HelpRequest
-from ..line.safetext import one_line, shorten, visible
+from ..line.safetext import first_line, one_line, shorten, visible
 from ..line.switches import SWITCHES
 from ..store.dreamlog import read_commands
 from ..store.pngmeta import fetch_recipe
@@ -72,7 +72,8 @@ class Dispatcher:
         self.history = history or (lambda: [])
         self.make_listener = listener or (lambda: TextListener(self.echo))
         self.commands: dict[str, Command] = {}
-        self.check_files_now: Callable[[], bool] = lambda: True   # the shell: only while nothing is queued
+        # a file a line names that is not there yet, but that a queued job may make (the shell sets this)
+        self.may_be_made: Callable[[str], bool] = lambda path: False
         self._replay_depth = 0
         for cmd in (
             Command("help", "!help", "this help (also -h on a line)", self._help),
@@ -92,19 +93,29 @@ class Dispatcher:
 
     # ----- the boundary
 
-    def guard(self, line: str, fn: Callable[[], "Outcome | Work"]) -> "Outcome | Work":
-        """Run fn; a user error is one line, a bug one line plus a traceback in errors.log."""
+    def guard(self, line: str, fn: Callable[[], "Outcome | Work"], who: str = "") -> "Outcome | Work":
+        """Run fn; a user error is one line, a bug one line plus a traceback in errors.log. `who` names
+        the job the line is (`#3`): a queued line's error says which line failed."""
+        said = f"{who}: " if who else ""
         try:
             return fn()
         except UserError as e:
-            self.error(str(e))
+            self.error(said + str(e))
             return Outcome(failed=True)
         except KeyboardInterrupt:
-            self.echo("stopped")
+            self.echo(f"{said}stopped")
             return Outcome(interrupted=True)
+        except MemoryError:
+            self.error(f"{said}out of memory: ask for less (smaller -W/-H, fewer -n, a smaller -U)"
+                       "; the shell goes on")
+            return Outcome(failed=True)
+        except OSError as e:   # the machine said no (a name too long, a full disk, no permission)
+            what = f"{e.filename}: " if e.filename else ""
+            self.error(f"{said}{shorten(str(what), 160)}{e.strerror or first_line(e)}")
+            return Outcome(failed=True)
         except Exception as e:  # a bug, not the user's fault: one line here, the details in a file
             where = self._log_exception(line)
-            self.error(f"unexpected {type(e).__name__}: {shorten(str(e), 200)} (traceback in {where}); "
+            self.error(f"{said}unexpected {type(e).__name__}: {shorten(str(e), 200)} (traceback in {where}); "
                        "the shell goes on")
             return Outcome(failed=True)
 
@@ -116,7 +127,7 @@ class Dispatcher:
         control = control or Control()
         listener = listener or self.make_listener()
         try:
-            return self.guard(work.label, lambda: work.run(control, listener))
+            return self.guard(work.label, lambda: work.run(control, listener), listener.name)
         finally:
             listener.finish()
 
@@ -155,28 +166,35 @@ class Dispatcher:
                 names = ", ".join(f"!{c}" for c in self.commands if c != "N")
                 raise UserError(f"unknown command '!{item.name}'; commands: {names}, !N")
             return cmd.handler(item.args if name != "N" else item.name) or Outcome()
-        request = self.session.check(item, files=self.check_files_now())
+        request = self.session.check(item, pending=self.may_be_made)
         return Work(stripped, lambda control, listener: self._dream(request, control, listener))
 
     def _dream(self, request, control: Control, listener: Listener) -> Outcome:
         result = self.session.run(request, listener, control)
+        said = f"{listener.name} " if listener.name else ""
         if result.stopped is not None:
-            self.echo(stopped_line(result.stopped))
+            self.echo(said + stopped_line(result.stopped))
         if result.grid is not None:
-            self.echo(f"grid: {result.grid}")
+            self.echo(f"{said}grid: {result.grid}")
         return Outcome(interrupted=result.interrupted)
 
     # ----- commands
 
     def help_text(self) -> str:
         lines = ["Type a prompt with switches, e.g.  a red circle on a blue background -S 42 -n 3 -s 20",
-                 "[words] in the prompt are the negative prompt; a:0.3 b:0.7 blends sub-prompts.", "", "Switches:"]
+                 "In the prompt: [words] are the negative prompt; a:0.3 b:0.7 blends sub-prompts; (word)1.3 or",
+                 "word+ weights a word; <lora:NAME:WEIGHT> applies a LoRA from the LoRA folder (Tab after <lora:",
+                 "lists them); a word that is the name of a file in the embeddings folder is that embedding.",
+                 "Lines wait in a queue while an image draws: #N names a job (!queue, !cancel N); an image is",
+                 "known by its file, outputs/NNNNNN.SEED.png. -I -1 is the last image made (!fix results too).",
+                 "", "Switches:"]
         for sw in SWITCHES:
             names = ", ".join(list(sw.short) + [sw.long])
             lines.append(f"  {names + ' ' + sw.metavar:34} {sw.help}")
         lines += ["", "Commands:"]
         for cmd in self.commands.values():
             lines.append(f"  {cmd.syntax:34} {cmd.help}")
+        lines.append(f"  {'clear':34} clear the screen")
         lines.append(f"  {'q, quit, exit, Ctrl-D':34} leave (Ctrl-C clears the line, or stops a generation)")
         return "\n".join(lines)
 
@@ -189,7 +207,9 @@ class Dispatcher:
             raise UserError("!fetch needs a path: !fetch outputs/000001.42.png")
         recipe = fetch_recipe(Path(_unquote(args)).expanduser(), self.session.library)
         command = format_request(recipe.request)
-        self.echo(visible(f"recipe ({recipe.source}): {command}" if recipe.source else f"recipe: {command}"))
+        ours = recipe.source.startswith("dreamshell") or "(dreamshell" in recipe.source
+        label = "recipe" if ours or not recipe.source else f"recipe ({recipe.source})"
+        self.echo(visible(f"{label}: {command}"))
         for note in recipe.notes:
             self.echo(f"note: {one_line(note)}")
         return Outcome(prefill=command)

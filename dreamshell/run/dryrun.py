@@ -58,7 +58,8 @@ class DryRun:
             return shorten(f"!{planned.name} {planned.args}".rstrip(), 200) + " (shell command)"
         assert isinstance(planned, LinePlan)
         line = planned.line
-        return visible(format_request(line, shown={"seed": RANDOM} if line.seed is None else None))
+        notes = "".join(f"\n  {one_line(note)}" for note in planned.notes)
+        return visible(format_request(line, shown={"seed": RANDOM} if line.seed is None else None)) + notes
 
 
 def _commands(source: str) -> list[tuple[int, str]]:

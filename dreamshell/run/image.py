@@ -90,11 +90,13 @@ def make_images(generator, group: list[DreamRequest], files: LineFiles | None, i
     for request, image in zip(group, made):
         if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)
             image = Image.composite(image.convert("RGB"), init, mask.point(lambda v: 255 if v >= 128 else 0))
-        results.append(finish(image, request, image_type(request, mask), generator.model_hash or "", upscale))
+        results.append(finish(image, request, image_type(request, mask), generator.model_hash or "", upscale,
+                              should_stop))
     return results
 
 
-def finish(image, request: DreamRequest, kind: str, model_hash: str, upscale: Callable | None) -> ImageResult:
+def finish(image, request: DreamRequest, kind: str, model_hash: str, upscale: Callable | None,
+           should_stop=None) -> ImageResult:
     """-U on a made image; a failed upscale keeps the image and says so (its recipe then has no -U)."""
     if not request.upscale:
         return ImageResult(image, request, kind, model_hash)
@@ -102,7 +104,7 @@ def finish(image, request: DreamRequest, kind: str, model_hash: str, upscale: Ca
     try:
         if upscale is None:
             raise GenerationError("no upscaler is set up here")
-        up = upscale(image, spec.factor, spec.strength)
+        up = upscale(image, spec.factor, spec.strength, should_stop=should_stop)
     except (UserError, OSError, MemoryError) as e:
         why = str(e) or type(e).__name__
         if isinstance(e, MemoryError):

@@ -125,9 +125,9 @@ class ModelHost:
             raise GenerationError(f"--hires_upscaler esrgan: {e}; use latent or lanczos") from None
         return upscaler.upscale(image, factor, 1.0)
 
-    def upscale(self, image, factor: float, strength: float):
+    def upscale(self, image, factor: float, strength: float, should_stop=None):
         """Real-ESRGAN -U on this thread's upscaler (LoadError when none is set up)."""
-        return self.upscaler().upscale(image, factor, strength)
+        return self.upscaler().upscale(image, factor, strength, should_stop=should_stop)
 
     def upscaler(self):
         """The upscaler, made on first use (its weights load only when -U or !fix asks)."""

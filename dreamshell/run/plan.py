@@ -26,6 +26,7 @@ from ..line.errors import UserError
 from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
 from ..line.parser import parse_line
 from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
+from ..line.safetext import first_line, shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
 from ..weights.library import Library, LineFiles, RecipeExtras
@@ -53,6 +54,7 @@ class CheckedLine:
     spec: ModelSpec | None       # the model the line names (None: the one current when it runs)
     files: LineFiles             # its LoRAs and embeddings (and a VAE it names), found once
     explicit_size: bool          # -W/-H given (on the line or at launch): an init image must match, or --fit
+    notes: tuple[str, ...] = ()  # what the user should know before it runs (an embedding name with no file)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class LinePlan:
     images: tuple[DreamRequest, ...]      # one per image (-n, -v); init_img may still be "-1" (PENDING)
     files: LineFiles
     explicit_size: bool
+    notes: tuple[str, ...] = ()
 
     @cached_property
     def extras(self) -> RecipeExtras:
@@ -123,9 +126,9 @@ class Planner:
         check_weights(spec)
         return spec
 
-    def check(self, request: DreamRequest, files: bool = True) -> CheckedLine:
-        """Everything the line alone can tell (`files`: also its -I/-M files, which a queued line looks
-        for only when it runs, since lines before it may make them)."""
+    def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False) -> CheckedLine:
+        """Everything the line alone can tell (`files`: also its -I/-M files). A file that is not there
+        yet but that `pending(path)` says a queued line may make is looked for when the line runs."""
         request = apply_defaults(request, self.defaults)
         spec = self.model(request.model) if request.model is not None else None
         check_sampler(request.sampler, request.schedule)
@@ -133,11 +136,12 @@ class Planner:
         explicit = bool(request.width or request.height)
         if files:
             for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")):
-                if path and path != LAST_IMAGE:
+                if path and path != LAST_IMAGE and not (pending(path) and not _exists(path)):
                     check_image_file(path, what)
-            if request.init_img and request.init_img != LAST_IMAGE and not explicit:
+            if request.init_img and request.init_img != LAST_IMAGE and not explicit and _exists(request.init_img):
                 size_from_image(request.init_img)
-        return CheckedLine(request, spec, found, explicit)
+        notes = tuple(self.library.missing_embedding_notes(request.prompt, found.embeddings))
+        return CheckedLine(request, spec, found, explicit, notes)
 
     def resolve(self, checked: CheckedLine, state: PlanState) -> LinePlan:
         """The line after the lines before it: model, seeds, -I -1, sizes, one request per image."""
@@ -162,7 +166,7 @@ class Planner:
             if size is not None:
                 resolved = resolved.with_(width=size[0], height=size[1])
         images = tuple(image_requests(resolved, state.rng))
-        return LinePlan(resolved, spec, images, files, checked.explicit_size)
+        return LinePlan(resolved, spec, images, files, checked.explicit_size, checked.notes)
 
     def plan(self, request: DreamRequest, state: PlanState, files: bool = True) -> LinePlan:
         return self.resolve(self.check(request, files), state)
@@ -214,12 +218,23 @@ def check_sampler(sampler: str | None, schedule: str | None) -> None:
                         f"pip install {planned.needs}")
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except OSError:      # a name too long for the file system: check_image_file says so
+        return True
+
+
 def check_image_file(path: str, what: str) -> None:
     """-I / -M name a regular file (a FIFO or a device would block the queue or never end)."""
     p = Path(path).expanduser()
-    if not p.exists():
+    try:
+        there, regular = p.exists(), p.is_file()
+    except OSError as e:
+        raise UserError(f"{what} {shorten(path, 80)}: {e.strerror or first_line(e)}") from None
+    if not there:
         raise UserError(f"{what} {path}: no such file")
-    if not p.is_file():
+    if not regular:
         kind = "a folder" if p.is_dir() else "not a regular file (a FIFO, a device or a socket)"
         raise UserError(f"{what} {path}: is {kind}; give an image file")
 

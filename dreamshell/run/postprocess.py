@@ -13,13 +13,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..line.errors import UserError
+from ..line.limits import check_upscaled
 from ..line.parser import parse_switches
 from ..line.request import DreamRequest, ImageRecord
 from ..store.output import OutputFolder
 from ..store.pngmeta import ImageMeta, MetadataError, read_recipe
 from ..weights.library import RecipeExtras
 from .dispatch import Command, Dispatcher, Outcome, Work
-from .image import _load_image
+from .image import _load_image, read_image_size
 from .plan import check_image_file
 from .session import Session
 from .types import Control, Listener
@@ -27,30 +28,32 @@ from .types import Control, Listener
 FIX_SWITCHES = {"upscale"}
 
 
-def check_fix(path: Path, values: dict, files: bool = True) -> None:
+def check_fix(path: Path, values: dict, pending=lambda path: False) -> None:
     """Refuse at once what !fix cannot do (nothing to do, other switches, no such file)."""
     if "upscale" not in values:
         raise UserError("!fix needs something to do: !fix PATH -U 4 (factor, then an optional strength)")
     extra = set(values) - FIX_SWITCHES
     if extra:
         raise UserError(f"!fix takes only -U; {', '.join(sorted(extra))} belong on a prompt line")
-    if files:
+    if not (pending(str(path)) and not path.exists()):
         check_image_file(str(path), "!fix")
 
 
-def upscale_file(session: Session, path: Path, spec) -> ImageRecord:
+def upscale_file(session: Session, path: Path, spec) -> tuple[ImageRecord, object]:
     """Upscale the image at path into STEM.upscale[-NN].png beside it, never overwriting."""
     check_image_file(str(path), "!fix")
     try:
         recipe: DreamRequest | None = read_recipe(path)
     except MetadataError:
         recipe = None
+    width, height = read_image_size(str(path), "!fix")
+    check_upscaled(width, height, spec.factor, "!fix -U")
     image = _load_image(str(path), "!fix", "RGB")
     host = session.host
     up = host.call(lambda: host.upscale(image, spec.factor, spec.strength))
     folder = OutputFolder(path.parent, log=session.log_enabled)
     if recipe is None:
-        return ImageRecord(str(folder.save_fix(path, up, None)), -1, "", 0)
+        return ImageRecord(str(folder.save_fix(path, up, None)), -1, ""), up
     request = recipe.with_(upscale=spec)
     post = ({"type": "esrgan", "scale": spec.factor, "strength": spec.strength},)
     try:   # the source image's LoRAs, embeddings and VAE, where their files are here
@@ -60,18 +63,20 @@ def upscale_file(session: Session, path: Path, spec) -> ImageRecord:
     meta = ImageMeta(request, host.generator.model_hash if host.generator else "", __version__, post,
                      "img2img" if recipe.init_img else "txt2img", extras or RecipeExtras())
     out = folder.save_fix(path, up, meta)
-    return ImageRecord(str(out), request.seed, meta.command, 0)
+    return ImageRecord(str(out), request.seed, meta.command), up
 
 
-def fix_image(session: Session, path: Path, values: dict, echo) -> Path:
-    """Upscale the image at path as `values` say; return the new file's path."""
+def fix_image(session: Session, path: Path, values: dict, listener: Listener) -> Path:
+    """Upscale the image at path as `values` say; the result is an image made like any other: shown (with
+    its thumbnail), and the one `-I -1` names next."""
     check_fix(path, values)
     spec = values["upscale"]
-    record = upscale_file(session, path, spec)
+    record, image = upscale_file(session, path, spec)
     if not record.command:
-        echo(f"{record.path}: upscaled x{spec.factor:g} (the original has no recipe, so none is written)")
+        listener.note(f"{record.path}: upscaled x{spec.factor:g} (the original has no recipe, so none is written)")
     else:
-        echo(f"{record.path}: {record.command}")
+        session.state.image_made(record.seed, record.path)
+        listener.image_saved(record, image)
     return Path(record.path)
 
 
@@ -88,10 +93,10 @@ def register_fix(dispatcher: Dispatcher) -> None:
         except UserError as e:
             raise UserError(f"!fix: {e}") from None
         path = Path(tokens[0]).expanduser()
-        check_fix(path, values, files=dispatcher.check_files_now())
+        check_fix(path, values, pending=dispatcher.may_be_made)
 
         def run(control: Control, listener: Listener) -> Outcome:
-            fix_image(dispatcher.session, path, values, dispatcher.echo)
+            fix_image(dispatcher.session, path, values, listener)
             return Outcome()
         return Work(f"!fix {args}", run)
 

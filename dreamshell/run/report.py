@@ -13,8 +13,9 @@ NOTE_LIMIT = 4000   # -t's token lists are long on purpose; errors stay at safet
 
 
 def record_line(record: ImageRecord) -> str:
-    """`[N] path: command`, the line shown for every image made (controls made visible)."""
-    return visible(f"[{record.number}] {record.path}: {record.command}")
+    """`path: command`, the line shown for every image made: the image's own log line (controls made
+    visible). An image is known by its file's number; the shell puts the job's `#N` before it."""
+    return visible(f"{record.path}: {record.command}")
 
 
 def stopped_line(stopped: Stopped) -> str:
@@ -37,12 +38,16 @@ def error_printer(console) -> Callable[[str], None]:
 class TextListener(Listener):
     """Events as lines of text, with an optional progress display (start/step/stop)."""
 
-    def __init__(self, echo: Callable[[str], None], progress=None):
+    def __init__(self, echo: Callable[[str], None], progress=None, name: str = ""):
         self.echo = echo
         self.progress = progress
+        self.name = name     # "#3": the job each line of text is said for
+
+    def say(self, text: str) -> None:
+        self.echo(f"{self.name} {text}" if self.name else text)
 
     def waiting_for_model(self, name: str) -> None:
-        self.echo(one_line(f"loading model {name}... (the line runs when it is ready)"))
+        self.say(one_line(f"loading model {name}... (the line runs when it is ready)"))
         if self.progress is not None:
             self.progress.start(f"loading model {name}", None)
 
@@ -57,11 +62,11 @@ class TextListener(Listener):
 
     def image_saved(self, record: ImageRecord, image) -> None:
         self.finish()
-        self.echo(record_line(record))
+        self.say(record_line(record))
 
     def note(self, text: str) -> None:
         # a note may have lines of its own (-t lists every token); each is shown safely on its own
-        self.echo("\n".join(one_line(part, NOTE_LIMIT) for part in text.split("\n")))
+        self.say("\n".join(one_line(part, NOTE_LIMIT) for part in text.split("\n")))
 
     def finish(self) -> None:
         if self.progress is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..engines.protocols import Interrupted
+from ..line.limits import check_clip_skip
 from ..line.request import DreamRequest, ImageRecord
 from ..store.output import OutputFolder, compose_grid
 from ..store.pngmeta import ImageMeta
@@ -35,8 +36,8 @@ class Session:
         self.library = Library(registry.folders)   # LoRA, embedding and VAE files
         self.planner = Planner(registry, defaults, self.library)
         self.state = PlanState(registry.default, rng or random.SystemRandom())
-        self.count = 0                   # images this session made: the [N] shown beside each
         self._folders: dict[Path, OutputFolder] = {}
+        self._expected: set[Path] = {self.outdir.resolve()}   # folders this session's lines write to
 
     @property
     def model(self) -> ModelSpec:
@@ -66,10 +67,26 @@ class Session:
 
     # ----- at submit time (nothing loaded, nothing resolved)
 
-    def check(self, request: DreamRequest, files: bool = True) -> CheckedLine:
-        """Refuse at once what can be known wrong before the line runs (UserError); `files`: look for its
-        -I/-M files now (a queued line's files are looked for when it runs: lines before it may make them)."""
-        return self.planner.check(request, files)
+    def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False) -> CheckedLine:
+        """Refuse at once what can be known wrong before the line runs (UserError): its own rules, and
+        what the loaded model says (clip skip deeper than its text encoder). A -I/-M file that is not
+        there yet but that a queued job may make (`pending`) is looked for when the line runs."""
+        checked = self.planner.check(request, files, pending)
+        spec = checked.spec or self.model
+        if checked.request.clip_skip and self.host.spec == spec and self.host.generator is not None:
+            check_clip_skip(checked.request.clip_skip, self.host.generator.text_layers)
+        self._expected.add(self._folder_key(checked.request.outdir))
+        return checked
+
+    def may_make(self, path: str) -> bool:
+        """Could a line of this session make the image at path (in an output folder its lines write to)?"""
+        try:
+            return Path(path).expanduser().resolve().parent in self._expected
+        except OSError:
+            return False
+
+    def _folder_key(self, outdir: str | None) -> Path:
+        return (Path(outdir).expanduser() if outdir else self.outdir).resolve()
 
     def lookup(self, name: str) -> ModelSpec:
         return self.planner.model(name)
@@ -101,6 +118,8 @@ class Session:
             result.notes.append(text)
             listener.note(text)
 
+        for text in plan.notes:
+            note(text)
         init, mask, first = load_inputs(plan.images[0], plan.explicit_size, note)
         images = [one.with_(width=first.width, height=first.height) for one in plan.images]
         folder = self.folder(plan.line.outdir)
@@ -129,8 +148,7 @@ class Session:
                     note(text)
                 path, command = folder.save_result(one, extras, __version__)
                 self.state.image_made(one.request.seed, str(path))
-                self.count += 1
-                record = ImageRecord(str(path), one.request.seed, command, self.count)
+                record = ImageRecord(str(path), one.request.seed, command)
                 result.records.append(record)
                 made.append(one.image)
                 listener.image_saved(record, one.image)

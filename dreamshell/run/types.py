@@ -44,6 +44,7 @@ class Listener:
     """What a running line tells as it goes; every method may be left as it is (nothing shown)."""
 
     wants_preview = False   # True: preview() gets a small picture of the image as it denoises
+    name = ""               # who is speaking: the shell's job ("#3"); what the line says is prefixed with it
 
     def waiting_for_model(self, name: str) -> None: ...
     def image_started(self, index: int, total: int, seed: int, steps: int) -> None: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from .completer import DreamCompleter
 from .thumbnails import PROTOCOLS, block_fragments, detect_protocol, render
 
 PROMPT = "dream> "
+CLEAR_WORDS = ("clear", "cls")
 PREVIEW_MODES = ("auto",) + PROTOCOLS
 THUMBNAIL_ROWS = 12
 LIVE_ROWS = 8
@@ -69,7 +71,7 @@ class JobListener(TextListener):
     thumbnail after each image and the live preview while one denoises."""
 
     def __init__(self, shell: "DreamShell", job: Job):
-        super().__init__(shell.echo)
+        super().__init__(shell.echo, name=f"#{job.number}")
         self.shell = shell
         self.job = job
         self.wants_preview = shell.protocol != "off"
@@ -89,7 +91,7 @@ class JobListener(TextListener):
 
     def image_saved(self, record: ImageRecord, image) -> None:
         self.shell.live_preview = None
-        self.echo(record_line(record))
+        self.say(record_line(record))
         self.shell.show_thumbnail(image)
 
 
@@ -106,7 +108,7 @@ class DreamShell:
         self.history = history or InMemoryHistory()
         dispatcher.history = self.history_lines
         self.jobs = JobQueue(on_error=self._job_crashed)
-        dispatcher.check_files_now = lambda: not self.jobs.busy()
+        dispatcher.may_be_made = lambda path: self.jobs.busy() and session.may_make(path)
         self.live_preview = None
         self.protocol = self._pick_protocol(preview)
         self._leave_asked = False
@@ -116,6 +118,7 @@ class DreamShell:
                                    session.library)
         self.prompt = PromptSession(history=self.history, auto_suggest=AutoSuggestFromHistory(),
                                     completer=completer, complete_while_typing=False,
+                                    enable_history_search=True,   # Up finds earlier lines starting as typed
                                     bottom_toolbar=self.toolbar, input=input, output=output,
                                     key_bindings=self._key_bindings(), refresh_interval=0.25,
                                     # the live preview's colours are 24-bit whatever TERM says (tmux)
@@ -146,7 +149,9 @@ class DreamShell:
                    block_fragments(preview, rows=LIVE_ROWS)]
         return picture + [("", "\n"), ("class:bottom-toolbar.text", status)]
 
-    def _status(self) -> str:
+    def _status(self, width: int | None = None) -> str:
+        """One line: the model, the device, the running job (image, step, ETA; or paused), what waits, the
+        last seed. At a narrow width the least needed parts go first, so `!help` always shows."""
         s = self.session
         loading = s.host.loading
         if loading is not None:
@@ -155,21 +160,32 @@ class DreamShell:
             model = s.spec.name
         else:
             model = f"{s.model.name} (not loaded yet)"
-        parts = [f"model: {model}", f"device: {s.host.device_label}"]
         job = self.jobs.running
+        state = ""
         if job is not None:
             state = f"#{job.number}"
             if job.images:
                 state += f" image {job.image}/{job.images} step {job.step}/{job.steps}"
-                eta = job.eta()
+                eta = None if self.jobs.paused else job.eta()
                 if eta is not None:
                     state += f" ETA {eta:.0f}s"
-            parts.append(state)
+            if self.jobs.paused:
+                state += " paused"
         waiting = len(self.jobs.waiting())
-        if waiting or self.jobs.paused:
-            parts.append(f"{waiting} waiting" + (" (paused: !resume)" if self.jobs.paused else ""))
-        parts.append(f"last seed: {s.seeds[-1] if s.seeds else '-'}")
-        return " " + " | ".join(parts) + " | !help "
+        queue = (f"{waiting} waiting" if waiting else "") + (" (paused: !resume)" if self.jobs.paused else "")
+        parts = [(f"model: {model}", 3), (f"device: {s.host.device_label}", 1), (state, 5), (queue.strip(), 4),
+                 (f"last seed: {s.seeds[-1] if s.seeds else '-'}", 2)]
+        parts = [(text, rank) for text, rank in parts if text]
+        width = width or self._width()
+        while len(parts) > 1 and len(" " + " | ".join(t for t, _ in parts) + " | !help ") > width:
+            parts.remove(min(parts, key=lambda p: p[1]))     # the least needed part goes first
+        return " " + " | ".join(t for t, _ in parts) + " | !help "
+
+    def _width(self) -> int:
+        try:
+            return self.prompt.app.output.get_size().columns
+        except Exception:   # no terminal (tests, a pipe)
+            return 200
 
     def show_thumbnail(self, image) -> None:
         """A thumbnail of a finished image above the prompt, in the terminal's picture protocol."""
@@ -186,14 +202,18 @@ class DreamShell:
 
         @kb.add("c-c", filter=Condition(lambda: self.jobs.running is not None))
         def _(event):
-            job = self.jobs.stop_running()
-            if job is None:
-                return
-            waiting = len(self.jobs.waiting())
-            tail = (f"; {waiting} waiting job(s) go on (!queue lists them, !cancel all drops them)"
-                    if waiting else "")
-            self.echo(f"stopping #{job.number} within a step{tail}")
+            self._stop_running()
         return kb
+
+    def _stop_running(self) -> None:
+        """Ctrl-C while a job runs: its image stops within a step; the waiting jobs stay."""
+        job = self.jobs.stop_running()
+        if job is None:
+            return
+        waiting = len(self.jobs.waiting())
+        tail = (f"; {waiting} waiting job(s) go on (!queue lists them, !cancel all drops them)"
+                if waiting else "")
+        self.echo(f"stopping #{job.number} within a step{tail}")
 
     # ----- the queue commands
 
@@ -277,8 +297,25 @@ class DreamShell:
 
     # ----- the loop
 
+    def submit_text(self, text: str) -> Outcome:
+        """What the prompt returned: one line, or several pasted at once (each a line of its own, in order)."""
+        lines = [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+        if len(lines) == 1:
+            return self.submit(text)
+        lines = [line for line in lines if line.strip()]
+        self.echo(f"pasted {len(lines)} lines: each runs as if typed, in order")
+        outcome = Outcome()
+        for line in lines:
+            outcome = self.submit(line)
+            if outcome.quit:
+                return outcome
+        return Outcome()
+
     def submit(self, line: str) -> Outcome:
         """Answer a line at once, or queue it as a job."""
+        if line.strip() in CLEAR_WORDS:   # as in a terminal; `"clear" -S 1` still draws the word
+            clear_screen(self.prompt.app.output if self._patch else None)
+            return Outcome()
         planned = self.dispatcher.plan(line)
         if not isinstance(planned, Work):
             return planned
@@ -309,7 +346,9 @@ class DreamShell:
         running = self.jobs.running
         what = (f"#{running.number} is running" if running else "") + \
                (" and " if running and waiting else "") + (f"{waiting} job(s) wait" if waiting else "")
-        self.echo(f"{what}: Ctrl-D again leaves and drops them (or !cancel all, then Ctrl-D)")
+        stops = (f"stops #{running.number}'s image (its finished images are kept)" if running else "") + \
+                (" and " if running and waiting else "") + ("drops the waiting jobs" if waiting else "")
+        self.echo(f"{what}: Ctrl-D again leaves: it {stops} (or !cancel all, then Ctrl-D)")
         return False
 
     async def _loop(self) -> int:
@@ -326,7 +365,8 @@ class DreamShell:
                 continue
             prefill = ""
             self._leave_asked = False
-            outcome = self.submit(line)
+            # planning can take seconds (a !fetch of a big recipe): never on the prompt's thread
+            outcome = await asyncio.to_thread(self.submit_text, line)
             if outcome.quit:
                 if self._may_leave():
                     return 0
@@ -334,7 +374,17 @@ class DreamShell:
             if outcome.prefill:
                 prefill = outcome.prefill
 
+    def _sigint(self, signum, frame) -> None:
+        """Ctrl-C while no prompt is reading keys (a line being planned, between Enter and the next prompt):
+        it stops the running image as the Ctrl-C key does, and never raises KeyboardInterrupt, which
+        would end the shell."""
+        if self.jobs.running is not None:
+            self._stop_running()
+
     def run(self) -> int:
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGINT, self._sigint)   # asyncio.run keeps a handler that is not the default
         try:
             if self._patch:
                 with patch_stdout(raw=True):
@@ -342,9 +392,20 @@ class DreamShell:
             else:
                 code = asyncio.run(self._loop())
         finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
             if self._timer is not None:
                 self._timer.cancel()      # leaving at once: the model need not start loading
             self.jobs.close()
             self.jobs.wait_idle(timeout=30)
         self.echo("bye")
         return code
+
+
+def clear_screen(output) -> None:
+    """Clear the terminal (the `clear` line); nothing when there is no terminal."""
+    if output is None:
+        return
+    output.erase_screen()
+    output.cursor_goto(0, 0)
+    output.flush()

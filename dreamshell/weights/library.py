@@ -185,6 +185,16 @@ class LineFiles:
                             (self.vae.name, vae_hash(self.vae)) if self.vae is not None else None)
 
 
+# textual-inversion embeddings that recipes on CivitAI name most (negative embeddings above all): a word
+# that is one of these but has no file in the embeddings folder is read as plain text, which users rarely mean
+WELL_KNOWN_EMBEDDINGS = frozenset(name.lower() for name in (
+    "EasyNegative", "EasyNegativeV2", "badhandv4", "bad-hands-5", "bad_prompt", "bad_prompt_version2",
+    "ng_deepnegative_v1_75t", "negative_hand-neg", "verybadimagenegative_v1.3", "FastNegativeV2", "BadDream",
+    "UnrealisticDream", "bad-artist", "bad-artist-anime", "bad-image-v2-39000", "bad-picture-chill-75v",
+    "By bad artist -neg", "CyberRealistic_Negative", "epiCNegative", "negativeXL_D", "unaestheticXL_v31",
+    "ac_neg1", "ac_neg2", "BadNegAnatomyV1-neg", "deepnegative", "realisticvision-negative-embedding"))
+
+
 _WORD_EDGE = r"(?<![A-Za-z0-9_]){}(?![A-Za-z0-9_])"
 
 
@@ -231,6 +241,19 @@ class Library:
             text = prompt
         return [UsedEmbedding(word, path) for word, path in sorted(found.items())
                 if re.search(_WORD_EDGE.format(re.escape(word)), text, re.I)]
+
+    def missing_embedding_notes(self, prompt: str, used: tuple[UsedEmbedding, ...]) -> list[str]:
+        """Notes for words of the prompt that are well-known embedding names with no file here."""
+        have = {u.name.lower() for u in used}
+        try:
+            parts = split_prompt(prompt)
+            text = " ".join([t for t, _ in parts.positive] + [parts.negative])
+        except PromptError:
+            text = prompt
+        words = {w.lower(): w for w in re.findall(r"[A-Za-z0-9_.\-]+", text)}
+        return [f"note: {quoted(shown)} looks like a textual-inversion embedding, but the embeddings folder "
+                f"({shorten(str(self.folders.embeddings), 80)}) has no such file: it is read as plain text"
+                for word, shown in sorted(words.items()) if word in WELL_KNOWN_EMBEDDINGS and word not in have]
 
     # VAEs
     def vaes(self) -> dict[str, Path]:
