@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_line
-from dreamshell.cli import build_argparser, main
+from dreamshell.cli import build_argparser
 from dreamshell.run.dispatch import Dispatcher
 from dreamshell.run.postprocess import register_fix
 
@@ -240,8 +240,8 @@ def test_library_warnings_go_to_the_error_log_not_the_terminal(tmp_path, capsys)
     saved = log.handlers[:]
     log.handlers = []
     try:
-        warnings_to_error_log()
-        warnings.warn_explicit("numpy says something", DeprecationWarning, "numpy/x.py", 1)
+        warnings_to_error_log()     # as the app starts; pytest records warnings itself, so show one directly
+        warnings.showwarning("numpy says something", DeprecationWarning, "numpy/x.py", 1)
         for handler in log.handlers:
             handler.flush()
     finally:
@@ -367,3 +367,21 @@ def test_sigint_while_a_line_is_planned_does_not_end_the_shell(tmp_path):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert b"Traceback" not in seen and b"KeyboardInterrupt" not in seen
+
+
+# ----- 12: after Ctrl-C no blank rows stay under the prompt: the live picture is printed, not dropped
+
+def test_ctrl_c_prints_the_live_picture_where_the_toolbar_had_it(drive_shell, fake_session):
+    s = fake_session()
+    s.fake.gate.clear()
+    d = drive_shell(s, preview="blocks")
+    d.type("one -S 1\r")
+    d.wait_for(lambda: d.shell.jobs.running is not None)
+    d.shell.live_preview = Image.new("RGB", (8, 8), (200, 10, 10))
+    d.shell._stop_running()
+    assert d.shell.live_preview is None
+    s.fake.gate.set()
+    d.wait_output("was not finished")
+    at = d.out.index("stopping #1 within a step")
+    assert "\u2580" in d.out[at + 1] and d.out[at + 1].count("\n") == 8 - 1   # the 8 rows it had
+    assert d.finish() == 0

@@ -15,6 +15,7 @@ from dreamshell.line.request import DreamRequest, UpscaleSpec
 from dreamshell.line.safetext import first_unsafe
 from dreamshell.line.samplers import SAMPLERS, schedule_names
 from dreamshell.line.hires import target_size
+from dreamshell.line.limits import MAX_UPSCALED_SIDE
 from dreamshell.line.switches import MAX_SEED, SWITCHES
 
 # a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
@@ -118,6 +119,12 @@ def requests(draw):
             values["hires_scale"] = 1.5
             values["width"] = min(values.get("width", 64), 4096)
             values["height"] = min(values.get("height", 64), 4096)
+    if "upscale" in values:   # the upscaled image within its bound (limits.MAX_UPSCALED_SIDE)
+        w, h = values.get("width", 64), values.get("height", 64)
+        if values.get("hires_fix"):
+            w, h = target_size(w, h, values.get("hires_scale", 2))
+        if max(w, h) * values["upscale"].factor > MAX_UPSCALED_SIDE:
+            values["upscale"] = UpscaleSpec(1.0, values["upscale"].strength)
     return DreamRequest(prompt=draw(prompts().filter(_valid_prompt)), **values)
 
 

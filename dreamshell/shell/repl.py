@@ -87,7 +87,8 @@ class JobListener(TextListener):
         del self.job.step_times[:-20]
 
     def preview(self, done: int, total: int, image) -> None:
-        self.shell.live_preview = image
+        if not self.job.control.stop.is_set():   # a stopped image's picture is gone (see _stop_running)
+            self.shell.live_preview = image
 
     def image_saved(self, record: ImageRecord, image) -> None:
         self.shell.live_preview = None
@@ -210,10 +211,16 @@ class DreamShell:
         job = self.jobs.stop_running()
         if job is None:
             return
+        # the live picture leaves the toolbar and is printed where it was, as the stopped image's last look:
+        # a toolbar that shrinks under a printed line leaves its rows as blank lines (prompt_toolkit draws
+        # its bottom toolbar at the bottom of the terminal)
+        picture, self.live_preview = self.live_preview, None
         waiting = len(self.jobs.waiting())
         tail = (f"; {waiting} waiting job(s) go on (!queue lists them, !cancel all drops them)"
                 if waiting else "")
         self.echo(f"stopping #{job.number} within a step{tail}")
+        if picture is not None and self.protocol != "off":
+            self.echo(render(picture, self.protocol, rows=LIVE_ROWS).rstrip("\n"))
 
     # ----- the queue commands
 
