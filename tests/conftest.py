@@ -44,6 +44,20 @@ def tiny_models(tmp_path_factory):
     return lambda: Registry(dict(specs))
 
 
+# Tests that compare bytes run at both precisions: "auto" is bfloat16 only on CPUs with native bf16 (the
+# CI machines vary), so these name the precision (DiffusersGenerator(precision="bfloat16") runs bf16 on any CPU).
+PRECISIONS = ("float32", "bfloat16")
+_generators: dict = {}
+
+
+def generator_at(precision: str):
+    """A CPU DiffusersGenerator at this precision, one per precision for the whole run (nothing loaded)."""
+    if precision not in _generators:
+        from dreamshell.engines.generator import DiffusersGenerator
+        _generators[precision] = DiffusersGenerator(device="cpu", precision=precision)
+    return _generators[precision]
+
+
 @pytest.fixture(scope="module")
 def demo_generator():
     """The real generator with the built-in demo model loaded (one per test module: adapters loaded by one
@@ -93,9 +107,10 @@ def make_session(tiny_models, shared_generator, tmp_path):
     from dreamshell.run.model_host import ModelHost
     from dreamshell.run.session import Session
 
-    def make(outdir=None, upscaler_factory=None, **kw):
+    def make(outdir=None, upscaler_factory=None, precision=None, **kw):
         registry = tiny_models()
-        host = ModelHost(lambda: shared_generator, upscaler_factory)
+        generator = shared_generator if precision is None else generator_at(precision)
+        host = ModelHost(lambda: generator, upscaler_factory)
         session = Session(registry, host, outdir or tmp_path / "out", **kw)
         session.echoed = []
         return session

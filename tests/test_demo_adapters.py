@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PRECISIONS, generator_at
 from conftest import run_line as run
 from dreamshell.demo.adapters_eval import measure
 
@@ -60,3 +61,19 @@ def test_a_demo_session_with_the_shipped_lora_and_vae(tmp_path):
     params = read_chunks(Path(rec.path))["parameters"]
     assert "<lora:demo_cross:1>" in params and "Lora hashes: \"demo_cross: " in params
     assert "VAE: demo-vae.safetensors" in params
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_demo_vae_file_is_the_models_own_vae_at_both_precisions(precision):
+    """Issue 22: on a bfloat16 CPU the model's own VAE was loaded in bf16 and cast back to float32, so the
+    shipped single-file VAE (its float32 weights) gave other pixels; now both are the file's weights."""
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.resolve import resolve_request
+    from dreamshell.weights.models import builtin_models_dir, demo_spec
+    gen = generator_at(precision)
+    if gen.spec != demo_spec():
+        gen.load(demo_spec())
+    request = resolve_request(parse_request("a red circle on a blue background -S 3 -s 8"), demo_spec(), [])
+    own = gen.generate(request)
+    from_file = gen.generate(request.with_(vae=str(builtin_models_dir() / "vae" / "demo-vae.safetensors")))
+    assert own.tobytes() == from_file.tobytes()

@@ -7,9 +7,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import PRECISIONS, run_line
 from PIL import Image
 
-from conftest import run_line
 from dreamshell.cli import build_argparser
 from dreamshell.run.dispatch import Dispatcher
 from dreamshell.run.postprocess import register_fix
@@ -91,9 +91,10 @@ def test_dash_I_minus_1_after_a_fix_is_the_fix(make_session, tmp_path):
     assert f"-I {fixed} " in made.command
 
 
-def test_a_fix_log_line_replays_the_same_bytes(make_session, tmp_path):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_fix_log_line_replays_the_same_bytes(make_session, tmp_path, precision):
     from fake_upscaler import FakeUpscaler
-    s = make_session(upscaler_factory=FakeUpscaler)
+    s = make_session(upscaler_factory=FakeUpscaler, precision=precision)
     d = Dispatcher(s, lambda text: None)
     register_fix(d)
     first = run_line(s, "a red circle -S 5").records[0].path
@@ -314,6 +315,7 @@ def test_sigint_while_a_line_is_planned_does_not_end_the_shell(tmp_path):
     import signal
     import sys
     import time
+
     from PIL import PngImagePlugin
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a cat, " * 140_000 + "\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64")

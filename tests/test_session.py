@@ -3,15 +3,16 @@
 from pathlib import Path
 
 import pytest
+from conftest import PRECISIONS
+from conftest import run_line as run
 from PIL import Image
 
-from conftest import run_line as run
-from dreamshell.run.dispatch import Dispatcher
-from dreamshell.store.dreamlog import read_commands
-from dreamshell.line.parser import parse_request
-from dreamshell.store.pngmeta import read_recipe
 from dreamshell.line.errors import UserError
+from dreamshell.line.parser import parse_request
+from dreamshell.run.dispatch import Dispatcher
 from dreamshell.run.types import Control, Listener
+from dreamshell.store.dreamlog import read_commands
+from dreamshell.store.pngmeta import read_recipe
 
 
 def pixels(path):
@@ -49,11 +50,12 @@ def test_every_image_is_logged_with_a_canonical_line_and_echoed(make_session, tm
     assert read_recipe(Path(records[1].path)) == parse_request(records[1].command)
 
 
-def test_replaying_the_log_reproduces_every_image_byte_for_byte(make_session, tmp_path):
-    s = make_session(outdir=tmp_path / "first")
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_replaying_the_log_reproduces_every_image_byte_for_byte(make_session, tmp_path, precision):
+    s = make_session(outdir=tmp_path / "first", precision=precision)
     originals = run(s, "a red circle [green] -n 2 -S 11 -A ddim").records
     originals += run(s, "a:0.3 blue square:0.7 -S 5 -C 3 -s 6").records
-    s2 = make_session(outdir=tmp_path / "second")
+    s2 = make_session(outdir=tmp_path / "second", precision=precision)
     d = Dispatcher(s2, echo=lambda _: None)
     outcome = d.execute(f"!replay {tmp_path / 'first' / 'dream_log.txt'}")
     assert not outcome.failed
@@ -257,8 +259,8 @@ def test_batch_size_makes_the_images_each_seed_makes_alone(make_session, shared_
 
 
 def test_the_stopped_line_says_the_images_after_it_were_not_made():
-    from dreamshell.run.types import Stopped
     from dreamshell.run.report import stopped_line
+    from dreamshell.run.types import Stopped
     assert stopped_line(Stopped(1, 5, 0)) == ("stopped: image 1 of 5 was not finished and is not saved; the 4 after "
                                              "it were not made; 0 finished image(s) kept")
     assert "after it" not in stopped_line(Stopped(3, 3, 2))
