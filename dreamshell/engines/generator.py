@@ -10,6 +10,7 @@ the device and dtype in device.py, loading details in loading.py.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import replace
 
 from ..line.request import DreamRequest
@@ -27,6 +28,9 @@ from .device import is_out_of_memory, pick_device, pick_dtype, quiet_libraries
 from .hires_pass import generate_hires
 from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
+
+
+_LOAD_LOCK = threading.RLock()
 
 
 class DiffusersGenerator:
@@ -58,7 +62,14 @@ class DiffusersGenerator:
 
     def load(self, spec: ModelSpec) -> None:
         """Make spec's model resident. Its kind is read from the weights first; the previous model is
-        released only for a model that passes that check, and is loaded again if the new one fails."""
+        released only for a model that passes that check, and is loaded again if the new one fails.
+        One load at a time in a process: diffusers builds models under accelerate's init_empty_weights,
+        which patches torch for every thread (a second generator loading at the same time got 'meta'
+        tensors)."""
+        with _LOAD_LOCK:
+            self._load_checked(spec)
+
+    def _load_checked(self, spec: ModelSpec) -> None:
         if not spec.weights.exists():
             raise GenerationError(f"model '{spec.name}': {spec.weights} does not exist "
                                   "(fix 'weights' in the models file or pass a path to --model)"
