@@ -286,3 +286,18 @@ def test_brownian_noise_uses_the_source_normals():
             runs.setdefault(rng, []).append(_run_steps(sched, x)[-2])
     assert torch.equal(runs["nv"][0], runs["nv"][1])
     assert not torch.equal(runs["cpu"][0], runs["nv"][0])
+
+
+def test_an_img2img_pipeline_noises_its_init_image_with_the_first_draw():
+    import torch
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as module
+    from diffusers import StableDiffusionImg2ImgPipeline
+    pipe = StableDiffusionImg2ImgPipeline.__new__(StableDiffusionImg2ImgPipeline)   # its class is what counts
+    before = module.randn_tensor
+    src = noise.LatentNoise("nv", [noise.ImageSeeds(8)], (4, 8, 8))
+    sched = _euler_a()
+    with noise.step_noise(sched, src, pipe=pipe):
+        drawn = module.randn_tensor((1, 4, 8, 8), generator=torch.Generator().manual_seed(8), device="cpu",
+                                    dtype=torch.float32)
+    assert torch.equal(drawn[0], torch.from_numpy(noise.randn_like_cuda(8, (4, 8, 8))))
+    assert module.randn_tensor is before

@@ -188,8 +188,9 @@ class LatentNoise:
         return randn(self.rng, seed, size, self.device).to(device=device, dtype=dtype)
 
 
-def _scheduler_module(scheduler):
-    return sys.modules[type(scheduler).__module__]
+def _scheduler_module(obj):
+    """The module a scheduler's or pipeline's class is defined in (where it looks up `randn_tensor`)."""
+    return sys.modules[type(obj).__module__]
 
 
 def uses_brownian_noise(scheduler) -> bool:
@@ -226,7 +227,7 @@ class _BrownianSteps:
 
 
 @contextlib.contextmanager
-def step_noise(scheduler, noise: LatentNoise):
+def step_noise(scheduler, noise: LatentNoise, pipe=None):
     """While inside, a diffusers scheduler's per-step noise comes from `noise` as A1111 draws it:
 
     - ancestral samplers (Euler a, DPM2 a, LCM, DDIM with eta, ...): `noise.next()` each step, in place
@@ -235,8 +236,12 @@ def step_noise(scheduler, noise: LatentNoise):
       seed + ENSD), whose normals come from `noise`'s source (A1111's create_noise_sampler and its
       replacement of torchsde's `_randn` by randn_local).
 
-    diffusers' schedulers call `randn_tensor(shape, generator=..., device=..., dtype=...)` from their own
-    module; that name is swapped for the duration, so one generation at a time (the model host's rule)."""
+    With `pipe`, the noise an img2img or inpainting pipeline draws itself to noise the init image (its
+    prepare_latents) is `noise.next()` too: the first draw, as A1111's img2img and hires pass take it.
+
+    diffusers' schedulers and pipelines call `randn_tensor(shape, generator=..., device=..., dtype=...)` from
+    their own module; that name is swapped for the duration, so one generation at a time (the model host's
+    rule). The VAE's own sampling of an encoded image still draws from the pipeline's generator."""
     module = _scheduler_module(scheduler)
     saved: list[tuple[object, str, object]] = []
 
@@ -259,6 +264,10 @@ def step_noise(scheduler, noise: LatentNoise):
                              "'torchsde' package: pip install torchsde") from None
         swap(interval, "_randn", lambda size, dtype, device, seed: noise.brownian_randn(size, dtype, device, seed))
     try:
+        if pipe is not None:
+            pipe_module = _scheduler_module(pipe)
+            if hasattr(pipe_module, "randn_tensor"):
+                swap(pipe_module, "randn_tensor", draw)
         if type(scheduler).__name__ == "DPMSolverSDEScheduler":
             seeds = [im.seed for im in noise.images]
             swap(scheduler, "noise_sampler_seed", seeds if len(seeds) > 1 else seeds[0])
