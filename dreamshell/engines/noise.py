@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RNG_SOURCES = ("cpu", "gpu", "nv")
-A1111_NAMES = {"cpu": "CPU", "gpu": "GPU", "nv": "NV"}   # A1111's `RNG:` values (absent: GPU)
+RNG_SOURCES = ("cpu", "gpu", "nv")   # A1111's `RNG: CPU | GPU | NV` (store.formats.a1111 writes and reads them)
 
 # Philox 4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011), as curand has it
 _MUL_A, _MUL_B = 0xD2511F53, 0xCD9E8D57        # round multipliers
@@ -110,7 +109,7 @@ class _Stream:
         if rng == "nv":
             self.philox = PhiloxStream(seed)
         else:
-            self.device = "cuda" if rng == "gpu" else "cpu"
+            self.device = str(device) if rng == "gpu" else "cpu"
             self.generator = torch.Generator(self.device).manual_seed(int(seed))
 
     def randn(self, shape):
