@@ -704,3 +704,78 @@ def test_dry_run_fetch_prints_the_notes_and_one_line_for_a_huge_chunk(tmp_path, 
         f"line 2: error: {big}: its recipe cannot be read (the 'parameters' text chunk (4.8 MB, over the 1.0 MB "
         "limit))",
         "1 bad line(s)"]
+
+
+# ----- noise source, CivitAI's resources, a file cut short (issue 19)
+
+def test_a1111_rng_cpu_is_dreamshells_own_noise_and_read_without_a_note(tmp_path):
+    text = "a cat\nSteps: 20, Sampler: Euler, Schedule type: Uniform, CFG scale: 7, Seed: 5, Size: 512x512, RNG: CPU"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request == DreamRequest("a cat", steps=20, seed=5, width=512, height=512, cfg_scale=7.0,
+                                          sampler="k_euler", schedule="uniform")
+    assert recipe.notes == ()
+
+
+@pytest.mark.parametrize("value", ["NV", "GPU"])
+def test_a1111_other_noise_sources_are_named(tmp_path, value):
+    text = f"a cat\nSteps: 20, Sampler: Euler, Schedule type: Uniform, CFG scale: 7, Seed: 5, Size: 512x512, RNG: {value}"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.notes == (NOT_CARRIED + f"RNG: {value} (A1111's noise source; dreamshell makes CPU noise, so the "
+                                          "picture differs)",)
+
+
+CIVITAI_RESOURCES = ('masterpiece, double exposure, negativeXL_D\nNegative prompt: negativeXL_D, greyscale\n'
+           'Steps: 22, Sampler: DPM++ 2M Karras, CFG scale: 3.8, Seed: 894409639, Size: 832x1216, Clip skip: 2, '
+           'Created Date: 2024-09-23T06:17:42.9952795Z, Civitai resources: [{"type":"checkpoint","modelVersionId":'
+           '128078,"modelName":"SD XL","modelVersionName":"v1.0 VAE fix"},{"type":"lora","weight":0.85,'
+           '"modelVersionId":210432,"modelName":"Double Exposure","modelVersionName":"Double Exposure"},'
+           '{"type":"embed","weight":1,"modelVersionId":134583,"modelName":"negativeXL","modelVersionName":"D"},'
+           '{"air":"urn:air:sdxl:lora:civitai:12@34","weight":0.8}], Civitai metadata: {"remixOfId":11}')
+
+
+def test_civitai_resources_are_read_whole_and_each_named(tmp_path):
+    # the shape of CivitAI's own files (2024: type/modelVersionId/modelName/modelVersionName/weight; later: air)
+    recipe = fetch_recipe(png(tmp_path, {"parameters": CIVITAI_RESOURCES}))
+    assert recipe.request == DreamRequest("masterpiece, double exposure, negativeXL_D [negativeXL_D, greyscale]",
+                                          steps=22, seed=894409639, width=832, height=1216, cfg_scale=3.8,
+                                          sampler="k_dpmpp_2", schedule="karras", clip_skip=2)
+    assert recipe.notes == (
+        NOT_CARRIED + "Civitai resources: checkpoint 'SD XL' (version 'v1.0 VAE fix', version id 128078); "
+        "LoRA 'Double Exposure' (version 'Double Exposure', weight 0.85, version id 210432); embedding 'negativeXL' "
+        "(version 'D', weight 1, version id 134583); LoRA (no name) (weight 0.8, version id 34) (CivitAI names model "
+        "pages, not files: dreamshell uses the prompt's own <lora:...> tags and words, --model and --vae); "
+        "Created Date: 2024-09-23T06:17:42.9952795Z; Civitai metadata: {\"remixOfId\":11}",)
+
+
+def test_a_json_value_that_does_not_close_is_read_as_before(tmp_path):
+    text = 'a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 512x512, Civitai resources: [{"type"'
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request.seed == 5 and recipe.notes[-1].endswith('Civitai resources: [{"type"')
+
+
+def _cut(tmp_path, chunks, where):
+    data = png(tmp_path, chunks, "whole.png").read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[:where(data)])
+    return cut
+
+
+def test_a_file_cut_inside_a_text_chunk_gives_what_is_whole_and_says_the_rest_is_lost(tmp_path):
+    line = '"a red circle" -s 20 -S 1 -W 64 -H 64 -C 5 -A k_euler'
+    params = "a blue square\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 9, Size: 64x64"
+    path = _cut(tmp_path, {"Dream": line, "parameters": params}, lambda d: d.index(b"a blue square") + 5)
+    recipe = fetch_recipe(path)
+    assert recipe.request.prompt == "a red circle" and recipe.request.seed == 1   # from the whole Dream chunk
+    assert recipe.notes[0] == ("skipped: the file ends early (inside its 'parameters' text chunk, which is not read; "
+                               "the text chunks before the cut are whole)")
+
+
+def test_a_file_cut_in_its_pixels_keeps_its_recipe_with_one_note(tmp_path):
+    path = _cut(tmp_path, {"parameters": "a blue square\nSteps: 20, Sampler: Euler, Schedule type: Uniform, CFG "
+                                         "scale: 7, Seed: 9, Size: 64x64"}, lambda d: d.index(b"IDAT") + 6)
+    recipe = fetch_recipe(path)
+    assert recipe.request.seed == 9
+    assert recipe.notes == ("skipped: the file ends early (inside its 'IDAT' chunk; the text chunks before the cut "
+                            "are whole)",)
+    whole = fetch_recipe(tmp_path / "whole.png")
+    assert whole.notes == ()

@@ -62,7 +62,7 @@ def test_all_three_chunks_are_written_as_text(tmp_path):
     assert params[0] == "a fantastic alien landscape, 8k"
     assert params[1] == "Negative prompt: blurry, dark"
     assert params[2].startswith("Steps: 60, Sampler: LMS, Schedule type: DDIM, CFG scale: 7.5, Seed: 3355519391, "
-                                "Size: 576x512, Model hash: ababababab, Model: demo, Dreamshell: ")
+                                "Size: 576x512, Model hash: ababababab, Model: demo, RNG: CPU, Dreamshell: ")
 
 
 def test_a1111_parameters_carry_schedule_variations_tiling_upscaler_and_weights(tmp_path):
@@ -71,7 +71,7 @@ def test_a1111_parameters_carry_schedule_variations_tiling_upscaler_and_weights(
     assert negative == "blurry"
     assert params == {"Steps": "20", "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": "5", "Seed": "7",
                       "Size": "64x64", "Model": "demo", "Denoising strength": "0.6", "Variation seed": "3",
-                      "Variation seed strength": "0.2", "Tiling": "True", "Postprocess upscale by": "2",
+                      "Variation seed strength": "0.2", "RNG": "CPU", "Tiling": "True", "Postprocess upscale by": "2",
                       "Postprocess upscaler": "R-ESRGAN 2x+", "Postprocess upscaler 2": "Lanczos",
                       "Postprocess upscaler 2 visibility": "0.5", "Dreamshell": format_request(FULL)}
 
@@ -178,7 +178,7 @@ def test_a1111_parameters_write_extras_and_the_hires_fix_as_a1111_does():
         "Negative prompt: lowres, EasyNegative",
         "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 512x768, "
         "Model hash: 879db523c3, Model: dreamshaper_8, VAE hash: 735e4c3a44, "
-        "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, "
+        "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Denoising strength: 0.45, Clip skip: 2, RNG: CPU, Hires upscale: 2, "
         "Hires steps: 15, Hires upscaler: R-ESRGAN 4x+, Lora hashes: \"add_detail: 7c6bad76eb54, film_grain: "
         "0123456789ab\", TI hashes: \"EasyNegative: c74b4e810b03\", Dreamshell: "
         + json.dumps(format_request(EXTRAS_LINE))]

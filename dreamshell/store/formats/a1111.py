@@ -84,6 +84,17 @@ def _vae_keys(meta: ImageMeta) -> list[tuple[str, str]]:
     return []
 
 
+# A1111's `RNG` values for dreamshell's noise sources; A1111 writes none for GPU, its default
+RNG_NAMES = {"cpu": "CPU", "gpu": "GPU", "nv": "NV"}
+
+
+def _rng_keys(r: DreamRequest) -> list[tuple[str, str]]:
+    """`RNG: CPU` (or NV): where the noise came from, as A1111 1.10's create_infotext writes it after `Clip
+    skip`; left out for GPU noise, which A1111 assumes when the key is missing."""
+    source = getattr(r, "rng", None) or "cpu"
+    return [] if source == "gpu" else [("RNG", RNG_NAMES.get(source, str(source)))]
+
+
 def _hires_keys(r: DreamRequest) -> list[tuple[str, str]]:
     """The second pass as A1111's txt2img writes it (`processing.py` StableDiffusionProcessingTxt2Img.init and
     calculate_target_resolution); `Hires steps` always, though A1111 leaves it out when it is 0 (= Steps)."""
@@ -124,6 +135,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
         keys.append(("Denoising strength", _num(r.hires_strength or hires.DEFAULT_STRENGTH)))
     if r.clip_skip and r.clip_skip > 1:
         keys.append(("Clip skip", str(r.clip_skip)))
+    keys += _rng_keys(r)
     if r.seamless:
         keys.append(("Tiling", "True"))
     if r.hires_fix:
@@ -160,16 +172,43 @@ def parse_a1111(text: str) -> tuple[str, str, dict[str, str]]:
             in_negative = True
             line = line[len("Negative prompt:"):].strip()
         (negative if in_negative else prompt).append(line)
+    last, spans = _hide_json_values(last)
     params = {}
     for key, value in _PARAM.findall(last):
         value = value.strip()
-        if value.startswith('"') and value.endswith('"'):
+        if value in spans:
+            value = spans[value]
+        elif value.startswith('"') and value.endswith('"'):
             try:
                 value = json.loads(value)
             except ValueError:
                 pass
         params[key.strip()] = str(value)
     return "\n".join(prompt).strip(), "\n".join(negative).strip(), params
+
+
+_JSON_VALUE = re.compile(r'(?:^|,)\s*\w[\w \-/+]*:\s*(?=[\[{])')
+
+
+def _hide_json_values(last: str) -> tuple[str, dict[str, str]]:
+    """The last line with each unquoted JSON list or object value (CivitAI's `Civitai resources: [{...}, ...]`,
+    `Hashes: {...}`) put aside whole, as A1111's own reader, which cuts them at their first comma, does not."""
+    spans: dict[str, str] = {}
+    out, pos, decoder = [], 0, json.JSONDecoder()
+    for m in _JSON_VALUE.finditer(last):
+        if m.start() < pos:
+            continue
+        try:
+            _, end = decoder.raw_decode(last, m.end())
+        except ValueError:
+            continue
+        if last[end:].lstrip()[:1] not in ("", ","):
+            continue
+        marker = f"\0{len(spans)}"
+        spans[marker] = last[m.end():end]
+        out += [last[pos:m.end()], marker]
+        pos = end
+    return "".join(out) + last[pos:], spans
 
 
 def _version(text: str | None) -> tuple[int, int] | None:
@@ -377,6 +416,67 @@ def recorded_extras(params: dict[str, str], prompt: str) -> RecipeExtras:
     return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None)
 
 
+_CIVITAI_KINDS = {"checkpoint": "checkpoint", "lora": "LoRA", "locon": "LoRA", "lycoris": "LyCORIS", "dora": "DoRA",
+                  "embed": "embedding", "embedding": "embedding", "textualinversion": "embedding", "vae": "VAE",
+                  "upscaler": "upscaler", "hypernet": "hypernetwork", "controlnet": "ControlNet"}
+
+
+def civitai_resources(value: str) -> list[dict]:
+    """CivitAI's `Civitai resources` JSON list, each resource as {kind, name, version, weight, version_id}:
+    `{"type": "lora", "weight": 0.85, "modelVersionId": 210432, "modelName": "...", "modelVersionName": "..."}`
+    or the newer `{"air": "urn:air:sdxl:lora:civitai:MODEL@VERSION", ...}`; what is not a list of objects is []."""
+    try:
+        items = json.loads(value)
+    except ValueError:
+        return []
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        kind, version_id = str(item.get("type") or ""), item.get("modelVersionId")
+        air = str(item.get("air") or item.get("urn") or "")
+        parts = air.split(":")
+        if len(parts) >= 6 and parts[0] == "urn" and parts[1] == "air":
+            kind = kind or parts[3]
+            version_id = version_id or parts[5].partition("@")[2] or None
+        weight = item.get("weight")
+        out.append({"kind": _CIVITAI_KINDS.get(kind.lower(), kind or "resource"),
+                    "name": str(item.get("modelName") or ""),
+                    "version": str(item.get("modelVersionName") or item.get("versionName") or ""),
+                    "weight": weight if isinstance(weight, (int, float)) and not isinstance(weight, bool) else None,
+                    "version_id": version_id})
+    return out
+
+
+def _civitai_resources(b: Builder, value: str | None) -> None:
+    """Name each resource CivitAI lists: it names a model page, not a file, so nothing is applied from it."""
+    if value is None:
+        return
+    found = civitai_resources(value)
+    if not found:
+        b.drop(f"Civitai resources: {short(value, 40)}")
+        return
+    named = []
+    for r in found:
+        extra = [f"version '{short(r['version'], 30)}'"] if r["version"] else []
+        if r["weight"] is not None:
+            extra.append(f"weight {format_number(r['weight'])}")
+        if r["version_id"]:
+            extra.append(f"version id {r['version_id']}")
+        name = f"'{short(r['name'], 40)}'" if r["name"] else "(no name)"
+        named.append(f"{r['kind']} {name}" + (f" ({', '.join(extra)})" if extra else ""))
+    b.drop("Civitai resources: " + "; ".join(named) + " (CivitAI names model pages, not files: dreamshell uses the "
+           "prompt's own <lora:...> tags and words, --model and --vae)")
+
+
+def _rng(b: Builder, value: str | None) -> None:
+    """`RNG: CPU` is dreamshell's own noise (a CPU torch generator per image, bit for bit). The others name
+    noise dreamshell does not make yet: the image differs (A1111 writes no key for its default, GPU)."""
+    if value is None or value.strip().upper() == "CPU":
+        return
+    b.drop(f"RNG: {short(value, 20)} (A1111's noise source; dreamshell makes CPU noise, so the picture differs)")
+
+
 def _variation(b: Builder, params: dict[str, str]) -> None:
     seed, strength = params.pop("Variation seed", None), params.pop("Variation seed strength", None)
     if seed is None:
@@ -435,6 +535,8 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
     _vae(b, params)
     _variation(b, params)
     _clip_skip(b, params.pop("Clip skip", None))
+    _rng(b, params.pop("RNG", None))
+    _civitai_resources(b, params.pop("Civitai resources", None))
     if params.pop("Tiling", "").strip().lower() == "true":
         b.values["seamless"] = True
     _hires_and_strength(b, params, first)

@@ -50,6 +50,17 @@ def _decode_text(ctype: bytes, body: bytes) -> tuple[str, str]:
     return name, text.decode("utf-8", "replace")
 
 
+def _ended_early(head: bytes, text_key: str | None) -> str:
+    """The note for a PNG that stops before its IEND chunk: what was cut, and that what came before is whole."""
+    if text_key is not None:
+        where = f"inside its '{text_key[:40]}' text chunk, which is not read"
+    elif len(head) >= 8:
+        where = f"inside its {head[4:8].decode('latin-1', 'replace')!r} chunk"
+    else:
+        where = "before its IEND chunk"
+    return f"the file ends early ({where}; the text chunks before the cut are whole)"
+
+
 def png_text(path: Path) -> tuple[dict[str, str], list[str]]:
     """The PNG's text chunks and the lines saying which were skipped (too large); pixels are skipped."""
     chunks: dict[str, str] = {}
@@ -58,12 +69,20 @@ def png_text(path: Path) -> tuple[dict[str, str], list[str]]:
     with open(path, "rb") as f:
         if f.read(8) != PNG_MAGIC:
             raise MetadataError(f"{path}: not a readable image (not a PNG, JPEG or WebP file)")
+        size = f.seek(0, 2)
+        f.seek(8)
         while True:
             head = f.read(8)
             if len(head) < 8:
+                skipped.append(_ended_early(head, None))
                 break
             length, ctype = struct.unpack(">I4s", head)
             if ctype == b"IEND":
+                break
+            if f.tell() + length + 4 > size:    # the chunk (or its CRC) runs past the end of the file
+                key = f.read(min(length, 80)).partition(b"\0")[0].decode("latin-1", "replace") \
+                    if ctype in (b"tEXt", b"zTXt", b"iTXt") else None
+                skipped.append(_ended_early(head, key))
                 break
             if ctype not in (b"tEXt", b"zTXt", b"iTXt"):
                 f.seek(length + 4, 1)
