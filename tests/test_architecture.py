@@ -152,3 +152,19 @@ def test_the_architecture_page_shows_the_same_table():
     for stage, allowed in ALLOWED.items():
         row = f"| `{stage}/` | " + ", ".join(f"`{a}`" for a in sorted(allowed)) + " |"
         assert row in text, row
+
+
+def test_the_module_table_names_every_module_and_only_modules_that_exist():
+    """ARCHITECTURE.md's table of each module's job matches the files (`a.py`, `a.py`, `b.py` or a
+    folder in a row count)."""
+    import re
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = text[text.index("## Each module's one job"):text.index("## What may import what")]
+    named = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", table, re.M):
+        named |= {m for m in re.findall(r"`([\w/]+(?:\.py|/))`", cell)}
+    files = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+             if p.name != "__init__.py" and "formats" not in p.parts}
+    files |= {"store/formats/"}
+    assert files <= named, sorted(files - named)
+    assert named <= files, sorted(named - files)
