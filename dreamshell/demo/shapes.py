@@ -92,12 +92,6 @@ def render(scene: Scene, rng: random.Random | None = None, jitter: int = 8, scal
     return img
 
 
-def nearest_colour(rgb) -> str:
-    """The named colour nearest to an RGB triple (Euclidean in RGB)."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    return min(COLOURS, key=lambda n: float(((np.asarray(COLOURS[n], np.float32) - rgb) ** 2).sum()))
-
-
 def _palette() -> tuple[list[str], np.ndarray]:
     names = list(COLOURS)
     return names, np.array([COLOURS[n] for n in names], dtype=np.float32)
