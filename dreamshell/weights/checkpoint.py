@@ -68,7 +68,8 @@ def family_of(kind: str) -> str:
 def same_model(given: str, found: str) -> bool:
     """May the models file call weights detected as `found` by the kind `given`? (the same kind, its family,
     or a kind whose weights look the same: SD 3.5 Large Turbo has SD 3.5 Large's keys)."""
-    return given == found or given == family_of(found) or SAME_WEIGHTS.get(given) == found
+    return (given == found or given == family_of(found) or SAME_WEIGHTS.get(given) == found
+            or SAME_WEIGHTS.get(found) == given)
 
 
 # ----- reading keys and shapes
@@ -427,9 +428,15 @@ PART_NAMES = {"clip_l": "CLIP-L text encoder", "clip_g": "CLIP-G (OpenCLIP bigG)
               "t5xxl": "T5-XXL text encoder", "vae": "VAE"}
 
 
+def part_fits(found: str, wanted: str) -> bool:
+    """May a file found to be `found` serve as `wanted`? (a CLIP or T5 of a width no release has fits
+    the slot it is named for: its config then decides)"""
+    return found == wanted or (found, wanted) in {("clip", "clip_l"), ("clip", "clip_g"), ("t5", "t5xxl")}
+
+
 @dataclass(frozen=True)
 class Part:
-    part: str             # one of PARTS
+    part: str             # one of PARTS, or "clip" / "t5" for encoders of widths no release has
     note: str             # what it is, for messages
     latent_channels: int = 0   # a VAE's latent channels (4: SD 1.x/2.x/XL, 16: SD 3 and FLUX.1)
     layout: str = ""      # "transformers", "ldm" (original), "gguf"
@@ -446,13 +453,13 @@ def part_of(keys: dict) -> Part | None:
             return Part("clip_l", f"a CLIP-L text encoder ({layers} layers)", layout="transformers")
         if width == 1280:
             return Part("clip_g", f"a CLIP-G text encoder ({layers} layers)", layout="transformers")
-        return None
+        return Part("clip", f"a CLIP text encoder ({layers} layers, {width} wide)", layout="transformers")
     if "encoder.block.0.layer.0.SelfAttention.k.weight" in keys:
         width = keys.get("shared.weight", keys.get("encoder.embed_tokens.weight", (0, 0)))[-1]
         blocks = _blocks(keys, "encoder.block.")
         if width == 4096:
             return Part("t5xxl", f"a T5-XXL text encoder ({blocks} blocks)", layout="transformers")
-        return None
+        return Part("t5", f"a T5 text encoder ({blocks} blocks, {width} wide)", layout="transformers")
     if "enc.blk.0.attn_k.weight" in keys:
         return Part("t5xxl", "a T5-XXL text encoder in llama.cpp's GGUF names", layout="gguf")
     conv = keys.get("decoder.conv_in.weight")
@@ -496,7 +503,8 @@ def describe_other(keys: dict) -> str:
         if part.part == "vae":
             return (f"a VAE alone ({part.note.removeprefix('a VAE with ')}), not a full model"
                     + (": name it as 'vae:' beside an SD 3 or FLUX.1 model" if part.latent_channels == 16 else ""))
-        return f"{part.note} alone, not a model: name it as '{part.part}:' beside an SD 3 or FLUX.1 model"
+        slot = {"clip": "clip_l:' or 'clip_g", "t5": "t5xxl"}.get(part.part, part.part)
+        return f"{part.note} alone, not a model: name it as '{slot}:' beside an SD 3 or FLUX.1 model"
     if has("control_model.", "controlnet_cond_embedding."):
         return "a ControlNet: not supported as a model"
     if keys and len(keys) <= 4 and (set(names) & {"emb_params", "clip_l", "clip_g", "string_to_param"}

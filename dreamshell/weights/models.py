@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .checkpoint import KINDS, PART_NAMES, NotAModel, detect, detect_part, family_of
+from .checkpoint import KINDS, PART_NAMES, NotAModel, detect, detect_part, family_of, part_fits
 from .library import Folders
 from ..line.safetext import quoted, shorten
 
@@ -182,7 +182,7 @@ def _part_path(src: str, shown: str, key: str, value, base: Path) -> Path:
             raise ModelsFileError(f"{src}: model {shown}: {key} {path} is {e}") from None
         except OSError as e:
             raise ModelsFileError(f"{src}: model {shown}: cannot read {key} {path} ({e.strerror or e})") from None
-        if part.part != key:
+        if not part_fits(part.part, key):
             raise ModelsFileError(f"{src}: model {shown}: {key} {path} is {part.note}; name it as "
                                   f"'{part.part}:'")
     return path
