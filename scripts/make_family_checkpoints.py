@@ -230,7 +230,46 @@ def tiny_files(out: Path) -> dict[str, Path]:
         shapes = tiny_flux_diffusers(files[f"{kind}-config"], guidance=kind == "flux-dev")
         files[kind] = write_random_safetensors(out / f"{kind}-tiny.safetensors", shapes, "F32", seed=2)
         files[kind + "-gguf"] = write_random_gguf(out / f"{kind}-tiny-Q8_0.gguf", shapes, "Q8_0", seed=2)
+    files["sdxl-playground"], files["sdxl-playground-config"] = tiny_playground(out)
     return files
+
+
+def tiny_playground(out: Path) -> tuple[Path, Path]:
+    """A tiny Playground v2.5 single file (SDXL's original layout with edm_mean/edm_std, two levels, toy
+    widths) and its config: the shipped sdxl-playground one, shrunk."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from make_fullsize_checkpoints import _text_keys, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+    config = out / "config-sdxl-playground"
+    shutil.rmtree(config, ignore_errors=True)
+    shutil.copytree(CONFIGS / "sdxl-playground", config)
+
+    def edit(rel, **changes):
+        p = config / rel
+        p.write_text(json.dumps({**json.loads(p.read_text()), **changes}, indent=2))
+    edit("unet/config.json", block_out_channels=[32, 64], attention_head_dim=[2, 4],
+         down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+         transformer_layers_per_block=[1, 1], layers_per_block=1, norm_num_groups=8, cross_attention_dim=48,
+         addition_time_embed_dim=8, projection_class_embeddings_input_dim=80, sample_size=8)
+    edit("vae/config.json", **TINY_VAE, latent_channels=4)
+    edit("text_encoder/config.json", **TINY_CLIP_L)
+    edit("text_encoder_2/config.json", **TINY_CLIP_G)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))
+    te = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config / "text_encoder_2"))
+    state = {"model.diffusion_model." + k: v for k, v in unet_to_ldm(unet.state_dict(), dict(unet.config)).items()}
+    state.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae.state_dict(), levels=2, layers=1).items()})
+    state.update({"conditioner.embedders.0.transformer." + k: v for k, v in _text_keys(te.state_dict()).items()})
+    state.update({"conditioner.embedders.1.model." + k: v for k, v in openclip_to_ldm(te2.state_dict()).items()})
+    stats = json.loads((CONFIGS / "sdxl-playground" / "vae" / "config.json").read_text())
+    state["edm_mean"] = torch.tensor(stats["latents_mean"]).reshape(1, 4, 1, 1)
+    state["edm_std"] = torch.tensor(stats["latents_std"]).reshape(1, 4, 1, 1)
+    path = write_random_safetensors(out / "playground-tiny.safetensors", {k: tuple(v.shape) for k, v in state.items()},
+                                    "F32", values=state)
+    return path, config
 
 
 def tiny_flux_diffusers(config: Path, guidance: bool) -> dict:

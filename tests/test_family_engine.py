@@ -99,6 +99,26 @@ def test_flux_from_a_transformer_file_and_comfyui_encoder_and_vae_files(tiny, tm
     assert _image(pipe, kind).size == (32, 32)
 
 
+def test_playground_v25_loads_from_one_file_with_the_shipped_edm_config(tiny):
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from dreamshell.weights.checkpoint import detect
+    path = tiny["sdxl-playground"]
+    found = loading.detect_weights(ModelSpec("pg", path, ""))
+    assert detect(path).kind == found.kind == "sdxl-playground"
+    assert loading.pipeline_class(found.kind, "txt2img") is StableDiffusionXLPipeline
+    config = families.assemble_config("sdxl-playground", tiny["sdxl-playground"].parent / "cache",
+                                      source=tiny["sdxl-playground-config"])
+    pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(config), local_files_only=True)
+    assert type(pipe.scheduler).__name__ == "EDMDPMSolverMultistepScheduler"
+    assert (pipe.vae.config.scaling_factor, pipe.vae.config.latents_std[3]) == (0.5, 5.2299)
+    pipe.scheduler = families.scheduler_for("sdxl-playground", "k_euler", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, width=32, height=32, guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+
 def test_a_missing_part_is_one_line_naming_the_models_file_key(tiny, tmp_path):
     import torch
     spec = ModelSpec("f", tiny["flux-schnell"], "flux-schnell", config=tiny["flux-schnell-config"],

@@ -161,9 +161,11 @@ def text_encoder_from_file(cls, config_dir: Path, path: Path, dtype, strip: tupl
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def load_pipeline(spec: ModelSpec, kind: str, found: Detected | None, dtype, cache_root: Path):
+def load_pipeline(spec: ModelSpec, kind: str, found: Detected | None, dtype, cache_root: Path, t5_dtype=None):
     """The txt2img pipeline of an SD 3 or FLUX.1 model: the checkpoint's own parts where it has them,
-    the models file's encoder and VAE files for the rest. One line when a needed part is missing."""
+    the models file's encoder and VAE files for the rest. One line when a needed part is missing.
+    `t5_dtype`: T5-XXL from its own file in another precision (bfloat16: 9.5 GB instead of 19 on a CPU
+    running float32; encode the prompt, cast the embeddings, then release it)."""
     family = family_of(kind)
     bundled = found.bundled if found is not None else ()
     if family == "sd3" and spec.weights.suffix.lower() == ".gguf":
@@ -188,8 +190,8 @@ def load_pipeline(spec: ModelSpec, kind: str, found: Detected | None, dtype, cac
                               "google/t5-v1_1-xxl's tokenizer.json or spiece.model) in the models file"
                               + ("" if family == "flux" else ", or leave 't5xxl' out to run on CLIP alone"))
     if family == "sd3":
-        return _load_sd3(spec, kind, bundled, parts, use_t5, dtype, config)
-    return _load_flux(spec, kind, bundled, parts, dtype, config)
+        return _load_sd3(spec, kind, bundled, parts, use_t5, dtype, config, t5_dtype or dtype)
+    return _load_flux(spec, kind, bundled, parts, dtype, config, t5_dtype or dtype)
 
 
 def _transformer_kwargs(path: Path, dtype) -> dict:
@@ -204,7 +206,7 @@ def _transformer_kwargs(path: Path, dtype) -> dict:
     return {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype), "torch_dtype": dtype}
 
 
-def _load_sd3(spec, kind, bundled, parts, use_t5, dtype, config: Path):
+def _load_sd3(spec, kind, bundled, parts, use_t5, dtype, config: Path, t5_dtype):
     import diffusers
     from transformers import CLIPTextModelWithProjection, T5EncoderModel
     extra = {}
@@ -218,7 +220,7 @@ def _load_sd3(spec, kind, bundled, parts, use_t5, dtype, config: Path):
         extra.update(text_encoder_3=None, tokenizer_3=None)   # CLIP only: diffusers runs SD 3 without T5
     elif "t5xxl" not in bundled:
         extra["text_encoder_3"] = text_encoder_from_file(T5EncoderModel, config / "text_encoder_3",
-                                                         parts["t5xxl"], dtype)
+                                                         parts["t5xxl"], t5_dtype)
     if parts["vae"] is not None:
         extra["vae"] = diffusers.AutoencoderKL.from_single_file(str(parts["vae"]), config=str(config), subfolder="vae",
                                                                 local_files_only=True, torch_dtype=dtype)
@@ -226,7 +228,7 @@ def _load_sd3(spec, kind, bundled, parts, use_t5, dtype, config: Path):
                                                                local_files_only=True, torch_dtype=dtype, **extra)
 
 
-def _load_flux(spec, kind, bundled, parts, dtype, config: Path):
+def _load_flux(spec, kind, bundled, parts, dtype, config: Path, t5_dtype):
     import diffusers
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
     if bundled:  # an all-in-one file: diffusers reads every part from it
@@ -247,7 +249,7 @@ def _load_flux(spec, kind, bundled, parts, dtype, config: Path):
         vae=vae, transformer=transformer,
         text_encoder=text_encoder_from_file(CLIPTextModel, config / "text_encoder", parts["clip_l"], dtype),
         tokenizer=CLIPTokenizer.from_pretrained(str(config / "tokenizer")),
-        text_encoder_2=text_encoder_from_file(T5EncoderModel, config / "text_encoder_2", parts["t5xxl"], dtype),
+        text_encoder_2=text_encoder_from_file(T5EncoderModel, config / "text_encoder_2", parts["t5xxl"], t5_dtype),
         tokenizer_2=T5TokenizerFast.from_pretrained(str(config / "tokenizer_2")))
 
 
