@@ -223,8 +223,8 @@ def test_models_file_entries_name_encoder_files_and_family_defaults_apply(tmp_pa
     d = reg.models["dev"]
     assert (d.kind, d.steps, d.cfg_scale, d.clip_g) == ("flux-dev", 20, 1.0, None)
     n = reg.models["noob"]
-    assert (n.kind, n.prediction, n.zero_snr, n.description) == ("sdxl", "v", True,
-                                                                 "Noob v-pred / stable-diffusion-xl-v1-base")
+    assert (n.kind, n.prediction, n.zero_snr, n.sampler, n.description) == \
+        ("sdxl", "v", True, "k_euler", "Noob v-pred / stable-diffusion-xl-v1-base")
 
 
 @pytest.mark.parametrize("entry,says", [

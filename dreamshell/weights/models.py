@@ -144,6 +144,7 @@ def spec_for_path(path: Path, name: str | None = None) -> ModelSpec:
     kind = found.kind or ""
     size = default_size(kind, found.prediction)
     steps, cfg, sampler = kind_defaults(kind)
+    sampler = "k_euler" if found.zero_snr else sampler   # LMS cannot rescale to zero terminal SNR in diffusers
     return ModelSpec(name or str(path), path, kind, describe_found(found, path),
                      width=size, height=size, steps=steps, cfg_scale=cfg, sampler=sampler,
                      prediction=found.prediction, zero_snr=found.zero_snr)
@@ -217,6 +218,7 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
         zero_snr = found.zero_snr if zero_snr is None else zero_snr
     size = default_size(kind, prediction)
     steps, cfg, sampler = kind_defaults(kind)
+    sampler = "k_euler" if zero_snr else sampler   # LMS cannot rescale to zero terminal SNR in diffusers
     known = {"weights", "kind", "description", "width", "height", "steps", "cfg", "cfg_scale", "sampler",
              "default", "config", "prediction", "vae", "clip_skip", "zero_snr", "t5_tokenizer", *SEPARATE_PARTS}
     unknown = set(entry) - known
