@@ -108,7 +108,8 @@ def case_flux(path: Path, folder: Path, size: int, steps: int) -> dict:
     pipe.text_encoder_2 = None   # T5 done: 9.5 GB back before the transformer runs
     gc.collect()
     written = load_gguf_checkpoint(str(path))  # checked after T5 is gone (memory)
-    converted = convert_flux_transformer_checkpoint_to_diffusers(written)
+    original = any(k.startswith("double_blocks.") for k in written)
+    converted = convert_flux_transformer_checkpoint_to_diffusers(written) if original else written
     state = pipe.transformer.state_dict()
     out["transformer_equal"], out["transformer_tensors"], out["differ"] = _compare(
         {k: v.as_tensor() if hasattr(v, "as_tensor") else v for k, v in converted.items()},
@@ -146,6 +147,16 @@ def case_sdxl_vpred(path: Path, folder: Path, size: int, steps: int) -> dict:
     sc = pipe.scheduler.config
     out.update(load_s=round(time.time() - t, 1), rss_after_load_gb=_rss_gb(),
                scheduler=[sc.prediction_type, sc.get("rescale_betas_zero_snr"), sc.timestep_spacing])
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from safetensors import safe_open
+    from make_fullsize_checkpoints import loaded_as_ldm
+    loaded = loaded_as_ldm(pipe, "sdxl")
+    with safe_open(str(path), framework="pt") as f:
+        written = set(f.keys())
+        equal = sum(1 for k, v in loaded.items() if k in written and torch.equal(f.get_tensor(k).float(), v.float()))
+    out.update(tensors_loaded=len(loaded), loaded_equal_to_written=equal,
+               written_not_loaded=sorted(written - set(loaded)))
+    del loaded
     request = resolve_request(parse_request(f"a red circle -S 1 -s {steps} -W {size} -H {size} -A k_euler"), spec, [])
     marks = [time.time()]
     image = g.generate(request, on_step=lambda *a, **k: marks.append(time.time()))
