@@ -40,13 +40,11 @@ SAFETENSORS_DTYPES = {"F16": 2, "BF16": 2, "F32": 4}
 def _value(name: str, shape, dtype, gen):
     """A random tensor for a key: norms and scales at 1, everything else small normal noise."""
     import torch
-    leaf = name.rsplit(".", 2)
     if len(shape) == 1 and any(p in name for p in ("norm", ".scale", "ln_q", "ln_k", "layer_norm")) \
             and not name.endswith(".bias"):
         return torch.ones(shape, dtype=dtype)
     if not shape or 0 in shape:
         return torch.zeros(shape, dtype=dtype)
-    del leaf
     return (torch.randn(shape, generator=gen) * 0.02).to(dtype)
 
 
@@ -274,14 +272,12 @@ def tiny_playground(out: Path) -> tuple[Path, Path]:
 
 def tiny_flux_diffusers(config: Path, guidance: bool) -> dict:
     """FluxTransformer2DModel's own names and shapes at the tiny config, but FLUX.1's 19 + 38 blocks."""
-    import torch
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
     cfg = json.loads((config / "transformer" / "config.json").read_text())
     cfg.update(guidance_embeds=guidance)
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config(cfg)
-    del torch
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 

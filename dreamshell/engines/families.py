@@ -142,7 +142,6 @@ def load_state(path: Path, dtype, strip: tuple[str, ...] = ()) -> dict:
 def text_encoder_from_file(cls, config_dir: Path, path: Path, dtype, strip: tuple[str, ...] = ()):
     """A transformers text encoder (CLIP or T5) built from its config with no weights allocated, then
     given the file's tensors (ComfyUI's clip_l / clip_g / t5xxl layouts: transformers' own names)."""
-    import torch
     from accelerate import init_empty_weights
     config = cls.config_class.from_pretrained(str(config_dir))
     with init_empty_weights():
@@ -157,7 +156,8 @@ def text_encoder_from_file(cls, config_dir: Path, path: Path, dtype, strip: tupl
     if missing:
         raise GenerationError(f"{path} lacks {len(missing)} of {cls.__name__}'s tensors (like {missing[0]})")
     model.load_state_dict({k: state[k] for k in wanted}, assign=True, strict=True)
-    model.tie_weights() if hasattr(model, "tie_weights") else None
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
     return model.to(dtype).eval().requires_grad_(False)
 
 
