@@ -121,6 +121,9 @@ def _part_file(spec: ModelSpec, key: str, want: str) -> Path | None:
         raise GenerationError(f"model '{spec.name}': {key} {path} is {e}") from None
     if not part_fits(part.part, want):
         raise GenerationError(f"model '{spec.name}': {key} {path} is {part.note}, not a {PART_NAMES[want]}")
+    if part.layout == "gguf":
+        raise GenerationError(f"model '{spec.name}': {key} {path} is a GGUF text encoder, which diffusers does not "
+                              "load; use the .safetensors file (t5xxl_fp16 or t5xxl_fp8_e4m3fn)")
     return path
 
 
