@@ -29,7 +29,6 @@ from .hires_pass import generate_hires
 from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
 
-
 _LOAD_LOCK = threading.RLock()
 
 

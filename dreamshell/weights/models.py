@@ -2,7 +2,8 @@
 
 models.yaml maps a name to weights (a diffusers folder or one .safetensors/.ckpt file), an optional
 kind (read from the weights when left out: checkpoint.py), a description, defaults, a `vae` and a
-`clip_skip`. Reserved keys: `upscalers` maps factors to Real-ESRGAN weight files; `loras`,
+`clip_skip`; for SD 3 and FLUX.1 the encoder files kept apart (`clip_l`, `clip_g`, `t5xxl`, and
+`t5_tokenizer` for a T5 tokenizer folder of the user's own), for SDXL finetunes `prediction` and `zero_snr`. Reserved keys: `upscalers` maps factors to Real-ESRGAN weight files; `loras`,
 `embeddings` and `vaes` name those folders (default: the shipped models folder's loras/, embeddings/,
 vae/). With no models file, the built-in demo model is the default.
 """
@@ -16,10 +17,29 @@ from pathlib import Path
 
 from ..line.errors import UserError
 from ..line.safetext import quoted, shorten
-from .checkpoint import KINDS, NotAModel, detect
+from .checkpoint import (
+    KINDS,
+    PART_NAMES,
+    NotAModel,
+    detect,
+    detect_part,
+    family_of,
+    part_fits,
+)
 from .library import Folders
 
-DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sd3": 1024, "flux": 1024}
+# steps, CFG and sampler a kind runs with when the models file names none (the model makers' own
+# recommendations: Stability's SD 3.5 cards, BFL's FLUX.1 cards, Playground's v2.5 card; Forge's FLUX.1
+# defaults: CFG 1 with the distilled guidance doing the work)
+KIND_DEFAULTS = {
+    "sd1": (30, 7.5, "k_lms"), "sd2": (30, 7.5, "k_lms"), "sdxl": (30, 7.5, "k_lms"),
+    "sdxl-playground": (50, 3.0, "k_dpmpp_2"),
+    "sd3-medium": (28, 7.0, "k_euler"), "sd35-medium": (40, 4.5, "k_euler"), "sd35-large": (28, 3.5, "k_euler"),
+    "sd35-large-turbo": (4, 1.0, "k_euler"),
+    "flux-dev": (20, 1.0, "k_euler"), "flux-schnell": (4, 1.0, "k_euler"),
+}
+SEPARATE_PARTS = ("clip_l", "clip_g", "t5xxl")   # models-file keys naming encoder files (vae: as before)
 PREDICTIONS = ("v", "epsilon")
 DEMO_NAME = "demo"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent   # dreamshell/
@@ -45,6 +65,11 @@ class ModelSpec:
     prediction: str | None = None  # "v" or "epsilon" where the weights cannot tell (SD 2.x)
     vae: str | None = None       # a VAE to use instead of the weights' own (a path, or a name in the VAE folder)
     clip_skip: int = 1           # A1111's numbering: 1 = off
+    zero_snr: bool = False       # zero-terminal-SNR schedule (the weights' `ztsnr` key or `zero_snr: true`)
+    clip_l: Path | None = None   # encoder files kept apart from the weights (SD 3 / FLUX.1)
+    clip_g: Path | None = None
+    t5xxl: Path | None = None
+    t5_tokenizer: Path | None = None   # a T5 tokenizer folder instead of the shipped one
 
     @property
     def is_single_file(self) -> bool:
@@ -96,9 +121,16 @@ def demo_spec() -> ModelSpec:
                      width=64, height=64, steps=20, cfg_scale=5.0, sampler="k_euler", default=True)
 
 
+def kind_defaults(kind: str) -> tuple[int, float, str]:
+    """(steps, cfg, sampler) for a kind: its own, else its family's, else SD 1.x's."""
+    kind = kind or "sd1"
+    return KIND_DEFAULTS.get(kind) or KIND_DEFAULTS.get(family_of(kind)) or KIND_DEFAULTS["sd1"]
+
+
 def default_size(kind: str, prediction: str | None = None) -> int:
-    """The native size of a kind: 512 for SD 1.x and SD 2.x base/inpainting, 768 for 2.x v, 1024 for XL."""
-    family = (kind or "sd1").split("-")[0]
+    """The native size of a kind: 512 for SD 1.x and SD 2.x base/inpainting, 768 for 2.x v, 1024 for XL,
+    SD 3 and FLUX.1."""
+    family = family_of(kind or "sd1")
     if family == "sd2" and (kind == "sd2-inpaint" or prediction == "epsilon"):
         return 512
     return DEFAULT_SIZES.get(family, 512)
@@ -120,8 +152,50 @@ def spec_for_path(path: Path, name: str | None = None) -> ModelSpec:
     found = detect_kind(path, f"--model {name or path}")
     kind = found.kind or ""
     size = default_size(kind, found.prediction)
-    return ModelSpec(name or str(path), path, kind, f"weights at {path} ({found.label})",
-                     width=size, height=size, prediction=found.prediction)
+    steps, cfg, sampler = kind_defaults(kind)
+    sampler = "k_euler" if found.zero_snr else sampler   # LMS cannot rescale to zero terminal SNR in diffusers
+    return ModelSpec(name or str(path), path, kind, describe_found(found, path),
+                     width=size, height=size, steps=steps, cfg_scale=cfg, sampler=sampler,
+                     prediction=found.prediction, zero_snr=found.zero_snr)
+
+
+def describe_found(found, path: Path | None = None) -> str:
+    """What `!models` says of detected weights: the kind, the ModelSpec title and architecture, the
+    schedule markers and the parts inside."""
+    what = [found.label]
+    if found.prediction == "v":
+        what.append("v-prediction")
+    if found.zero_snr:
+        what.append("zero terminal SNR")
+    if found.quantization:
+        what.append(f"GGUF {found.quantization}")
+    if found.bundled:
+        what.append("with " + ", ".join(found.bundled))
+    text = f"weights at {path} ({'; '.join(what)})" if path is not None else "; ".join(what)
+    if found.title or found.architecture:
+        text += " - " + " / ".join(x for x in (found.title, found.architecture) if x)
+    return text
+
+
+def _part_path(src: str, shown: str, key: str, value, base: Path) -> Path:
+    """An encoder file named in the models file: it must be that part when it exists (checked from its
+    header), and is looked for again when the model is loaded when it does not yet."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelsFileError(f"{src}: model {shown} has {key} {quoted(str(value))}; give the path of a "
+                              f"{PART_NAMES[key]} file")
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else base / path
+    if path.is_file():
+        try:
+            part = detect_part(path)
+        except NotAModel as e:
+            raise ModelsFileError(f"{src}: model {shown}: {key} {path} is {e}") from None
+        except OSError as e:
+            raise ModelsFileError(f"{src}: model {shown}: cannot read {key} {path} ({e.strerror or e})") from None
+        if not part_fits(part.part, key):
+            raise ModelsFileError(f"{src}: model {shown}: {key} {path} is {part.note}; name it as "
+                                  f"'{part.part}:'")
+    return path
 
 
 def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelSpec:
@@ -143,12 +217,19 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
     else:
         path = Path(os.path.expanduser(str(weights)))
         path = path if path.is_absolute() else base / path
+    zero_snr = entry.get("zero_snr", None)
+    if zero_snr is not None and not isinstance(zero_snr, bool):
+        raise ModelsFileError(f"{src}: model {shown} has zero_snr {quoted(str(zero_snr))}; use true or false")
+    found = None
     if not kind and path.exists():
         found = detect_kind(path, f"{src}: model {shown}")
         kind, prediction = found.kind or "", prediction or found.prediction
+        zero_snr = found.zero_snr if zero_snr is None else zero_snr
     size = default_size(kind, prediction)
+    steps, cfg, sampler = kind_defaults(kind)
+    sampler = "k_euler" if zero_snr else sampler   # LMS cannot rescale to zero terminal SNR in diffusers
     known = {"weights", "kind", "description", "width", "height", "steps", "cfg", "cfg_scale", "sampler",
-             "default", "config", "prediction", "vae", "clip_skip"}
+             "default", "config", "prediction", "vae", "clip_skip", "zero_snr", "t5_tokenizer", *SEPARATE_PARTS}
     unknown = set(entry) - known
     if unknown:
         raise ModelsFileError(f"{src}: model {shown} has unknown keys {shorten(str(sorted(unknown)), 100)}; "
@@ -163,14 +244,32 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
     if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
         raise ModelsFileError(f"{src}: model {shown} has clip_skip {quoted(str(clip_skip))}; it is a whole number "
                               "from 1 (off) to 12, A1111's numbering")
+    parts = {key: _part_path(src, shown, key, entry[key], base) for key in SEPARATE_PARTS if key in entry}
+    family = family_of(kind) if kind else ""
+    if parts and family not in ("sd3", "flux", ""):
+        raise ModelsFileError(f"{src}: model {shown} is {kind}: {', '.join(parts)} name encoder files for SD 3 "
+                              "and FLUX.1 models, whose weights may come without them")
+    if family == "flux" and "clip_g" in parts:
+        raise ModelsFileError(f"{src}: model {shown} is FLUX.1, which has no CLIP-G encoder: drop 'clip_g'")
+    if zero_snr and family not in ("sd1", "sd2", "sdxl", ""):
+        raise ModelsFileError(f"{src}: model {shown}: zero_snr is for SD 1.x/2.x/XL schedules; {kind} is a "
+                              "flow-matching model")
+    t5_tokenizer = entry.get("t5_tokenizer")
+    if t5_tokenizer is not None:
+        t5_tokenizer = Path(os.path.expanduser(str(t5_tokenizer)))
+        t5_tokenizer = t5_tokenizer if t5_tokenizer.is_absolute() else base / t5_tokenizer
+    description = str(entry.get("description", ""))
+    if not description and found is not None and (found.title or found.architecture):
+        description = " / ".join(x for x in (found.title, found.architecture) if x)
     try:
-        return ModelSpec(name, path, kind, str(entry.get("description", "")),
+        return ModelSpec(name, path, kind, description,
                          width=int(entry.get("width", size)), height=int(entry.get("height", size)),
-                         steps=int(entry.get("steps", 30)),
-                         cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", 7.5))),
-                         sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
+                         steps=int(entry.get("steps", steps)),
+                         cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", cfg))),
+                         sampler=str(entry.get("sampler", sampler)), default=bool(entry.get("default", False)),
                          config=(base / str(entry["config"])) if entry.get("config") else None,
-                         prediction=prediction, vae=vae, clip_skip=clip_skip)
+                         prediction=prediction, vae=vae, clip_skip=clip_skip, zero_snr=bool(zero_snr),
+                         t5_tokenizer=t5_tokenizer, **parts)
     except (TypeError, ValueError) as e:
         raise ModelsFileError(f"{src}: model {shown}: {shorten(str(e), 100)}") from None
 
