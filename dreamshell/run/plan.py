@@ -28,6 +28,8 @@ from ..line.parser import parse_line
 from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
+from ..line.safetext import shorten
+from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
 from .resolve import UNKNOWN_SEEDS, apply_defaults, image_requests, resolve_request
@@ -216,12 +218,11 @@ def check_sampler(sampler: str | None, schedule: str | None) -> None:
 
 def check_image_file(path: str, what: str) -> None:
     """-I / -M name a regular file (a FIFO or a device would block the queue or never end)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"{what} {path}: no such file")
-    if not p.is_file():
-        kind = "a folder" if p.is_dir() else "not a regular file (a FIFO, a device or a socket)"
-        raise UserError(f"{what} {path}: is {kind}; give an image file")
+    kind = kind_of(path)
+    if kind in ("missing", "too long"):
+        raise UserError(f"{what} {shorten(path, 120)}: {describe_kind(kind)}")
+    if kind != "file":
+        raise UserError(f"{what} {shorten(path, 120)}: is {describe_kind(kind)}; give an image file")
 
 
 def size_from_image(path: str) -> tuple[int, int]:
