@@ -5,12 +5,11 @@ names: ComfyUI `nodes.py`."""
 
 from __future__ import annotations
 
-import json
 import re
 
 from ...line.prompt import PromptError, split_prompt
 from ...line.switches import format_number
-from .common import Builder, MetadataError, Recipe, short
+from .common import Builder, MetadataError, Recipe, load_json, short
 from .prompts import a1111_to_dreamshell
 
 _LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "LoraLoader", "LoraLoaderModelOnly")
@@ -155,10 +154,7 @@ def _latent(b: Builder, graph: dict, link, denoise) -> None:
 
 def read_comfyui(text: str) -> Recipe:
     """The recipe of a plain ComfyUI text-to-image graph."""
-    try:
-        graph = json.loads(text)
-    except ValueError as e:
-        raise MetadataError(f"ComfyUI prompt is not JSON ({e})") from None
+    graph = load_json(text, "ComfyUI prompt")
     if not isinstance(graph, dict):
         raise MetadataError("ComfyUI prompt is not a JSON object")
     samplers = [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") == "KSampler"]
