@@ -19,7 +19,7 @@ from .library import Folders
 from ..line.safetext import quoted, shorten
 
 DEFAULT_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
-PREDICTIONS = ("v", "epsilon")
+PREDICTIONS = ("v", "epsilon", "sample")   # sample: x0 (the 1-step SDXL-Lightning UNet)
 DEMO_NAME = "demo"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent   # dreamshell/
 
@@ -44,6 +44,7 @@ class ModelSpec:
     prediction: str | None = None  # "v" or "epsilon" where the weights cannot tell (SD 2.x)
     vae: str | None = None       # a VAE to use instead of the weights' own (a path, or a name in the VAE folder)
     clip_skip: int = 1           # A1111's numbering: 1 = off
+    preset: str | None = None    # a few-step recipe (line/presets.py) under this model's own defaults
 
     @property
     def is_single_file(self) -> bool:
@@ -136,7 +137,8 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                               "(or leave 'kind' out: it is read from the weights)")
     prediction = entry.get("prediction")
     if prediction is not None and prediction not in PREDICTIONS:
-        raise ModelsFileError(f"{src}: model {shown} has prediction {quoted(str(prediction))}; use v or epsilon")
+        raise ModelsFileError(f"{src}: model {shown} has prediction {quoted(str(prediction))}; use v, epsilon or "
+                              "sample (x0)")
     if weights == "builtin:demo":
         path = builtin_models_dir() / DEMO_NAME
     else:
@@ -147,7 +149,7 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
         kind, prediction = found.kind or "", prediction or found.prediction
     size = default_size(kind, prediction)
     known = {"weights", "kind", "description", "width", "height", "steps", "cfg", "cfg_scale", "sampler",
-             "default", "config", "prediction", "vae", "clip_skip"}
+             "default", "config", "prediction", "vae", "clip_skip", "preset"}
     unknown = set(entry) - known
     if unknown:
         raise ModelsFileError(f"{src}: model {shown} has unknown keys {shorten(str(sorted(unknown)), 100)}; "
@@ -162,6 +164,16 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
     if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
         raise ModelsFileError(f"{src}: model {shown} has clip_skip {quoted(str(clip_skip))}; it is a whole number "
                               "from 1 (off) to 12, A1111's numbering")
+    preset = entry.get("preset")
+    if preset is not None:
+        from ..line.presets import find_preset, preset_names
+        if not isinstance(preset, str) or find_preset(preset) is None:
+            raise ModelsFileError(f"{src}: model {shown} has preset {quoted(str(preset))}; presets: "
+                                  f"{', '.join(preset_names())}")
+        preset = find_preset(preset)
+        from ..line.presets import preset_row   # the preset's row gives the defaults the entry leaves out
+        row = preset_row(preset, entry.get("steps") if isinstance(entry.get("steps"), int) else None)
+        entry = {"steps": row.steps, "cfg_scale": entry.get("cfg", row.cfg_scale), "sampler": row.sampler, **entry}
     try:
         return ModelSpec(name, path, kind, str(entry.get("description", "")),
                          width=int(entry.get("width", size)), height=int(entry.get("height", size)),
@@ -169,7 +181,7 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                          cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", 7.5))),
                          sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
                          config=(base / str(entry["config"])) if entry.get("config") else None,
-                         prediction=prediction, vae=vae, clip_skip=clip_skip)
+                         prediction=prediction, vae=vae, clip_skip=clip_skip, preset=preset)
     except (TypeError, ValueError) as e:
         raise ModelsFileError(f"{src}: model {shown}: {shorten(str(e), 100)}") from None
 
