@@ -96,8 +96,8 @@ SCHEDULES: tuple[Schedule, ...] = (
     Schedule("normal", "Normal", {"timestep_spacing": "linspace"}),
     Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",)),
     Schedule("beta", "Beta", {"use_beta_sigmas": True}),
-    # Forge's `Turbo` (modules/sd_schedulers.py turbo_scheduler): timesteps round(k * 1000/n) - 1, k = n..1, the
-    # same integers as diffusers' trailing spacing (999, 749, 499, 249 at 4 steps), at their exact sigmas
+    # Forge's `Turbo` (modules/sd_schedulers.py turbo_scheduler): timesteps round(k * 1000/n - 1), k = n..1, at
+    # their exact sigmas: diffusers' trailing integers at 1-15 steps (999, 749, 499, 249 at 4), within one above
     Schedule("turbo", "Turbo", {"timestep_spacing": "trailing"}),
 )
 
