@@ -66,7 +66,9 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Restart", "Restart", None, auto="karras", aliases=("restart",), instead="try k_heun or k_dpmpp_2"),
     Sampler("DDIM CFG++", "DDIM CFG++", None, timesteps=True, aliases=("ddim_cfgpp",), instead="try ddim"),
     Sampler("UniPC", "UniPC", "UniPCMultistepScheduler", timesteps=True, aliases=("unipc", "uni_pc")),
-    Sampler("LCM", "LCM", "LCMScheduler", timesteps=True, aliases=("k_lcm", "lcm")),
+    # A1111 runs LCM as a k-diffusion sampler over its 50 LCM sigmas (sd_samplers_lcm.py), so its Schedule type
+    # applies; diffusers' LCMScheduler ignores timestep_spacing (999, 759, 499, 259 at 4 steps, any spacing)
+    Sampler("LCM", "LCM", "LCMScheduler", aliases=("k_lcm", "lcm")),
     Sampler("deis", None, "DEISMultistepScheduler"),
     # TCD (Zheng et al. 2024, arXiv 2402.19159): diffusers' TCDScheduler; its gamma is the step's `eta`, 0.3 by
     # default (diffusers docs using-diffusers/inference_with_tcd_lora.md; ComfyUI-TCD's and the A1111 TCD
