@@ -232,3 +232,13 @@ def test_cfg_at_most_1_is_one_unet_call_a_step(tmp_path):
     for cfg in (0.0, 1.0):
         assert _count_unet_calls(folder, cfg, 4) == 4
     assert _count_unet_calls(folder, 7.5, 4) == 8
+
+
+def test_preset_timesteps_and_eta_are_launch_options():
+    """Every switch is a launch option (cli.py builds them from SWITCHES); --timesteps sets -s there too."""
+    import dreamshell.cli as cli
+    ap = cli.build_argparser()
+    d = cli.session_defaults(ap.parse_args(["--preset", "Lightning", "--timesteps", "999,499", "--eta", "0.3"]), ap)
+    assert (d.preset, d.timesteps, d.eta, d.steps) == ("lightning", (999, 499), 0.3, 2)
+    with pytest.raises(SystemExit):
+        cli.session_defaults(ap.parse_args(["-s", "3", "--timesteps", "999,499"]), ap)
