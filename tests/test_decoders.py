@@ -135,3 +135,28 @@ def test_a_file_with_other_shapes_is_named(tmp_path):
     torch.save(state, path)
     with pytest.raises(DecoderError, match="decoder.layers.6.weight has shape \\(64, 64, 1, 1\\)"):
         load_tiny_decoder(path)
+
+
+def test_the_live_preview_decodes_through_the_tiny_decoder(tmp_path):
+    """PreviewTap with a TinyPreview: each preview is the TAESD image of the scheduler's predicted clean latent."""
+    import diffusers
+    from dreamshell.engines.decoders import TinyPreview
+    from dreamshell.engines.preview import PreviewTap
+    tiny = load_tiny_decoder(_write(tmp_path, _tiny(), "pth", "taesd_decoder"), "sd1")
+    seen = []
+    tap = PreviewTap(TinyPreview(tiny, scale=0.5), lambda step, total, image: seen.append((step, total, image)))
+    sched = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                             timestep_spacing="trailing")
+    sched.set_timesteps(2)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5)) * sched.init_noise_sigma
+    with tap.attached(sched):
+        for i, t in enumerate(sched.timesteps):
+            eps = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(i))
+            x = sched.step(eps, t, x).prev_sample
+            predicted = tap.predicted
+            tap(i + 1, 2, x)
+            want = decode_to_pil(tiny, torch.nn.functional.avg_pool2d(predicted, 2))[0]
+            assert seen[-1][2].tobytes() == want.tobytes()
+    assert [(s, t, im.size) for s, t, im in seen] == [(1, 2, (64, 64)), (2, 2, (64, 64))]
+    with pytest.raises(ValueError, match="the preview scale is 0.25, 0.5 or 1"):
+        TinyPreview(tiny, scale=0.3)
