@@ -242,3 +242,33 @@ def test_preset_timesteps_and_eta_are_launch_options():
     assert (d.preset, d.timesteps, d.eta, d.steps) == ("lightning", (999, 499), 0.3, 2)
     with pytest.raises(SystemExit):
         cli.session_defaults(ap.parse_args(["-s", "3", "--timesteps", "999,499"]), ap)
+
+
+@pytest.mark.parametrize("name, meta, line", [
+    ("sdxl_lightning_2step_lora.safetensors", None,
+     "sdxl_lightning_2step_lora.safetensors: its name says lightning (a few-step model): try --preset lightning -s 2"),
+    ("Hyper-SD15-1step-lora.safetensors", None, "try --preset hyper -s 1"),
+    ("Hyper-SD15-8steps-lora.safetensors", None, "try --preset hyper"),
+    ("lcm-lora-sdv1-5.safetensors", None, "try --preset lcm"),
+    ("pytorch_lora_weights.safetensors", {"ss_output_name": "TCD-SD15"}, "its metadata says TCD-SD15"),
+    ("model.safetensors", {"modelspec.title": "SDXL Turbo"}, "try --preset turbo"),
+    ("dmd2_sdxl_4step_lora_fp16.safetensors", None, "try --preset dmd2"),
+    ("v1-5-pruned-emaonly.safetensors", {"ss_output_name": "detail"}, None),
+])
+def test_a_few_step_file_gets_a_suggestion_never_a_switch(name, meta, line):
+    from dreamshell.line.presets import suggest_preset
+    got = suggest_preset(name, meta)
+    assert (got is None) if line is None else line in got
+    assert got is None or "\n" not in got
+
+
+def test_safetensors_metadata_feeds_the_suggestion(tmp_path):
+    from dreamshell.line.presets import suggest_preset
+    from dreamshell.weights.checkpoint import safetensors_metadata
+    raw = json.dumps({"__metadata__": {"ss_output_name": "Hyper-SD15-1step"},
+                      "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "mine.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    assert safetensors_metadata(path) == {"ss_output_name": "Hyper-SD15-1step"}
+    assert suggest_preset(path.name, safetensors_metadata(path)).endswith("try --preset hyper -s 1")
+    assert safetensors_metadata(tmp_path / "x.ckpt") == {}

@@ -20,6 +20,7 @@ then skips the unconditional pass), so `-C 1` is the value that means "no guidan
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from .request import REQUEST_DEFAULTS, DreamRequest
@@ -187,3 +188,29 @@ def describe(name: str) -> list[str]:
         mark = " (default)" if row.default else ""
         lines.append(f"{row.name} -s {row.steps}{mark}: {how} -C {row.cfg_scale:g}" + (f"; {row.note}" if row.note else ""))
     return lines
+
+
+# ----- hints: a file that looks like a few-step model or LoRA gets a one-line suggestion, never a switch
+
+_HINTS = (("dmd2", "dmd2"), ("lightning", "lightning"), ("hyper-sd", "hyper"), ("hypersd", "hyper"),
+          ("hyper_sd", "hyper"), ("tcd", "tcd"), ("turbo", "turbo"), ("lcm", "lcm"))
+_STEPS_IN_NAME = re.compile(r"(\d+)[-_ ]?steps?(?![a-z])")
+
+
+def suggest_preset(name: str, metadata: dict | None = None) -> str | None:
+    """One line suggesting a preset for a weights file whose name, ModelSpec title (`modelspec.title`) or
+    kohya metadata (`ss_output_name`, `ss_sd_model_name`) names a few-step model, e.g.
+    'sdxl_lightning_2step_lora.safetensors looks like SDXL-Lightning: try --preset lightning -s 2'; else None."""
+    meta = metadata or {}
+    texts = [name] + [str(meta.get(k, "")) for k in ("modelspec.title", "ss_output_name", "ss_sd_model_name")]
+    for text in texts:
+        low = text.lower()
+        for word, preset in _HINTS:
+            if word in low:
+                found = _STEPS_IN_NAME.search(low)
+                steps = int(found.group(1)) if found else None
+                row = preset_row(preset, steps)
+                how = f"--preset {preset}" + (f" -s {steps}" if steps and row.steps == steps and not row.default else "")
+                where = "its name" if text == name else "its metadata"
+                return f"{name}: {where} says {text if text != name else word} (a few-step model): try {how}"
+    return None

@@ -344,3 +344,19 @@ def tiny_decoder_refusal(found: TinyDecoder, model_family: str) -> str | None:
     return (f"{found.path.name} is a tiny decoder for {found.label} latents ({found.latent_channels} channels); "
             f"this model is {FAMILIES.get(model_family, model_family)}: use "
             f"{'taesdxl' if family == 'sdxl' else 'taesd'} for it")
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """A .safetensors file's `__metadata__` (ModelSpec `modelspec.*`, kohya `ss_*` keys), {} for other files;
+    for `line.presets.suggest_preset`."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return {}
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100_000_000:
+                return {}
+            meta = json.loads(f.read(length)).get("__metadata__") or {}
+    except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
