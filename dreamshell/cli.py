@@ -146,6 +146,13 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
     values = {k: v for k, v in values.items() if v != REQUEST_DEFAULTS[k]}
     if any(k.startswith("hires_") for k in values):
         values["hires_fix"] = True   # as on a line: --hires_scale and the rest imply the hires fix
+    if values.get("timesteps"):      # as on a line: explicit timesteps set -s and stand without --schedule
+        count = len(values["timesteps"])
+        if values.get("schedule"):
+            ap.error("--timesteps sets the noise levels itself; give it without --schedule")
+        if values.get("steps", count) != count:
+            ap.error(f"-s {values['steps']} but --timesteps names {count}; give one of them")
+        values["steps"] = count
     defaults = DreamRequest(prompt="", **values)
     try:
         check_request(defaults)

@@ -151,5 +151,5 @@ def test_kind_is_optional_in_the_models_file_and_read_from_the_weights(tmp_path)
     with pytest.raises(ModelsFileError, match=r"model 'l': .*lora.safetensors is a LoRA"):
         load_registry(f)
     f.write_text("l:\n  weights: xl.safetensors\n  prediction: x\n")
-    with pytest.raises(ModelsFileError, match="prediction 'x'; use v or epsilon"):
+    with pytest.raises(ModelsFileError, match="prediction 'x'; use v, epsilon or sample"):
         load_registry(f)

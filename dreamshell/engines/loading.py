@@ -147,8 +147,8 @@ def derive(cls, base):
 
 
 def set_prediction(pipe, prediction: str | None) -> None:
-    """Follow `prediction: v|epsilon` (models file or weights) in the pipeline's scheduler config."""
-    wanted = {"v": "v_prediction", "epsilon": "epsilon"}.get(prediction or "")
+    """Follow `prediction: v|epsilon|sample` (models file or weights) in the pipeline's scheduler config."""
+    wanted = {"v": "v_prediction", "epsilon": "epsilon", "sample": "sample"}.get(prediction or "")
     if wanted and pipe.scheduler.config.get("prediction_type") != wanted:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
 

@@ -88,8 +88,14 @@ def safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The header's __metadata__ (string -> string: ModelSpec keys, trainer notes), {} when none."""
-    return read_safetensors_header(path).metadata
+    """A .safetensors file's `__metadata__` (string -> string: ModelSpec `modelspec.*`, kohya `ss_*` keys); {}
+    for other files and for a header that cannot be read (a hint, never a refusal)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return {}
+    try:
+        return read_safetensors_header(path).metadata
+    except (NotAModel, OSError):
+        return {}
 
 
 # GGUF (llama.cpp's format, which ComfyUI-GGUF and diffusers use for quantised transformers): a header of
@@ -629,3 +635,112 @@ def detect(path: Path) -> Detected:
     if kind == "missing":
         raise NotAModel(f"{path}: no such file or folder")
     raise NotAModel(f"{path} is {describe_kind(kind)}; give a weights file or a diffusers folder")
+
+
+# ----- tiny decoders (TAESD): madebyollin/taesd single files and diffusers AutoencoderTiny folders
+
+# madebyollin/taesd `taesd.py`: Decoder = Sequential(Clamp, conv(C, 64), ReLU, Block x3, Upsample, conv, ...,
+# Block, conv(64, 3)), so a single decoder file's keys are `1.weight` (64, C, 3, 3) ... `19.weight` (3, 64, 3, 3)
+# and `N.conv.0.weight` for the blocks; Encoder = Sequential(conv(3, 64), Block, ...) from `0.weight`. diffusers'
+# AutoencoderTiny keeps the same Sequentials as `encoder.layers.N` and `decoder.layers.N`, the decoder one lower
+# (its tanh clamp is in forward(), not a layer: taesd `N` = diffusers `decoder.layers.N-1`).
+TINY_PREFIXES = ("", "taesd_decoder.", "decoder.")       # the numbered decoder layers, as files carry them
+TINY_NAMES = {"sd1": "SD 1.x/2.x (taesd)", "sdxl": "SDXL (taesdxl)", "sd3": "SD3 (taesd3)", "flux": "FLUX.1 (taef1)",
+              "flux2": "FLUX.2 (taef2)", "sana": "Sana (taesana)"}
+
+
+class NotATinyDecoder(NotAModel):
+    """The file or folder is not a TAESD decoder dreamshell reads; str() says what it is."""
+
+
+@dataclass(frozen=True)
+class TinyDecoder:
+    """A TAESD decoder on disk: its layout, latent channels and the model families it can decode.
+
+    TAESD and TAESDXL have the same layers and shapes (so do TAESD3 and TAEF1): the weights cannot tell them
+    apart, the name does (madebyollin's files and repos are named taesd, taesdxl, taesd3, taef1). `families`
+    holds every family the keys allow when the name does not narrow them."""
+
+    path: Path
+    layout: str                 # "original file" (taesd_decoder.pth/.safetensors) | "diffusers file" | "diffusers folder"
+    latent_channels: int
+    families: tuple[str, ...]   # of "sd1", "sdxl", "sd3", "flux", "flux2", "sana"
+    prefix: str = ""            # the decoder's numbered layers' key prefix in a single file
+    has_encoder: bool = False
+
+    @property
+    def label(self) -> str:
+        return " or ".join(TINY_NAMES[f] for f in self.families)
+
+
+def _tiny_families(name: str, channels: int, arch: str) -> tuple[str, ...]:
+    name = name.lower()
+    if channels == 4:
+        if "xl" in name:
+            return ("sdxl",)
+        return ("sd1",) if "taesd" in name or "sd1" in name or "sd15" in name or "sd2" in name else ("sd1", "sdxl")
+    if channels == 16:
+        if "sd3" in name:
+            return ("sd3",)
+        return ("flux",) if "taef1" in name or "flux" in name else ("sd3", "flux")
+    if channels == 32:
+        return ("sana",) if arch == "f32" else ("flux2",)
+    raise NotATinyDecoder(f"a tiny autoencoder for {channels}-channel latents: no model family dreamshell knows")
+
+
+def _tiny_keys(keys: dict, path: Path) -> TinyDecoder:
+    """Which TAESD layout a single file's keys are (decoder layers numbered from 1, or diffusers' from 0)."""
+    if "decoder.layers.0.weight" in keys:
+        shape = keys["decoder.layers.0.weight"]
+        arch = "f32" if shape[0] == 256 else ("gn" if any(".pool." in k for k in keys) else "")
+        return TinyDecoder(path, "diffusers file", shape[1], _tiny_families(path.stem, shape[1], arch),
+                           "decoder.layers.", any(k.startswith("encoder.layers.") for k in keys))
+    for prefix in TINY_PREFIXES:
+        first = keys.get(prefix + "1.weight")
+        if isinstance(first, tuple) and len(first) == 4 and first[2:] == (3, 3) and prefix + "0.weight" not in keys:
+            last = max(int(k[len(prefix):].split(".")[0]) for k in keys
+                       if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit())
+            if keys.get(f"{prefix}{last}.weight", (0,))[0] != 3:
+                break
+            arch = "f32" if first[0] == 256 else ("gn" if any(".pool." in k for k in keys) else "")
+            return TinyDecoder(path, "original file", first[1], _tiny_families(path.stem, first[1], arch), prefix)
+    first = keys.get("0.weight")
+    if isinstance(first, tuple) and len(first) == 4 and first[1] == 3 and "1.conv.0.weight" in keys:
+        raise NotATinyDecoder(f"{path.name} is a TAESD encoder (it makes latents from images); the decoder is the "
+                              "file named *_decoder")
+    raise NotATinyDecoder(f"{path.name} is not a TAESD decoder ({describe_other(keys)})")
+
+
+def detect_tiny_decoder(path: Path) -> TinyDecoder:
+    """A TAESD decoder file (.pth/.safetensors: madebyollin's numbered layers or a diffusers state dict) or a
+    diffusers AutoencoderTiny folder (config.json + weights); NotATinyDecoder with one line otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            config = folder_config(path, "config.json")
+        except NotAModel:
+            config = {}
+        if not config:
+            raise NotATinyDecoder(f"{path} is a folder without a readable config.json: not an AutoencoderTiny "
+                                  "folder")
+        if config.get("_class_name") != "AutoencoderTiny":
+            raise NotATinyDecoder(f"{path} holds a {config.get('_class_name') or 'model'}, not an AutoencoderTiny")
+        weights = next((path / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+                        if (path / n).exists()), None)
+        if weights is None:
+            raise NotATinyDecoder(f"{path} has no diffusion_pytorch_model.safetensors")
+        channels = int(config.get("latent_channels", 4))
+        arch = "f32" if tuple(config.get("decoder_block_out_channels", (64,)))[:1] == (256,) else ""
+        return TinyDecoder(path, "diffusers folder", channels, _tiny_families(path.name, channels, arch),
+                           "decoder.layers.", True)
+    return _tiny_keys(read_keys(path), path)
+
+
+def tiny_decoder_refusal(found: TinyDecoder, model_family: str) -> str | None:
+    """One line when `found` cannot decode a `model_family` model's latents (sd1, sd2, sdxl), else None."""
+    family = "sd1" if model_family == "sd2" else model_family
+    if family in found.families:
+        return None
+    return (f"{found.path.name} is a tiny decoder for {found.label} latents ({found.latent_channels} channels); "
+            f"this model is {FAMILIES.get(model_family, model_family)}: use "
+            f"{'taesdxl' if family == 'sdxl' else 'taesd'} for it")

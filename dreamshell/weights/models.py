@@ -59,7 +59,7 @@ KIND_DEFAULTS = {
     "flux-dev": (20, 1.0, "k_euler"), "flux-schnell": (4, 1.0, "k_euler"),
 }
 SEPARATE_PARTS = ("clip_l", "clip_g", "t5xxl")   # models-file keys naming encoder files (vae: as before)
-PREDICTIONS = ("v", "epsilon")
+PREDICTIONS = ("v", "epsilon", "sample")   # sample: x0 (the 1-step SDXL-Lightning UNet)
 DEMO_NAME = "demo"
 FOLDER_DEFAULTS_FILE = "dreamshell.json"   # a diffusers folder's own defaults (steps, cfg, sampler, ...)
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent   # dreamshell/
@@ -90,6 +90,7 @@ class ModelSpec:
     clip_g: Path | None = None
     t5xxl: Path | None = None
     t5_tokenizer: Path | None = None   # a T5 tokenizer folder instead of the shipped one
+    preset: str | None = None    # a few-step recipe (line/presets.py) under this model's own defaults
 
     @property
     def is_single_file(self) -> bool:
@@ -325,7 +326,7 @@ def with_folder_defaults(spec: ModelSpec, folder: Path, where: str) -> ModelSpec
     return replace(spec, **folder_defaults(folder, where))
 
 
-ENTRY_KEYS = {"weights", "kind", "default", "config", "prediction", "vae", "zero_snr", "t5_tokenizer",
+ENTRY_KEYS = {"weights", "kind", "default", "config", "prediction", "vae", "zero_snr", "t5_tokenizer", "preset",
               *SEPARATE_PARTS, *DEFAULT_KEYS}
 
 
@@ -360,7 +361,7 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
                               "(or leave 'kind' out: it is read from the weights)")
     prediction = entry.get("prediction")
     if prediction is not None and prediction not in PREDICTIONS:
-        raise ModelsFileError(f"{where} has prediction {quoted(str(prediction))}; use v or epsilon")
+        raise ModelsFileError(f"{where} has prediction {quoted(str(prediction))}; use v, epsilon or sample (x0)")
     default = entry.get("default", False)
     if not isinstance(default, bool):
         raise ModelsFileError(f"{where}: default is yes or no (true/false), not {quoted(_token(default))}")
@@ -389,6 +390,14 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
         values["description"] = " / ".join(x for x in (detected.title, detected.architecture) if x)
     if there == "folder" and kind_of(path / "model_index.json") == "file":
         values.update(folder_defaults(path, where))
+    preset = entry.get("preset")
+    if preset is not None:   # a few-step recipe: its row gives the steps, CFG and sampler the entry leaves out
+        from ..line.presets import find_preset, preset_names, preset_row
+        if not isinstance(preset, str) or find_preset(preset) is None:
+            raise ModelsFileError(f"{where} has preset {quoted(str(preset))}; presets: {', '.join(preset_names())}")
+        preset = find_preset(preset)
+        row = preset_row(preset, entry.get("steps") if isinstance(entry.get("steps"), int) else None)
+        values.update(steps=row.steps, cfg_scale=row.cfg_scale, sampler=row.sampler)
     values.update(_checked_defaults(entry, where))
     parts = {key: _part_path(where, key, entry[key], base) for key in SEPARATE_PARTS if key in entry}
     family = family_of(kind) if kind else ""
@@ -413,7 +422,7 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
     config = base / _path_value(config, "config", where) if config else None
     return ModelSpec(name, path, kind, values.pop("description", ""), default=default, config=config,
                      prediction=prediction, vae=vae, zero_snr=bool(zero_snr), t5_tokenizer=t5_tokenizer,
-                     **parts, **values)
+                     preset=preset, **parts, **values)
 
 
 MAX_MODELS_FILE_BYTES = 1024 * 1024

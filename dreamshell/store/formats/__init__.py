@@ -108,7 +108,8 @@ def _checked(path: Path, recipe: Recipe, skipped: list[str], library=None) -> Re
     notes = list(recipe.notes)
     if skipped:
         notes.insert(0, "skipped: " + "; ".join(skipped))
-    why = cannot_run(recipe.request.sampler, recipe.request.schedule)
+    r = recipe.request
+    why = cannot_run(r.sampler, r.schedule, r.timesteps, r.eta)
     if why:
         notes.append(f"cannot run here as it is: {why}")
     if library is not None:
