@@ -23,11 +23,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from .errors import UserError
 from .request import REQUEST_DEFAULTS, DreamRequest
 from .samplers import find_sampler
 
 
-class PresetError(ValueError):
+class PresetError(UserError):
     """An unknown preset name; str() is the one line for the user."""
 
 
