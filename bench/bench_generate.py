@@ -27,12 +27,13 @@ def main() -> int:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from dreamshell.engines.generator import DiffusersGenerator
-    try:   # the stage layout (0.2.0); the flat one before it, so the same script measures both
+    import dreamshell
+    if (Path(dreamshell.__path__[0]) / "run").is_dir():   # the stage layout (0.2.0); the flat one before it
         from dreamshell.run.dispatch import Dispatcher
         from dreamshell.run.model_host import ModelHost
         from dreamshell.run.session import Session
         from dreamshell.weights.models import Registry, demo_spec, spec_for_path
-    except ImportError:
+    else:
         from dreamshell.dispatch import Dispatcher
         from dreamshell.model_host import ModelHost
         from dreamshell.models import Registry, demo_spec, spec_for_path
@@ -42,7 +43,7 @@ def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="bench-"))
     generator = DiffusersGenerator(device="cpu", precision="float32")
     session = Session(Registry({spec.name: spec}), ModelHost(lambda: generator), out / "dreamshell")
-    dispatcher = Dispatcher(session, lambda _: None)
+    dispatcher = Dispatcher(session, lambda _: None, error=lambda text: print("error:", text))
 
     plain = StableDiffusionPipeline.from_pretrained(str(spec.weights), local_files_only=True, torch_dtype=torch.float32,
                                                     safety_checker=None, requires_safety_checker=False)
