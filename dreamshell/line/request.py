@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from .control import ControlSpec
+
 
 @dataclass(frozen=True)
 class UpscaleSpec:
@@ -47,6 +49,10 @@ class DreamRequest:
     hires_steps: int | None = None        # steps of the second pass (default: -s)
     hires_strength: float | None = None   # denoising strength of the second pass (default 0.7, A1111's)
     hires_upscaler: str | None = None     # latent | lanczos | esrgan (default latent)
+    control: tuple[ControlSpec, ...] = ()          # --control: ControlNets / T2I-Adapters and their images
+    outcrop: tuple[tuple[str, int], ...] = ()      # --outcrop: (direction, pixels) the init image grows by
+    inpaint_area: str | None = None       # "masked": A1111's Only masked (None: the whole picture)
+    inpaint_padding: int | None = None    # Only masked padding, pixels (default 32)
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

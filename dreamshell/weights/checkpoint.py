@@ -173,7 +173,8 @@ def describe_other(keys: dict) -> str:
     if has("double_blocks.", "single_blocks.", "single_transformer_blocks."):
         return "a Flux checkpoint: not supported (dreamshell runs SD 1.x, 2.x and SDXL)"
     if has("control_model.", "controlnet_cond_embedding."):
-        return "a ControlNet: not supported as a model"
+        return ("a ControlNet, not a model: put it in the controlnets folder and use it with "
+                "--control NAME:IMAGE")
     if keys and len(keys) <= 4 and (set(names) & {"emb_params", "clip_l", "clip_g", "string_to_param"}
                                     or all(isinstance(s, tuple) and len(s) == 2 and s[-1] in (768, 1024, 1280)
                                            for s in keys.values())):
@@ -223,3 +224,96 @@ def detect_folder(path: Path) -> Detected:
 def detect(path: Path) -> Detected:
     """The kind of weights at path (folder or file); NotAModel with one line when it is not a model."""
     return detect_folder(path) if path.is_dir() else detect_file(path)
+
+
+# ----- ControlNets and T2I-Adapters (issue 20): what a file or folder in the controlnets folder is
+
+CONTROL_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}   # cross-attention width -> the models it guides
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+_CN_ATTN = ("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",       # original layout, SD 1.x/2.x
+            "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight")       # original layout, SDXL
+_CN_DIFFUSERS_ATTN = ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                      "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+
+
+@dataclass(frozen=True)
+class ControlDetected:
+    kind: str          # "controlnet" or "t2i-adapter"
+    family: str        # "sd1", "sd2" or "sdxl": the models it guides ("" for another width: the engine checks)
+    layout: str        # "original" (lllyasviel's control_model.* keys), "diffusers" (keys or a folder)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        what = "ControlNet" if self.kind == "controlnet" else "T2I-Adapter"
+        return f"{what} for {FAMILY_NAMES.get(self.family, self.family)}"
+
+
+def _control_family(keys: dict, names: tuple[str, ...], prefix: str = "") -> str | None:
+    """The family from the first cross-attention's width; "" for a width of no known family (the demo's 96:
+    the engine compares it with the model's); None when the keys have no cross-attention."""
+    for name in names:
+        shape = keys.get(prefix + name)
+        if isinstance(shape, tuple) and len(shape) == 2:
+            return CONTROL_FAMILIES.get(shape[-1], "")
+    return None
+
+
+def classify_control(keys: dict) -> ControlDetected:
+    """A ControlNet (original or diffusers keys) from a single file's keys; NotAModel saying what it is else."""
+    names = list(keys)
+    if any(k.startswith(("lora_controlnet", "lllite_")) for k in names):
+        raise NotAModel("a Control-LoRA or ControlNet-LLLite file: not supported (dreamshell loads full ControlNets)")
+    if any("task_embedding" in k or "controlnet_mode_embedding" in k for k in names):
+        raise NotAModel("a ControlNet Union model: not supported")
+    if any(k.startswith(("adapter.body.", "body.0.block1", "body.0.resnets")) for k in names):
+        raise NotAModel("a T2I-Adapter single file: dreamshell loads T2I-Adapters from diffusers folders "
+                        "(config.json + diffusion_pytorch_model.safetensors)")
+    for prefix in ("control_model.", ""):
+        if prefix + "input_hint_block.0.weight" in keys and prefix + "zero_convs.0.0.weight" in keys:
+            family = _control_family(keys, _CN_ATTN, prefix)
+            if family is None:
+                raise NotAModel("a ControlNet without cross-attention layers dreamshell knows")
+            return ControlDetected("controlnet", family, "original", "control_model keys" if prefix else
+                                   "original keys without the control_model prefix")
+    if "controlnet_cond_embedding.conv_in.weight" in keys and "controlnet_down_blocks.0.weight" in keys:
+        family = _control_family(keys, _CN_DIFFUSERS_ATTN)
+        if family == "sd1" and "add_embedding.linear_1.weight" in keys:
+            family = "sdxl"
+        if family is None:
+            raise NotAModel("a ControlNet without cross-attention layers dreamshell knows")
+        return ControlDetected("controlnet", family, "diffusers", "diffusers keys in one file")
+    if CONV_IN in keys:
+        raise NotAModel("a Stable Diffusion model, not a ControlNet: give it with --model")
+    raise NotAModel(describe_other(keys) if keys else "an empty weights file")
+
+
+def detect_control_folder(path: Path) -> ControlDetected:
+    """A diffusers ControlNetModel or T2IAdapter folder, from its config.json."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise NotAModel(f"{path} is a folder without a readable config.json: not a diffusers ControlNet or "
+                        "T2I-Adapter folder") from None
+    if not isinstance(config, dict):
+        raise NotAModel(f"{path}/config.json is not a JSON object")
+    cls = str(config.get("_class_name", ""))
+    if cls == "ControlNetModel":
+        family = CONTROL_FAMILIES.get(config.get("cross_attention_dim"), "")
+        if config.get("addition_embed_type") == "text_time":
+            family = "sdxl"
+        return ControlDetected("controlnet", family, "diffusers", "diffusers folder")
+    if cls in ("T2IAdapter", "MultiAdapter"):
+        kind = config.get("adapter_type")
+        family = {"full_adapter": "sd1", "light_adapter": "sd1", "full_adapter_xl": "sdxl"}.get(kind)
+        if family is None:
+            raise NotAModel(f"{path}: a T2I-Adapter of type {kind!r}, which dreamshell does not know")
+        return ControlDetected("t2i-adapter", family, "diffusers", "diffusers folder")
+    raise NotAModel(f"{path}: a diffusers {cls or 'folder'} (config.json), not a ControlNet or T2I-Adapter")
+
+
+def detect_control(path: Path) -> ControlDetected:
+    """What a ControlNet or T2I-Adapter file or folder is, without torch; NotAModel with one line when not."""
+    if path.is_dir():
+        return detect_control_folder(path)
+    return classify_control(read_keys(path))

@@ -3,8 +3,8 @@
 models.yaml maps a name to weights (a diffusers folder or one .safetensors/.ckpt file), an optional
 kind (read from the weights when left out: checkpoint.py), a description, defaults, a `vae` and a
 `clip_skip`. Reserved keys: `upscalers` maps factors to Real-ESRGAN weight files; `loras`,
-`embeddings` and `vaes` name those folders (default: the shipped models folder's loras/, embeddings/,
-vae/). With no models file, the built-in demo model is the default.
+`embeddings`, `vaes` and `controlnets` name those folders (default: the shipped models folder's loras/,
+embeddings/, vae/, controlnets/). With no models file, the built-in demo model is the default.
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
 
 
 MAX_MODELS_FILE_BYTES = 1024 * 1024
-FOLDER_KEYS = {"loras": "loras", "embeddings": "embeddings", "vaes": "vaes"}   # top-level keys: folders
+FOLDER_KEYS = {"loras": "loras", "embeddings": "embeddings", "vaes": "vaes",   # top-level keys: folders
+               "controlnets": "controlnets"}
 
 
 def _read_yaml(path: Path):
@@ -245,8 +246,9 @@ def load_registry(path: Path | None) -> Registry:
     return Registry(models, upscalers, path if path is not None and path.exists() else None, folders)
 
 
-def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None) -> Registry:
-    """The registry with the LoRA, embedding and VAE folders the launch switches name (over the models file's)."""
+def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None, controlnets=None) -> Registry:
+    """The registry with the LoRA, embedding, VAE and ControlNet folders the launch switches name (over the models
+    file's)."""
     changes = {field: Path(value).expanduser() for field, value in
-               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes)) if value}
+               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes), ("controlnets", controlnets)) if value}
     return replace(registry, folders=replace(registry.folders, **changes)) if changes else registry
