@@ -111,3 +111,65 @@ def measure(model_dir=None, controlnets=None, count: int = 18, seeds=(0, 1, 2), 
     out = {k: summary(v) for k, v in scores.items()}
     out["gap"] = round(out["with"]["mean_iou"] - out["without"]["mean_iou"], 4)
     return out
+
+
+# ----- outcrop and only masked on the demo model
+
+def _session_generator():
+    from ..engines.generator import DiffusersGenerator
+    from ..weights.models import demo_spec
+    gen = DiffusersGenerator(device="cpu", precision="float32")
+    spec = demo_spec()
+    gen.load(spec)
+    return gen, spec
+
+
+def band_reading(image: Image.Image, box: tuple[int, int, int, int], background: str) -> dict:
+    """The new band (outside box): the share of its pixels nearest to the background colour, and its mean colour's
+    distance from that colour (0..441)."""
+    px = np.asarray(image.convert("RGB"), dtype=np.float64)
+    band = np.ones(px.shape[:2], bool)
+    band[box[1]:box[3], box[0]:box[2]] = False
+    labels = shapes.classify_pixels(image)[band]
+    index = list(shapes.COLOURS).index(background)
+    mean = px[band].mean(0)
+    return {"background_share": float((labels == index).mean()),
+            "mean_distance": float(np.linalg.norm(mean - np.asarray(shapes.COLOURS[background])))}
+
+
+def measure_outcrop(count: int = 6, seeds=(0, 1), pairs=(("right", 32),), steps: int = 20, fill: str = "edge") -> dict:
+    """Outcrop scenes of the demo's world through dreamshell's image step: how much of the new band is the
+    background's colour, and whether the image outside the seam kept every byte."""
+    from ..line.request import DreamRequest
+    from ..run.image import make_images
+    from ..run.outcrop import seam_width
+    gen, spec = _session_generator()
+    shares, distances, kept = [], [], 0
+    rng = random.Random(11)
+    for i in range(count):
+        scene = shapes.random_scene(rng, shape=shapes.SHAPES[i % 3])
+        scene = shapes.Scene(scene.colour, scene.shape, scene.background, "small", "center", 8, 31, 31)
+        source = shapes.render(scene)
+        for seed in seeds:
+            request = DreamRequest(prompt=scene.caption(), seed=seed, steps=steps, width=64, height=64,
+                                   cfg_scale=spec.cfg_scale, sampler=spec.sampler, model=spec.name,
+                                   init_img="scene.png", strength=0.9, outcrop=tuple(pairs))
+            if fill != "edge":
+                from ..run.outcrop import outcrop
+                image = outcrop(gen, request, None, source, fill=fill)
+            else:
+                image = make_images(gen, [request], None, source, None)[0].image
+            grow = dict(pairs)
+            box = (grow.get("left", 0), grow.get("top", 0), grow.get("left", 0) + 64, grow.get("top", 0) + 64)
+            reading = band_reading(image, box, scene.background)
+            shares.append(reading["background_share"])
+            distances.append(reading["mean_distance"])
+            seam = seam_width(64, 64)
+            inner = (box[0] + (seam if "left" in grow else 0), box[1] + (seam if "top" in grow else 0),
+                     box[2] - (seam if "right" in grow else 0), box[3] - (seam if "bottom" in grow else 0))
+            mine = np.asarray(image)[inner[1]:inner[3], inner[0]:inner[2]]
+            theirs = np.asarray(source)[inner[1] - box[1]:inner[3] - box[1], inner[0] - box[0]:inner[2] - box[0]]
+            kept += bool(np.array_equal(mine, theirs))
+    return {"images": len(shares), "band_background_share": round(float(np.mean(shares)), 4),
+            "band_mean_colour_distance": round(float(np.mean(distances)), 1),
+            "kept_outside_seam": f"{kept}/{len(shares)}", "fill": fill, "pairs": [list(p) for p in pairs]}

@@ -141,11 +141,19 @@ class ControlModels:
 
 def check_fits(gen, used: UsedControl, model) -> None:
     """A control model made for another model family is one line (its cross-attention or channels differ)."""
-    unet = gen._pipes["txt2img"].unet.config
-    if used.kind == "controlnet":
-        theirs, ours = model.config.cross_attention_dim, unet.cross_attention_dim
-    else:
-        theirs, ours = list(model.config.channels)[:1], list(unet.block_out_channels)[:1]
+    pipe = gen._pipes["txt2img"]
+    unet = pipe.unet.config
+    if used.kind == "t2i-adapter":   # its features join each level of an SD-shaped UNet, the first at the latents' size
+        fits = (list(model.config.channels) == list(unet.block_out_channels)[:len(model.config.channels)]
+                and model.config.downscale_factor == pipe.vae_scale_factor
+                and str(unet.down_block_types[0]).startswith("CrossAttn"))
+        if not fits:
+            raise GenerationError(f"T2I-Adapter {used.name} is made for a UNet like SD's (levels "
+                                  f"{list(model.config.channels)}, latents at 1/{model.config.downscale_factor}); "
+                                  f"model '{gen.spec.name}' has levels {list(unet.block_out_channels)} and latents at "
+                                  f"1/{pipe.vae_scale_factor}")
+        return
+    theirs, ours = model.config.cross_attention_dim, unet.cross_attention_dim
     if theirs != ours:
         label = FAMILY_NAMES.get(used.family, "another model")
         raise GenerationError(f"ControlNet {used.name} is made for {label} (width {theirs}); model '{gen.spec.name}' "
@@ -195,6 +203,9 @@ def arguments(gen, pipe, request: DreamRequest, used: tuple[UsedControl, ...], m
         args["control_guidance_start"] = specs[0].start if one else [s.start for s in specs]
         args["control_guidance_end"] = specs[0].end if one else [s.end for s in specs]
         return
+    models = [gen.control.model(gen, u) for u in used]   # an adapter of one input channel takes a grey map
+    images = [m.convert("L") if getattr(a.config, "in_channels", 3) == 1 and hasattr(m, "convert") else m
+              for m, a in zip(images, models)]
     args["image"] = images[0] if one else images
     args["adapter_conditioning_scale"] = specs[0].weight if one else [s.weight for s in specs]
     if gen.is_sdxl:

@@ -290,10 +290,10 @@ SWITCHES: tuple[Switch, ...] = (
            "hires fix: " + ", ".join(hires.upscaler_names()) + f" (default {hires.DEFAULT_UPSCALER})", "NAME",
            complete="hires_upscaler"),
     Switch("control", "--control", (), _control_value,
-           "ControlNet/T2I-Adapter from the controlnets folder guided by IMAGE (-1: the last image), after the "
-           "preprocessor PRE (default: the model's name says; " + ", ".join(ctl.PREPROCESSORS) + "); W = weight "
-           "0..2 (default 1), S..E = the fraction of the steps it acts in (default 0..1); give it again for more",
-           "MODEL[/PRE]:IMAGE[:W[:S[:E]]]", complete="control", format=lambda spec: [ctl.format_control(spec)],
+           "a ControlNet/T2I-Adapter (controlnets folder) guided by IMAGE (-1: the last image) through PRE ("
+           + ", ".join(ctl.PREPROCESSORS) + "; default: the model's name says); W weight 0..2 (1), S..E the part of "
+           "the steps it acts in (0..1); repeat for more",
+           "MODEL[/PRE]:IMAGE[:W:S:E]", complete="control", format=lambda spec: [ctl.format_control(spec)],
            repeat=True),
     Switch("outcrop", "--outcrop", (), _outcrop_value,
            "grow the -I image by PIXELS on each side named and paint the new band (InvokeAI's outcrop; -c, and "

@@ -228,9 +228,9 @@ def resolve_control(resolved: DreamRequest, typed: DreamRequest, spec: ModelSpec
         specs = []
         for one, used in zip(resolved.control, files.controls):
             if family and used.family and used.family != family:
-                raise UserError(f"--control {used.name} is a {FAMILY_NAMES.get(used.family, used.family)} "
-                                f"{'ControlNet' if used.kind == 'controlnet' else 'T2I-Adapter'}; model "
-                                f"'{spec.name}' is {FAMILY_NAMES.get(family, family)}: use one made for it")
+                what = "ControlNet" if used.kind == "controlnet" else "T2I-Adapter"
+                raise UserError(f"--control {used.name} is a {what} for {FAMILY_NAMES.get(used.family, used.family)}; "
+                                f"model '{spec.name}' is {FAMILY_NAMES.get(family, family)}: use one made for it")
             if used.kind == "t2i-adapter":
                 check_adapter(one, used, resolved, family)
             image = one.image

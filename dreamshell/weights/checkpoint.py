@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,10 +231,9 @@ def detect(path: Path) -> Detected:
 
 CONTROL_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}   # cross-attention width -> the models it guides
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-_CN_ATTN = ("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",       # original layout, SD 1.x/2.x
-            "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight")       # original layout, SDXL
-_CN_DIFFUSERS_ATTN = ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                      "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+# the cross-attention's key projection (its width is the text encoder's), original and diffusers names
+_CN_ATTN = re.compile(r"input_blocks\.(\d+)\.1\.transformer_blocks\.0\.attn2\.to_k\.weight")
+_CN_DIFFUSERS_ATTN = re.compile(r"down_blocks\.(\d+)\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k\.weight")
 
 
 @dataclass(frozen=True)
@@ -249,11 +249,13 @@ class ControlDetected:
         return f"{what} for {FAMILY_NAMES.get(self.family, self.family)}"
 
 
-def _control_family(keys: dict, names: tuple[str, ...], prefix: str = "") -> str | None:
+def _control_family(keys: dict, pattern: re.Pattern, prefix: str = "") -> str | None:
     """The family from the first cross-attention's width; "" for a width of no known family (the demo's 96:
     the engine compares it with the model's); None when the keys have no cross-attention."""
-    for name in names:
-        shape = keys.get(prefix + name)
+    found = sorted((int(m.group(1)), k) for k in keys if k.startswith(prefix)
+                   and (m := pattern.fullmatch(k[len(prefix):])))
+    for _, key in found:
+        shape = keys[key]
         if isinstance(shape, tuple) and len(shape) == 2:
             return CONTROL_FAMILIES.get(shape[-1], "")
     return None
