@@ -192,3 +192,57 @@ def test_completion_offers_the_folders_models_then_preprocessors(library):
         return [x.text for x in c.get_completions(Document(text, len(text)), None)]
     assert "control_v11p_sd15_canny:" in complete("a cat --control con")
     assert complete("a cat --control control_v11p_sd15_canny/c") == ["canny:"]
+
+
+def test_the_dry_run_plans_a_control_line_without_a_model(library, tmp_path):
+    from dreamshell.run.dryrun import DryRun
+    (tmp_path / "e.png").write_bytes(b"")
+    registry = Registry({"sd15": ModelSpec("sd15", tmp_path, "sd1", width=512, height=512, default=True)},
+                        folders=library.folders)
+    ok, text = DryRun(registry).describe(f"a cat -S 1 --control depth:{tmp_path / 'e.png'}:0.5")
+    assert ok, text
+    assert f"--control control_v11f1p_sd15_depth:{tmp_path / 'e.png'}:0.5" in text
+    ok, text = DryRun(registry).describe("a cat -S 1 --control nothing:e.png")
+    assert not ok and "no ControlNet 'nothing'" in text
+
+
+@pytest.fixture
+def dispatcher(fake_session):
+    from dreamshell.run.control import register_control
+    from dreamshell.run.dispatch import Dispatcher
+    session = fake_session()
+    said = []
+    d = Dispatcher(session, said.append)
+    register_control(d)
+    d.said = said
+    return d
+
+
+def test_control_command_saves_the_map_beside_the_outputs(dispatcher, tmp_path):
+    from PIL import Image, ImageDraw
+
+    from dreamshell.run.preprocess import make_map
+    img = Image.new("RGB", (70, 64), (20, 60, 200))
+    ImageDraw.Draw(img).ellipse((10, 10, 40, 40), fill=(220, 40, 40))
+    img.save(tmp_path / "shape.png")
+    assert not dispatcher.execute(f"!control {tmp_path / 'shape.png'} canny").failed, dispatcher.said
+    saved = dispatcher.session.outdir / "shape.control-canny.png"
+    assert any(f"{saved}: canny map of" in s for s in dispatcher.said)
+    assert np.array_equal(np.asarray(Image.open(saved)), np.asarray(make_map(img, "canny", (64, 64))))
+    dispatcher.execute(f"!control {tmp_path / 'shape.png'} canny")
+    assert (dispatcher.session.outdir / "shape.control-canny-01.png").exists()     # never overwrites
+
+
+@pytest.mark.parametrize("args,error", [
+    ("", "needs an image and a preprocessor"),
+    ("{img} depth", "preprocessor depth needs annotator weights"),
+    ("{img} inpaint", "marks a mask: add -M MASK"),
+    ("{img} canny -S 3", "!control takes -M, -W and -H"),
+    ("-1 canny", "none was made yet"),
+    ("{dir}/nope.png canny", "no such file"),
+])
+def test_control_command_errors_are_one_line(dispatcher, tmp_path, args, error):
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(tmp_path / "i.png")
+    outcome = dispatcher.execute(f"!control {args.format(img=tmp_path / 'i.png', dir=tmp_path)}".strip())
+    assert outcome.failed and any(error in s for s in dispatcher.said), dispatcher.said

@@ -82,13 +82,13 @@ def outcrop_request(path: Path, values: dict) -> DreamRequest:
     try:
         recipe = read_recipe(path)
     except MetadataError as e:
-        raise UserError(f"!fix {path}: {e}; outcrop an image without a recipe with a line: PROMPT -I {path} "
-                        f"--outcrop ...") from None
+        raise UserError(f"!fix --outcrop: {e}; outcrop such an image with a line: PROMPT -I {path} --outcrop ...") \
+            from None
     plain = DreamRequest(prompt=recipe.prompt)
     keep = {f: getattr(recipe, f) for f in ("steps", "seed", "cfg_scale", "sampler", "schedule", "model",
                                              "seamless", "clip_skip", "vae")}
-    return plain.with_(**keep, init_img=str(path), outcrop=values["outcrop"],
-                       **{k: values[k] for k in ("seed", "strength") if k in values})
+    keep.update({k: values[k] for k in ("seed", "strength") if k in values})
+    return plain.with_(**keep, init_img=str(path), outcrop=values["outcrop"])
 
 
 def fix_image(session: Session, path: Path, values: dict, listener: Listener) -> Path:

@@ -253,13 +253,14 @@ def read_control_units(b: Builder, params: dict[str, str]) -> None:
 
 
 def read_inpaint_area(b: Builder, params: dict[str, str]) -> None:
-    """`Inpaint area: Only masked` with `Masked area padding` (A1111 1.10) or `Only masked padding, pixels`
-    (older): noted, since A1111 records neither the init image nor the mask."""
+    """`Inpaint area: Only masked` with `Masked area padding` (A1111 1.10), or the older label `Only masked padding,
+    pixels`, whose comma A1111's own key pattern splits (it reads as `pixels: N`): noted, since A1111 records
+    neither the init image nor the mask."""
     area = params.pop("Inpaint area", None)
-    padding = params.pop("Masked area padding", None) or params.pop("Only masked padding, pixels", None)
-    params.pop("Only masked padding, pixels", None)
     if area is None or area.strip() == "Whole picture":
         return
+    padding = params.pop("Masked area padding", None) or params.pop("Only masked padding, pixels", None) \
+        or params.pop("pixels", None)
     pad = f" --inpaint_padding {padding.strip()}" if padding else ""
     b.drop(f"Inpaint area: {short(area, 20)} (A1111 records neither the image nor the mask: add -I IMAGE -M MASK "
            f"--inpaint_area masked{pad})")

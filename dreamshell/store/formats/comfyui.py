@@ -44,7 +44,7 @@ def _text(graph: dict, link, which: str) -> str:
 def _file_stem(name: str) -> str:
     """A model file's name without its folders and extension ('style/detail.safetensors' -> 'detail')."""
     base = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
-    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".bin")) else base
+    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin")) else base
 
 
 def _number(value):
