@@ -14,7 +14,7 @@ from dreamshell.line.errors import UserError
 from dreamshell.run.preprocess import canny, crop_and_resize, make_map, shuffle, viewable
 
 
-def test_images():
+def pictures():
     rng = random.Random(5)
     scene = shapes.render(shapes.random_scene(rng), rng, scale=2)
     r = np.random.default_rng(3)
@@ -28,19 +28,19 @@ OPENCV = {"scene": (179, "d74d8c294cc7567740b8dd3d702416f184ced505c5fd3b94f9cab9
 
 @pytest.mark.parametrize("name", OPENCV)
 def test_canny_is_opencvs_pixel_for_pixel(name):
-    edges = np.asarray(canny(test_images()[name])) > 0
+    edges = np.asarray(canny(pictures()[name])) > 0
     assert (int(edges.sum()), hashlib.sha256(np.packbits(edges).tobytes()).hexdigest()) == OPENCV[name]
 
 
 def test_a_map_is_cropped_to_the_generations_aspect_then_resized():
     image = Image.new("RGB", (200, 100), (0, 0, 0))
-    image.paste((255, 255, 255), (0, 0, 50, 100))          # the left quarter, cut away by a square crop
+    image.paste((255, 255, 255), (0, 0, 40, 100))          # the left fifth, cut away by a square crop
     square = crop_and_resize(image, (64, 64))
     assert square.size == (64, 64) and np.asarray(square).max() < 10
 
 
 def test_each_preprocessor_makes_its_map():
-    image = test_images()["scene"]
+    image = pictures()["scene"]
     size = (64, 64)
     fitted = crop_and_resize(image, size)
     assert np.array_equal(np.asarray(make_map(image, "none", size)), np.asarray(fitted))
@@ -59,7 +59,7 @@ def test_each_preprocessor_makes_its_map():
 
 
 def test_shuffle_moves_the_content_and_is_the_same_for_the_same_image():
-    image = test_images()["smooth"]
+    image = pictures()["smooth"]
     a, b = shuffle(image), shuffle(image)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(image))
