@@ -125,3 +125,20 @@ def test_fix_outcrop_errors_are_one_line(make_session, tmp_path, line, error):
     Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
     outcome = dispatcher.execute(line.format(img=tmp_path / "plain.png", plain=tmp_path / "plain.png"))
     assert outcome.failed and any(error in s for s in said), said
+
+
+def test_fix_outcrop_takes_the_models_files_inpainting_variant():
+    from pathlib import Path
+
+    from dreamshell.run.postprocess import inpainting_variant
+    from dreamshell.weights.models import ModelSpec, Registry
+    p = Path("/nowhere")
+    models = {"sd15": ModelSpec("sd15", p, "sd1"), "sd15-inpainting": ModelSpec("sd15-inpainting", p, "sd1-inpaint"),
+              "xl": ModelSpec("xl", p, "sdxl"), "other-inpaint": ModelSpec("other-inpaint", p, "sd1-inpaint"),
+              "sd2": ModelSpec("sd2", p, "sd2")}
+    registry = Registry(models)
+    assert inpainting_variant(registry, "sd15") == "sd15-inpainting"
+    assert inpainting_variant(registry, "xl") is None and inpainting_variant(registry, "sd2") is None
+    assert inpainting_variant(registry, "sd15-inpainting") is None
+    del models["sd15-inpainting"]
+    assert inpainting_variant(Registry(models), "sd15") == "other-inpaint"    # the only one of its family

@@ -77,8 +77,21 @@ def upscale_file(session: Session, path: Path, spec) -> tuple[ImageRecord, objec
     return ImageRecord(str(out), request.seed, meta.command), up
 
 
-def outcrop_request(path: Path, values: dict) -> DreamRequest:
-    """The line `!fix PATH --outcrop ...` runs: the image's recipe, from the image, grown."""
+def inpainting_variant(registry, name: str | None) -> str | None:
+    """The models file's inpainting model for the model `name`: of its family, the one whose name holds the
+    model's name (`sd15` -> `sd15-inpainting`), else the only one; None when there is none."""
+    spec = registry.models.get(name or "")
+    if spec is None or not spec.kind or spec.kind.endswith("-inpaint"):
+        return None
+    family = spec.kind.split("-")[0]
+    found = [s.name for s in registry.models.values() if s.kind == f"{family}-inpaint"]
+    named = [n for n in found if spec.name.lower() in n.lower()]
+    return (named or found)[0] if len(named) == 1 or len(found) == 1 else None
+
+
+def outcrop_request(path: Path, values: dict, registry=None) -> tuple[DreamRequest, str | None]:
+    """The line `!fix PATH --outcrop ...` runs: the image's recipe, from the image, grown (on the models file's
+    inpainting variant of its model, when there is one: the note says so)."""
     try:
         recipe = read_recipe(path)
     except MetadataError as e:
@@ -88,7 +101,11 @@ def outcrop_request(path: Path, values: dict) -> DreamRequest:
     keep = {f: getattr(recipe, f) for f in ("steps", "seed", "cfg_scale", "sampler", "schedule", "model",
                                              "seamless", "clip_skip", "vae")}
     keep.update({k: values[k] for k in ("seed", "strength") if k in values})
-    return plain.with_(**keep, init_img=str(path), outcrop=values["outcrop"])
+    request = plain.with_(**keep, init_img=str(path), outcrop=values["outcrop"])
+    variant = inpainting_variant(registry, request.model) if registry is not None else None
+    if variant is None:
+        return request, None
+    return request.with_(model=variant), f"outcrop with {variant}, the models file's inpainting model for {request.model}"
 
 
 def fix_image(session: Session, path: Path, values: dict, listener: Listener) -> Path:
@@ -121,8 +138,10 @@ def register_fix(dispatcher: Dispatcher) -> None:
         check_fix(path, values, pending=dispatcher.may_be_made)
         if "outcrop" in values:
             def outcrop(control: Control, listener: Listener) -> Outcome:
-                checked = dispatcher.session.check(outcrop_request(path, values))
-                return dispatcher._dream(checked, control, listener)
+                request, note = outcrop_request(path, values, dispatcher.session.registry)
+                if note:
+                    listener.note(f"note: {note}")
+                return dispatcher._dream(dispatcher.session.check(request), control, listener)
             return Work(f"!fix {args}", outcrop)
 
         def run(control: Control, listener: Listener) -> Outcome:
