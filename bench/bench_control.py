@@ -121,7 +121,7 @@ def bench_fullsize(folder: Path, steps: int) -> dict:
         files = library.files_for(request.prompt, None, request.control)
         maps = control_maps(request, None, None) if name else None
         t = time.perf_counter()
-        first = step_seconds(gen, request, files, maps)    # loads the control model the first time
+        step_seconds(gen, request, files, maps)    # the first image loads the control model
         first_s = time.perf_counter() - t
         times = step_seconds(gen, request, files, maps)
         out[label] = {"s_per_step": round(statistics.median(times[1:] or times), 2), "first_image_s": round(first_s, 1),
@@ -170,7 +170,8 @@ def bench_masked(steps: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--canny", action="store_true")
-    ap.add_argument("--cv2_path", default=None, help="a folder holding cv2 (pip install --target DIR opencv-python-headless)")
+    ap.add_argument("--cv2_path", default=None,
+                    help="a folder holding cv2 (pip install --target DIR opencv-python-headless)")
     ap.add_argument("--fullsize", type=Path, default=None)
     ap.add_argument("--fullsize_steps", type=int, default=3)
     ap.add_argument("--masked", action="store_true")

@@ -80,7 +80,8 @@ def check(made: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/work/scratch/control/full"))
-    ap.add_argument("--sd15", action="store_true", help="also write the random full-size SD 1.5 file (engines/fullsize.py)")
+    ap.add_argument("--sd15", action="store_true",
+                    help="also write the random full-size SD 1.5 file (engines/fullsize.py)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sd15:

@@ -3,9 +3,7 @@ weight 0 is the plain image and weight 1 is not, several at once, with -I/-M, th
 replays, a model of another width and a pickled .pth are one line each."""
 
 import json
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +100,8 @@ def test_every_layout_loads_what_was_written(controls, original_layout):
     from dreamshell.weights.library import UsedControl
     root, made = controls
     cases = [(root / "tiny_canny.safetensors", made["tiny_canny"], "diffusers"),
-             (root / "tiny_folder", made["tiny_canny"], "diffusers"), (original_layout[0], original_layout[1], "original")]
+             (root / "tiny_folder", made["tiny_canny"], "diffusers"),
+             (original_layout[0], original_layout[1], "original")]
     for path, written, layout in cases:
         found = detect_control(path)
         assert found.layout == layout

@@ -31,7 +31,8 @@ def original(width=768, prefix=CN, level=1):
 
 
 def diffusers_keys(width=768, xl=False):
-    keys = {"controlnet_cond_embedding.conv_in.weight": (16, 3, 3, 3), "controlnet_down_blocks.0.weight": (320, 320, 1, 1),
+    keys = {"controlnet_cond_embedding.conv_in.weight": (16, 3, 3, 3),
+            "controlnet_down_blocks.0.weight": (320, 320, 1, 1),
             "time_embedding.linear_1.weight": (1280, 320)}
     if xl:
         keys["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"] = (640, width)

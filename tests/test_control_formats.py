@@ -6,7 +6,6 @@ extension's parse_unit gave for this text), InvokeAI 3+'s `controlnets` and Comf
 import json
 
 import numpy as np
-import pytest
 from PIL import Image, PngImagePlugin
 from safetensors.numpy import save_file
 
@@ -93,7 +92,8 @@ INVOKE = {"app_version": "4.2.9", "positive_prompt": "a red circle", "negative_p
                                              "base": "sd-1", "type": "controlnet"},
                            "control_weight": 0.75, "begin_step_percent": 0.1, "end_step_percent": 0.8,
                            "control_mode": "balanced", "resize_mode": "just_resize"}],
-          "t2iAdapters": [{"image": {"image_name": "sketch.png"}, "t2i_adapter_model": {"name": "t2iadapter_sketch_sd15v2"},
+          "t2iAdapters": [{"image": {"image_name": "sketch.png"},
+                           "t2i_adapter_model": {"name": "t2iadapter_sketch_sd15v2"},
                            "weight": [0.5, 0.6], "begin_step_percent": 0, "end_step_percent": 1}]}
 
 
@@ -152,9 +152,11 @@ def test_comfyui_controlnet_nodes_become_control_switches():
 def test_a_controlnet_missing_here_or_of_another_hash_is_named(tmp_path):
     folder = tmp_path / "controlnets"
     folder.mkdir()
-    shapes = {"control_model.input_hint_block.0.weight": (16, 3, 3, 3), "control_model.zero_convs.0.0.weight": (4, 4, 1, 1),
+    shapes = {"control_model.input_hint_block.0.weight": (16, 3, 3, 3),
+              "control_model.zero_convs.0.0.weight": (4, 4, 1, 1),
               "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)}
-    save_file({k: np.zeros(s, np.float16) for k, s in shapes.items()}, str(folder / "control_v11p_sd15_canny.safetensors"))
+    save_file({k: np.zeros(s, np.float16) for k, s in shapes.items()},
+              str(folder / "control_v11p_sd15_canny.safetensors"))
     library = Library(Folders(tmp_path / "l", tmp_path / "e", tmp_path / "v", folder))
     path = png_with(tmp_path / "a.png", "parameters", written().rsplit(", Dreamshell:", 1)[0])
     notes = " ".join(fetch_recipe(path, library).notes)

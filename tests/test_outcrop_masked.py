@@ -104,7 +104,7 @@ def test_fix_outcrop_makes_an_image_whose_log_line_remakes_it(make_session, tmp_
     made = sorted(session.outdir.glob("*.png"))[-1]
     assert Image.open(made).size == (80, 64)
     line = (session.outdir / "dream_log.txt").read_text().splitlines()[-1]
-    assert f"-S 9 " in line and f"-I {first} -f 0.9 --outcrop right 16" in line
+    assert "-S 9 " in line and f"-I {first} -f 0.9 --outcrop right 16" in line
     assert not dispatcher.execute(line.split(": ", 1)[1]).failed
     again = sorted(session.outdir.glob("*.png"))[-1]
     assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(again)))

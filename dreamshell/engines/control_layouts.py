@@ -31,7 +31,8 @@ def random_controlnet(config: dict | str = "controlnet-sd1", seed: int = 0, dtyp
     model = ControlNetModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out")):
+            if name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.",
+                                "controlnet_cond_embedding.conv_out")):
                 p.copy_(torch.randn_like(p) * 0.02)
     return model.to(dtype or torch.float32).eval()
 

@@ -170,7 +170,8 @@ def check_controls(specs: tuple[ControlSpec, ...]) -> None:
 # ----- outcrop
 
 DIRECTIONS = ("top", "bottom", "left", "right")
-OUTCROP_RULE = "--outcrop takes direction/pixel pairs, e.g. --outcrop top 64 right 128 (directions: top, bottom, left, right)"
+OUTCROP_RULE = ("--outcrop takes direction/pixel pairs, e.g. --outcrop top 64 right 128 (directions: top, bottom, left, "
+                "right)")
 
 
 def parse_outcrop(tokens: list[str]) -> tuple[tuple[str, int], ...]:

@@ -83,7 +83,7 @@ def control_maps(request: DreamRequest, init, mask) -> dict:
     for spec in request.control:
         if spec.image == "-1":
             raise UserError(f"--control {spec.model}:-1 names an image this batch makes; with --ray give its path")
-        same = init is not None and request.init_img and Path(spec.image).expanduser() == Path(request.init_img).expanduser()
+        same = init is not None and Path(spec.image).expanduser() == Path(request.init_img).expanduser()
         sources.append((init if same else _load_image(spec.image, "--control", "RGB"), spec.pre()))
     return {size: tuple(make_map(image, pre, size, mask) for image, pre in sources) for size in sizes}
 

@@ -6,9 +6,10 @@ transparent, filled it (tiles of the image, or PatchMatch), inpainted the whole 
 repainted a 96-pixel seam. Here, one pass: the canvas grows by the pixels asked, the band is filled with the
 image's edge stretched outward (each new row or column repeats the nearest edge row or column of the image, so
 the band starts in the colours it continues; `fill="noise"` puts uniform noise there instead), the model
-inpaints (at the line's -f, else line/control.OUTCROP_STRENGTH, InvokeAI's 0.9) the band and a seam reaching SEAM pixels into the image, and the result is laid over the grown image
-through a soft mask: 255 in the band, falling to 0 across the seam. Every pixel of the image the seam does not
-reach is kept byte for byte.
+inpaints the band and a seam reaching `seam_width` pixels into the image (at the line's -f, else
+line/control.OUTCROP_STRENGTH: InvokeAI's 0.9), and the result is laid over the grown image through a soft mask:
+255 in the band, falling to 0 across the seam. Every pixel of the image the seam does not reach is kept byte for
+byte.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def outcrop_request(path: Path, values: dict, registry=None) -> tuple[DreamReque
     variant = inpainting_variant(registry, request.model) if registry is not None else None
     if variant is None:
         return request, None
-    return request.with_(model=variant), f"outcrop with {variant}, the models file's inpainting model for {request.model}"
+    return request.with_(model=variant), (f"outcrop with {variant}, the models file's inpainting model for "
+                                          f"{request.model}")
 
 
 def fix_image(session: Session, path: Path, values: dict, listener: Listener) -> Path:

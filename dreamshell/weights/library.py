@@ -140,7 +140,8 @@ def control_hash(path: Path) -> str:
     import hashlib
     path = Path(path)
     if path.is_dir():
-        path = next((path / n for n in CONTROL_FOLDER_WEIGHTS if (path / n).is_file()), path / CONTROL_FOLDER_WEIGHTS[0])
+        path = next((path / n for n in CONTROL_FOLDER_WEIGHTS if (path / n).is_file()),
+                    path / CONTROL_FOLDER_WEIGHTS[0])
     try:
         with open(path, "rb") as f:
             f.seek(0x100000)
