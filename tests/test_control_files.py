@@ -247,3 +247,18 @@ def test_control_command_errors_are_one_line(dispatcher, tmp_path, args, error):
     Image.new("RGB", (64, 64)).save(tmp_path / "i.png")
     outcome = dispatcher.execute(f"!control {args.format(img=tmp_path / 'i.png', dir=tmp_path)}".strip())
     assert outcome.failed and any(error in s for s in dispatcher.said), dispatcher.said
+
+
+@pytest.mark.parametrize("control,model", [("controlnet-sd1", "sd1"), ("controlnet-sd2", "sd2"), ("controlnet-sdxl", "sdxl")])
+def test_the_shipped_controlnet_configs_match_the_models_they_guide(control, model):
+    """The offline configs single ControlNet files load with: the encoder of the family's UNet (its shipped config)
+    and the conditioning embedding of the published files (16, 32, 96, 256)."""
+    from dreamshell.engines.loading import CONFIGS_DIR
+    cn = json.loads((CONFIGS_DIR / control / "config.json").read_text())
+    unet = json.loads((CONFIGS_DIR / model / "unet" / "config.json").read_text())
+    assert cn["_class_name"] == "ControlNetModel"
+    for key in ("block_out_channels", "cross_attention_dim", "attention_head_dim", "down_block_types",
+                "layers_per_block", "use_linear_projection", "in_channels"):
+        assert cn[key] == unet.get(key, False if key == "use_linear_projection" else None), key   # its default: False
+    assert cn["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
+    assert cn.get("transformer_layers_per_block", 1) == unet.get("transformer_layers_per_block", 1)
