@@ -27,16 +27,22 @@ def main() -> int:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from dreamshell.engines.generator import DiffusersGenerator
-    from dreamshell.weights.models import Registry, demo_spec, spec_for_path
-    from dreamshell.line.parser import parse_request
-    from dreamshell.run.session import Session
+    try:   # the stage layout (0.2.0); the flat one before it, so the same script measures both
+        from dreamshell.run.dispatch import Dispatcher
+        from dreamshell.run.model_host import ModelHost
+        from dreamshell.run.session import Session
+        from dreamshell.weights.models import Registry, demo_spec, spec_for_path
+    except ImportError:
+        from dreamshell.dispatch import Dispatcher
+        from dreamshell.model_host import ModelHost
+        from dreamshell.models import Registry, demo_spec, spec_for_path
+        from dreamshell.session import Session
 
     spec = demo_spec() if args.model is None else spec_for_path(Path(args.model))
     out = Path(tempfile.mkdtemp(prefix="bench-"))
-    session = Session(Registry({spec.name: spec}), lambda: DiffusersGenerator(device="cpu"), out / "dreamshell",
-                      echo=lambda _: None)
-    session.start_loading(spec)
-    session.wait_until_ready()
+    generator = DiffusersGenerator(device="cpu", precision="float32")
+    session = Session(Registry({spec.name: spec}), ModelHost(lambda: generator), out / "dreamshell")
+    dispatcher = Dispatcher(session, lambda _: None)
 
     plain = StableDiffusionPipeline.from_pretrained(str(spec.weights), local_files_only=True, torch_dtype=torch.float32,
                                                     safety_checker=None, requires_safety_checker=False)
@@ -46,8 +52,9 @@ def main() -> int:
     prompt = "a red circle on a blue background"
     w, h = spec.width, spec.height
 
-    def run_dreamshell(i):
-        session.run(parse_request(f"{prompt} -S {i} -s {args.steps} -C 5 -A k_euler -W {w} -H {h}"))
+    def run_dreamshell(i):   # the whole line: parse, plan, generate, PNG with three chunks, log line
+        outcome = dispatcher.execute(f"{prompt} -S {i} -s {args.steps} -C 5 -A k_euler -W {w} -H {h}")
+        assert not outcome.failed
 
     def run_plain(i):
         g = torch.Generator("cpu").manual_seed(i)

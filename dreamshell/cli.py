@@ -15,7 +15,9 @@ from . import __version__
 from .line.errors import LimitError
 from .line.limits import check_request
 from .line.request import REQUEST_DEFAULTS, DreamRequest
+from .line.safetext import shorten
 from .line.switches import SWITCHES, SwitchError
+from .weights.files import describe_kind, kind_of
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -71,15 +73,19 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default=None, help="the model to load: a name from the models file or a path")
     ap.add_argument("--lora_dir", metavar="DIR", default=None,
                     help="folder of LoRA .safetensors files for <lora:NAME:WEIGHT> (default: 'loras:' in the models "
-                         "file, else the shipped models/loras)")
+                         "file, else models/loras in the working folder if there is one, else the installed demo "
+                         "folder)")
     ap.add_argument("--embedding_dir", metavar="DIR", default=None,
                     help="folder of textual-inversion embeddings, used by file name as a word of the prompt "
-                         "(default: 'embeddings:' in the models file, else the shipped models/embeddings)")
+                         "(default: 'embeddings:' in the models file, else models/embeddings in the working folder "
+                         "if there is one, else the installed demo folder)")
     ap.add_argument("--vae_dir", metavar="DIR", default=None,
-                    help="folder --vae NAME looks in (default: 'vaes:' in the models file, else the shipped models/vae)")
+                    help="folder --vae NAME looks in (default: 'vaes:' in the models file, else models/vae in the "
+                         "working folder if there is one, else the installed demo folder)")
     ap.add_argument("--controlnet_dir", metavar="DIR", default=None,
                     help="folder of ControlNet and T2I-Adapter files and folders for --control MODEL:IMAGE (default: "
-                         "'controlnets:' in the models file, else the shipped models/controlnets)")
+                         "'controlnets:' in the models file, else models/controlnets in the working folder if there "
+                         "is one, else the installed demo folder)")
     ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "
@@ -147,6 +153,13 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
         values["hires_fix"] = True   # as on a line: --hires_scale and the rest imply the hires fix
     if "inpaint_padding" in values and "inpaint_area" not in values:
         values["inpaint_area"] = "masked"   # as on a line
+    if values.get("timesteps"):      # as on a line: explicit timesteps set -s and stand without --schedule
+        count = len(values["timesteps"])
+        if values.get("schedule"):
+            ap.error("--timesteps sets the noise levels itself; give it without --schedule")
+        if values.get("steps", count) != count:
+            ap.error(f"-s {values['steps']} but --timesteps names {count}; give one of them")
+        values["steps"] = count
     defaults = DreamRequest(prompt="", **values)
     try:
         check_request(defaults)
@@ -156,6 +169,8 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
 
 
 def default_models_file() -> Path | None:
+    """models/models.yaml in the working folder, if there is one (the LoRA, embedding and VAE folders
+    follow the same rule: weights/models.default_folders)."""
     p = Path("models/models.yaml")
     return p if p.exists() else None
 
@@ -171,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--resume works with --ray: dreamshell --from_file FILE --ray --resume")
     if args.ray_cpus_per_worker < 1 or (args.ray_workers is not None and args.ray_workers < 1):
         ap.error("--ray_cpus_per_worker and --ray_workers take a whole number of at least 1")
-    if args.config is not None and not args.config.exists():
-        print(f"error: models file {args.config} does not exist", file=sys.stderr)
+    if args.config is not None and kind_of(args.config) in ("missing", "too long"):
+        print(f"error: models file {shorten(str(args.config), 120)}: {describe_kind(kind_of(args.config))}",
+              file=sys.stderr)
         return 2
     config = args.config or default_models_file()
     if args.dry_run:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write the diffusers configs that single-file SD 1.x / 2.x / SDXL checkpoints load with, offline.
+"""Write the diffusers configs that single-file SD 1.x / 2.x / SDXL / Playground v2.5 / SD 3 / 3.5 and
+FLUX.1 checkpoints load with, offline.
 
 `from_single_file(path, config=<folder>)` needs a folder with the JSON configs and tokenizer files
 that `save_pretrained` writes (no weights); without it diffusers asks the Hub. This writes
@@ -10,6 +11,17 @@ tokens). At load time dreamshell copies the tokenizer files into each config's t
 
     pip download --no-deps -d /tmp/oc open-clip-torch
     python scripts/make_sd_configs.py --open_clip_wheel /tmp/oc/open_clip_torch-*.whl
+
+The new families' values are the published ones: the model_index.json, scheduler, transformer, VAE and
+text-encoder configs of playgroundai/playground-v2.5-1024px-aesthetic, stabilityai/stable-diffusion-3-
+medium-diffusers, stable-diffusion-3.5-medium / -large, black-forest-labs/FLUX.1-dev / -schnell (as the
+Forge repository keeps copies of them under backend/huggingface/). The T5 tokenizer (google/t5-v1_1-xxl's
+SentencePiece vocabulary as tokenizer.json, the file SD 3 and FLUX.1 use) is on the registry inside the
+diffsynth 1.x wheels (diffsynth/tokenizer_configs/stable_diffusion_3/tokenizer_3/, byte-identical to
+stable-diffusion-3-medium-diffusers/tokenizer_3/):
+
+    pip download --no-deps -d /tmp/ds diffsynth==1.1.9
+    python scripts/make_sd_configs.py --t5_wheel /tmp/ds/diffsynth-1.1.9-py3-none-any.whl
 """
 
 from __future__ import annotations
@@ -48,6 +60,26 @@ OPENCLIP_H = dict(CLIP_L, hidden_act="gelu", hidden_size=1024, intermediate_size
                   num_hidden_layers=23, projection_dim=512)
 OPENCLIP_BIGG = dict(CLIP_L, architectures=["CLIPTextModelWithProjection"], hidden_act="gelu", hidden_size=1280,
                      intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, projection_dim=1280)
+
+
+CLIP_L_PROJ = dict(CLIP_L, architectures=["CLIPTextModelWithProjection"])
+T5_XXL = dict(architectures=["T5EncoderModel"], classifier_dropout=0.0, d_ff=10240, d_kv=64, d_model=4096,
+              decoder_start_token_id=0, dense_act_fn="gelu_new", dropout_rate=0.1, eos_token_id=1,
+              feed_forward_proj="gated-gelu", initializer_factor=1.0, is_encoder_decoder=True, is_gated_act=True,
+              layer_norm_epsilon=1e-06, model_type="t5", num_decoder_layers=24, num_heads=64, num_layers=24,
+              output_past=True, pad_token_id=0, relative_attention_max_distance=128,
+              relative_attention_num_buckets=32, tie_word_embeddings=False, torch_dtype="bfloat16", use_cache=True,
+              vocab_size=32128)
+VAE_16 = dict(SD_VAE, latent_channels=16, sample_size=1024, force_upcast=True, use_quant_conv=False,
+              use_post_quant_conv=False, latents_mean=None, latents_std=None)
+SD3_TRANSFORMER = dict(_class_name="SD3Transformer2DModel", _diffusers_version=V, attention_head_dim=64,
+                       caption_projection_dim=1536, in_channels=16, joint_attention_dim=4096, num_attention_heads=24,
+                       num_layers=24, out_channels=16, patch_size=2, pooled_projection_dim=2048,
+                       pos_embed_max_size=192, sample_size=128)
+FLOW = dict(_class_name="FlowMatchEulerDiscreteScheduler", _diffusers_version=V, base_image_seq_len=256,
+            base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, num_train_timesteps=1000, shift=3.0,
+            use_dynamic_shifting=False)
+T5_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def tokenizer_config(pad: str) -> dict:
@@ -112,7 +144,75 @@ def kinds() -> dict[str, dict]:
                                  transformer_layers_per_block=[1, 2, 10], use_linear_projection=True),
         "vae/config.json": dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
     }
-    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, **variants(sd1, sd2, sdxl)}
+    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, **variants(sd1, sd2, sdxl), **new_families(sdxl)}
+
+
+def new_families(sdxl: dict) -> dict[str, dict]:
+    """Playground v2.5 (SDXL with an EDM schedule and its own latent statistics), SD 3 / 3.5 (MMDiT,
+    flow matching, shift 3), FLUX.1 dev (dynamic shift) and schnell (shift 1). The T5 tokenizer folder
+    (tokenizer_3 / tokenizer_2) is filled from configs/t5_tokenizer/ when the config is assembled."""
+    playground = {
+        **sdxl,
+        "model_index.json": dict(sdxl["model_index.json"], scheduler=["diffusers", "EDMDPMSolverMultistepScheduler"]),
+        "scheduler/scheduler_config.json": dict(
+            _class_name="EDMDPMSolverMultistepScheduler", _diffusers_version=V, algorithm_type="dpmsolver++",
+            dynamic_thresholding_ratio=0.995, euler_at_final=False, final_sigmas_type="zero", lower_order_final=True,
+            num_train_timesteps=1000, prediction_type="epsilon", rho=7.0, sample_max_value=1.0, sigma_data=0.5,
+            sigma_max=80.0, sigma_min=0.002, solver_order=2, solver_type="midpoint", thresholding=False),
+        "vae/config.json": dict(sdxl["vae/config.json"], scaling_factor=0.5,
+                                latents_mean=[-1.6574, 1.886, -1.383, 2.5155],
+                                latents_std=[8.4927, 5.9022, 6.5498, 5.2299]),
+    }
+    sd3 = {
+        "model_index.json": {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": V,
+                             "image_encoder": [None, None], "feature_extractor": [None, None],
+                             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                             "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+                             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                             "text_encoder_3": ["transformers", "T5EncoderModel"],
+                             "tokenizer": ["transformers", "CLIPTokenizer"],
+                             "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                             "tokenizer_3": ["transformers", "T5TokenizerFast"],
+                             "transformer": ["diffusers", "SD3Transformer2DModel"],
+                             "vae": ["diffusers", "AutoencoderKL"]},
+        "scheduler/scheduler_config.json": FLOW,
+        "text_encoder/config.json": CLIP_L_PROJ,
+        "text_encoder_2/config.json": OPENCLIP_BIGG,
+        "text_encoder_3/config.json": T5_XXL,
+        "tokenizer/tokenizer_config.json": tokenizer_config("<|endoftext|>"),
+        "tokenizer_2/tokenizer_config.json": tokenizer_config("!"),
+        "transformer/config.json": SD3_TRANSFORMER,
+        "vae/config.json": dict(VAE_16, scaling_factor=1.5305, shift_factor=0.0609),
+    }
+    sd35_medium = {**sd3, "transformer/config.json": dict(SD3_TRANSFORMER, dual_attention_layers=list(range(13)),
+                                                          pos_embed_max_size=384, qk_norm="rms_norm")}
+    sd35_large = {**sd3, "transformer/config.json": dict(SD3_TRANSFORMER, caption_projection_dim=2432,
+                                                         num_attention_heads=38, num_layers=38, qk_norm="rms_norm")}
+    flux_dev = {
+        "model_index.json": {"_class_name": "FluxPipeline", "_diffusers_version": V,
+                             "image_encoder": [None, None], "feature_extractor": [None, None],
+                             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                             "text_encoder": ["transformers", "CLIPTextModel"],
+                             "text_encoder_2": ["transformers", "T5EncoderModel"],
+                             "tokenizer": ["transformers", "CLIPTokenizer"],
+                             "tokenizer_2": ["transformers", "T5TokenizerFast"],
+                             "transformer": ["diffusers", "FluxTransformer2DModel"],
+                             "vae": ["diffusers", "AutoencoderKL"]},
+        "scheduler/scheduler_config.json": dict(FLOW, use_dynamic_shifting=True),
+        "text_encoder/config.json": CLIP_L,
+        "text_encoder_2/config.json": T5_XXL,
+        "tokenizer/tokenizer_config.json": tokenizer_config("<|endoftext|>"),
+        "transformer/config.json": dict(_class_name="FluxTransformer2DModel", _diffusers_version=V,
+                                        attention_head_dim=128, guidance_embeds=True, in_channels=64,
+                                        joint_attention_dim=4096, num_attention_heads=24, num_layers=19,
+                                        num_single_layers=38, patch_size=1, pooled_projection_dim=768),
+        "vae/config.json": dict(VAE_16, scaling_factor=0.3611, shift_factor=0.1159, mid_block_add_attention=True),
+    }
+    flux_schnell = {**flux_dev,
+                    "scheduler/scheduler_config.json": dict(FLOW, shift=1.0, use_dynamic_shifting=False),
+                    "transformer/config.json": dict(flux_dev["transformer/config.json"], guidance_embeds=False)}
+    return {"sdxl-playground": playground, "sd3-medium": sd3, "sd35-medium": sd35_medium, "sd35-large": sd35_large,
+            "flux-dev": flux_dev, "flux-schnell": flux_schnell}
 
 
 def _inpaint(files: dict, pipeline: str) -> dict:
@@ -162,6 +262,7 @@ def clip_vocab(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--open_clip_wheel", type=Path, help="open_clip_torch wheel holding bpe_simple_vocab_16e6.txt.gz")
+    ap.add_argument("--t5_wheel", type=Path, help="diffsynth 1.x wheel holding the T5 tokenizer files")
     args = ap.parse_args()
     for kind, files in kinds().items():
         for rel, data in files.items():
@@ -177,6 +278,15 @@ def main() -> int:
         (tok / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
         (tok / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
         print(f"CLIP vocabulary: {len(vocab)} tokens, {len(merges)} merges")
+    if args.t5_wheel:
+        folder = "diffsynth/tokenizer_configs/stable_diffusion_3/tokenizer_3/"
+        tok = OUT / "t5_tokenizer"
+        tok.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(args.t5_wheel) as z:
+            for name in T5_TOKENIZER_FILES:
+                (tok / name).write_bytes(z.read(folder + name))
+        vocab = json.loads((tok / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        print(f"T5 tokenizer: {len(vocab)} pieces")
     print(f"wrote {OUT}")
     return 0
 

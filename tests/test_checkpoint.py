@@ -66,8 +66,8 @@ def test_header_gives_every_key_and_shape_without_reading_the_weights(tmp_path):
     ({"clip_l": (2, 768), "clip_g": (2, 1280)}, "a textual-inversion embedding"),
     ({"conv_first.weight": (64, 3, 3, 3), "body.0.rdb1.conv1.weight": (32, 64, 3, 3)}, "a Real-ESRGAN upscaler"),
     ({"body.0.weight": (64, 3, 3, 3), "body.1.weight": (64,)}, "a Real-ESRGAN upscaler"),
-    ({U + "joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,)}, "Stable Diffusion 3"),
-    ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, "a Flux checkpoint"),
+    ({U + "joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,)}, "an SD 3-family model of a shape"),
+    ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, "a FLUX.1-shaped model with 1 double and 0 single"),
     ({"something.else": (3,)}, "not a Stable Diffusion checkpoint dreamshell knows (keys like something.else)"),
 ])
 def test_a_file_that_is_not_a_model_is_one_line_saying_what_it_is(tmp_path, shapes, says):
@@ -151,5 +151,5 @@ def test_kind_is_optional_in_the_models_file_and_read_from_the_weights(tmp_path)
     with pytest.raises(ModelsFileError, match=r"model 'l': .*lora.safetensors is a LoRA"):
         load_registry(f)
     f.write_text("l:\n  weights: xl.safetensors\n  prediction: x\n")
-    with pytest.raises(ModelsFileError, match="prediction 'x'; use v or epsilon"):
+    with pytest.raises(ModelsFileError, match="prediction 'x'; use v, epsilon or sample"):
         load_registry(f)

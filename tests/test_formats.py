@@ -779,3 +779,117 @@ def test_a_file_cut_in_its_pixels_keeps_its_recipe_with_one_note(tmp_path):
                             "are whole)",)
     whole = fetch_recipe(tmp_path / "whole.png")
     assert whole.notes == ()
+
+
+# ----- few-step recipes: LCM, TCD, Forge's Turbo schedule, explicit timesteps, eta (issue 17)
+
+def _ours(tmp_path, line):
+    from dreamshell.line.parser import parse_request
+    from dreamshell.store.formats import a1111_parameters
+    from dreamshell.store.pngmeta import ImageMeta
+    req = parse_request(line)
+    text = a1111_parameters(ImageMeta(req))
+    foreign = "\n".join(text.splitlines()[:-1] + [text.splitlines()[-1].rsplit(", Dreamshell: ", 1)[0]])
+    return req, text, fetch_recipe(png(tmp_path, {"parameters": foreign}))
+
+
+@pytest.mark.parametrize("line, keys, back", [
+    ('"a cat" -s 4 -S 1 -W 512 -H 512 -C 1 -A LCM',
+     "Steps: 4, Sampler: LCM, Schedule type: SGM Uniform, CFG scale: 1", '-A LCM --schedule sgm_uniform'),
+    ('"a cat" -s 4 -S 1 -W 512 -H 512 -C 1 -A LCM --timesteps 999,749,499,249',
+     "Steps: 4, Sampler: LCM, Schedule type: Turbo, CFG scale: 1", '-A LCM --timesteps 999,749,499,249'),
+    ('"a cat" -s 4 -S 1 -W 512 -H 512 -C 1 -A k_euler --timesteps 999,749,499,249',
+     "Steps: 4, Sampler: Euler, Schedule type: Turbo, CFG scale: 1", '-A k_euler --timesteps 999,749,499,249'),
+    ('"a cat" -s 3 -S 1 -W 512 -H 512 -C 1 -A k_euler --timesteps 999,899,799',
+     "Steps: 3, Sampler: Euler, CFG scale: 1", '-A k_euler --timesteps 999,899,799'),
+    ('"a cat" -s 4 -S 1 -W 512 -H 512 -C 1 -A TCD --eta 0.3',
+     "Steps: 4, Sampler: TCD, Schedule type: DDIM, CFG scale: 1", '-A TCD --schedule ddim --eta 0.3'),
+    ('"a cat" -s 8 -S 1 -W 512 -H 512 -C 1 -A ddim --schedule sgm_uniform --eta 0.5',
+     "Steps: 8, Sampler: DDIM, Schedule type: SGM Uniform, CFG scale: 1", '-A ddim --eta 0.5'),
+])
+def test_few_step_recipes_written_as_a1111_and_forge_read_them(tmp_path, line, keys, back):
+    req, text, recipe = _ours(tmp_path, line)
+    assert keys in text
+    if req.timesteps:
+        assert 'Timesteps: "' + ",".join(map(str, req.timesteps)) + '"' in text
+    if req.eta is not None:
+        assert ("Eta DDIM: " if req.sampler == "ddim" else "Eta: ") + format(req.eta, "g") in text
+    assert format_request(recipe.request).endswith(back), format_request(recipe.request)
+    assert "Timesteps" not in " ".join(recipe.notes) and "Eta" not in " ".join(recipe.notes)
+
+
+def test_our_few_step_lines_replay_exactly_from_the_dreamshell_key(tmp_path):
+    req, text, _ = _ours(tmp_path, '"a cat" -s 4 -S 1 -W 512 -H 512 -C 1 -A TCD --timesteps 999,749,499,249 --eta 0.3')
+    assert fetch_recipe(png(tmp_path, {"parameters": text}, "ours.png")).request == req
+
+
+def test_forge_turbo_schedule_and_a1111_lcm_infotexts(tmp_path):
+    text = ("a cat\nSteps: 4, Sampler: Euler, Schedule type: Turbo, CFG scale: 1, Seed: 5, Size: 1024x1024, "
+            "Version: f2.0.1v1.10.1-previous-669-gdfdcbab6")
+    assert format_request(fetch_recipe(png(tmp_path, {"parameters": text})).request) == \
+        '"a cat" -s 4 -S 5 -W 1024 -H 1024 -C 1 -A k_euler --schedule turbo'
+    text = "a cat <lora:lcm-lora-sdv1-5:1>\nSteps: 6, Sampler: LCM, Schedule type: SGM Uniform, CFG scale: 1.5, " \
+           "Seed: 5, Size: 512x512, Version: v1.10.1"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}, "lcm.png"))
+    assert format_request(recipe.request) == \
+        '"a cat <lora:lcm-lora-sdv1-5:1>" -s 6 -S 5 -W 512 -H 512 -C 1.5 -A LCM --schedule sgm_uniform'
+    assert recipe.notes == ()
+
+
+def test_a1111_eta_for_a_sampler_without_one_is_named(tmp_path):
+    text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Eta: 0.67"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request.eta is None
+    assert recipe.notes == (NOT_CARRIED + "Eta: 0.67",)
+
+
+def test_a1111_bad_timesteps_are_named(tmp_path):
+    text = 'a cat\nSteps: 2, Sampler: Euler, CFG scale: 1, Seed: 5, Size: 512x512, Timesteps: "499,999"'
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert recipe.request.timesteps == () and recipe.request.steps == 2
+    assert recipe.notes[-1].startswith(NOT_CARRIED + "Timesteps 499,999 (999 after 499 does not decrease")
+
+
+def comfy_custom(sigmas: dict, sampler_name="euler_ancestral", cfg=1.0):
+    graph = comfy_graph()
+    del graph["3"]
+    graph["3"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["4", 0], "add_noise": True, "noise_seed": 42, "cfg": cfg, "positive": ["6", 0],
+        "negative": ["7", 0], "sampler": ["20", 0], "sigmas": ["21", 0], "latent_image": ["5", 0]}}
+    graph["20"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler_name}}
+    graph["21"] = {"class_type": sigmas.pop("class_type"), "inputs": {"model": ["4", 0], **sigmas}}
+    graph["8"]["inputs"]["samples"] = ["3", 0]
+    return graph
+
+
+@pytest.mark.parametrize("sigmas, sampler_name, tail, cannot", [
+    ({"class_type": "SDTurboScheduler", "steps": 1, "denoise": 1.0}, "euler_ancestral",
+     "-s 1 -S 42 -W 512 -H 512 -C 1 -A k_euler_a --schedule sgm_uniform", False),
+    ({"class_type": "SDTurboScheduler", "steps": 4, "denoise": 1.0}, "euler",
+     "-s 4 -S 42 -W 512 -H 512 -C 1 -A k_euler --timesteps 999,899,799,699", False),
+    ({"class_type": "SDTurboScheduler", "steps": 2, "denoise": 1.0}, "euler_ancestral",
+     "-s 2 -S 42 -W 512 -H 512 -C 1 -A k_euler_a --timesteps 999,899", True),
+    ({"class_type": "BasicScheduler", "scheduler": "sgm_uniform", "steps": 4, "denoise": 1.0}, "lcm",
+     "-s 4 -S 42 -W 512 -H 512 -C 1 -A LCM --schedule sgm_uniform", False),
+    ({"class_type": "BasicScheduler", "scheduler": "simple", "steps": 4, "denoise": 1.0}, "tcd",
+     "-s 4 -S 42 -W 512 -H 512 -C 1 -A TCD --schedule simple", False),
+])
+def test_comfyui_sampler_custom_with_turbo_and_basic_schedulers(tmp_path, sigmas, sampler_name, tail, cannot):
+    recipe = fetch_recipe(png(tmp_path, {"prompt": json.dumps(comfy_custom(sigmas, sampler_name))}))
+    assert format_request(recipe.request.with_(model=None)).endswith(tail), format_request(recipe.request)
+    assert any("cannot run explicit --timesteps" in n for n in recipe.notes) == cannot
+
+
+def test_comfyui_sampler_custom_with_other_sigmas_is_one_line(tmp_path):
+    graph = comfy_custom({"class_type": "KarrasScheduler", "steps": 4})
+    with pytest.raises(MetadataError) as e:
+        read_recipe(png(tmp_path, {"prompt": json.dumps(graph)}))
+    assert "the sigmas come from KarrasScheduler, not a BasicScheduler or SDTurboScheduler" in str(e.value)
+
+
+def test_comfyui_ksampler_lcm_and_tcd_names(tmp_path):
+    for name, ours in (("lcm", "LCM"), ("tcd", "TCD")):
+        graph = comfy_graph()
+        graph["3"]["inputs"].update(sampler_name=name, scheduler="sgm_uniform", steps=4, cfg=1.0)
+        recipe = fetch_recipe(png(tmp_path, {"prompt": json.dumps(graph)}, f"{name}.png"))
+        assert (recipe.request.sampler, recipe.request.schedule) == (ours, "sgm_uniform")

@@ -10,6 +10,7 @@ from dreamshell.store.dreamlog import commands_from_bytes
 from dreamshell.line.formatter import format_request
 from dreamshell.line.limits import max_steps
 from dreamshell.line.parser import parse_request
+from dreamshell.line.presets import preset_names
 from dreamshell.line.prompt import PromptError, split_prompt
 from dreamshell.line.request import DreamRequest, UpscaleSpec
 from dreamshell.line.safetext import first_unsafe
@@ -99,6 +100,9 @@ FIELD_STRATEGIES = {
     "hires_steps": st.integers(1, 999),
     "hires_strength": unit.filter(lambda x: x > 0),
     "hires_upscaler": st.sampled_from(["latent", "lanczos", "esrgan"]),
+    "timesteps": st.sets(st.integers(0, 999), min_size=1, max_size=8).map(lambda s: tuple(sorted(s, reverse=True))),
+    "eta": unit,
+    "preset": st.sampled_from(preset_names()),
     "control": st.lists(controls(), max_size=4, unique_by=lambda c: c.model.lower()).map(tuple),
     "outcrop": st.lists(st.tuples(st.sampled_from(DIRECTIONS), st.integers(1, 256).map(lambda n: n * 8)), min_size=1,
                         max_size=4, unique_by=lambda p: p[0]).map(tuple),
@@ -120,6 +124,9 @@ def requests(draw):
             values[name] = draw(strategy)
     if "schedule" in values and values.get("sampler", "").endswith(("Karras", "Uniform")):
         del values["schedule"]   # a combined name already names its schedule
+    if "timesteps" in values:   # explicit timesteps stand without a schedule and set -s to their count
+        values.pop("schedule", None)
+        values["steps"] = len(values["timesteps"])
     if "inpaint_padding" in values:
         values["inpaint_area"] = "masked"      # the padding implies Only masked
     if "inpaint_area" in values:

@@ -26,7 +26,8 @@ def test_every_a1111_sampler_and_schedule_is_known_with_its_automatic_schedule()
         sampler = find_sampler(name)
         assert sampler is not None and sampler.a1111 == name
         assert effective_schedule(sampler, "automatic").name == (auto or "uniform")
-    assert [s.a1111 for s in SCHEDULES] == A1111_SCHEDULES
+    assert [s.a1111 for s in SCHEDULES][:len(A1111_SCHEDULES)] == A1111_SCHEDULES
+    assert [s.a1111 for s in SCHEDULES][len(A1111_SCHEDULES):] == ["Turbo"]   # Forge's, after A1111's
 
 
 @pytest.mark.parametrize("name, sampler, schedule", [

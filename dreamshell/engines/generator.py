@@ -19,7 +19,7 @@ from ..line.samplers import SamplerError
 from ..line.samplers import plan as scheduler_plan
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
-from ..weights.models import ModelSpec, builtin_models_dir
+from ..weights.models import ModelSpec, default_folders
 from . import control, loading
 from .adapters import Adapters
 from .batching import generate_together
@@ -28,7 +28,6 @@ from .device import is_out_of_memory, pick_device, pick_dtype, quiet_libraries
 from .hires_pass import generate_hires
 from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
-
 
 _LOAD_LOCK = threading.RLock()
 
@@ -50,7 +49,7 @@ class DiffusersGenerator:
         self.model_hash = ""
         self._pipes: dict = {}
         self._scheduler_config = None
-        self.library = Library(folders or Folders.under(builtin_models_dir()))   # when a caller gives no files
+        self.library = Library(folders or default_folders())   # when a caller gives no files
         self.adapters = Adapters()
         self.control = control.ControlModels()   # --control's ControlNets / T2I-Adapters (engines/control.py)
         self._control_maps: dict = {}            # the image's control maps by size (run/image.load_inputs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from ..weights.checkpoint import (
@@ -15,7 +16,8 @@ from ..weights.checkpoint import (
     NotAModel,
     classify,
     detect_folder,
-    safetensors_header,
+    same_model,
+    weights_header,
 )
 from ..weights.hashing import cache_dir
 from ..weights.models import ModelSpec
@@ -23,7 +25,9 @@ from .protocols import GenerationError, Interrupted
 
 # diffusers' infer_diffusers_model_type names -> dreamshell kinds
 DIFFUSERS_TYPES = {"v1": "sd1", "inpainting": "sd1-inpaint", "v2": "sd2", "inpainting_v2": "sd2-inpaint",
-                   "xl_base": "sdxl", "xl_inpaint": "sdxl-inpaint", "xl_refiner": "sdxl-refiner"}
+                   "xl_base": "sdxl", "xl_inpaint": "sdxl-inpaint", "xl_refiner": "sdxl-refiner",
+                   "playground-v2-5": "sdxl-playground", "sd3": "sd3-medium", "sd35_medium": "sd35-medium",
+                   "sd35_large": "sd35-large", "flux-dev": "flux-dev", "flux-schnell": "flux-schnell"}
 PIPELINES = {
     ("sd", "txt2img"): "StableDiffusionPipeline", ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
     ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
@@ -73,8 +77,11 @@ def detect_weights(spec: ModelSpec) -> Detected:
     try:
         if path.is_dir():
             return detect_folder(path)
-        keys = safetensors_header(path) if path.suffix.lower() == ".safetensors" else ckpt_shapes(path)
-        found = classify(keys)
+        if path.suffix.lower() in (".safetensors", ".gguf"):
+            keys, meta = weights_header(path)
+        else:
+            keys, meta = ckpt_shapes(path), {}
+        found = classify(keys, meta, path.name)
     except NotAModel as e:
         text = str(e)
         raise GenerationError(f"model '{spec.name}': " + (text if text.startswith(str(path)) else f"{path} is {text}")) \
@@ -82,22 +89,27 @@ def detect_weights(spec: ModelSpec) -> Detected:
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
     theirs = DIFFUSERS_TYPES.get(infer_diffusers_model_type({k: _Shape(v) for k, v in keys.items()
                                                               if isinstance(v, tuple)}))
-    if theirs and theirs != found.kind:  # diffusers converts by its own reading: follow it
-        return Detected(theirs, found.prediction, f"diffusers reads it as {KIND_NAMES[theirs]}")
+    if theirs and not same_model(found.kind or "", theirs):  # diffusers converts by its own reading: follow it
+        return replace(found, kind=theirs, note=f"diffusers reads it as {KIND_NAMES[theirs]}")
     return found
 
 
 def settle_kind(spec: ModelSpec, found: Detected) -> str:
     """The kind to load: the detected one; a models-file kind that contradicts the weights is an error."""
     given = spec.kind
-    if given and found.kind and given != found.kind and given != found.family:
+    if given and found.kind and same_model(given, found.kind) and given in KIND_NAMES and given != found.family:
+        return given   # the models file tells what the keys cannot (SD 3.5 Large Turbo)
+    if given and found.kind and not same_model(given, found.kind):
         raise GenerationError(f"model '{spec.name}': the models file says kind {given}, but {spec.weights} is "
                               f"{found.label} ({found.note}); fix or remove 'kind'")
     return found.kind or given or "sd1"
 
 
 def config_folder(kind: str, prediction: str | None) -> str:
-    """The shipped config for a kind: SD 2.x epsilon (the 512 base) has its own."""
+    """The shipped config for a kind: SD 2.x epsilon (the 512 base) has its own; SD 3.5 Large Turbo
+    is SD 3.5 Large's network."""
+    if kind == "sd35-large-turbo":
+        return "sd35-large"
     return "sd2-base" if kind == "sd2" and prediction == "epsilon" else kind
 
 
@@ -105,6 +117,10 @@ def pipeline_class(kind: str, mode: str):
     """The diffusers pipeline for a kind and mode: an inpainting UNet runs every mode through the
     inpaint pipeline; the SDXL refiner is an img2img pipeline."""
     import diffusers
+
+    from . import families
+    if families.is_new_family(kind):
+        return families.pipeline_class(kind, mode)
     if kind.endswith("-inpaint"):
         mode = "inpaint"
     elif kind == "sdxl-refiner":
@@ -131,8 +147,8 @@ def derive(cls, base, **extra):
 
 
 def set_prediction(pipe, prediction: str | None) -> None:
-    """Follow `prediction: v|epsilon` (models file or weights) in the pipeline's scheduler config."""
-    wanted = {"v": "v_prediction", "epsilon": "epsilon"}.get(prediction or "")
+    """Follow `prediction: v|epsilon|sample` (models file or weights) in the pipeline's scheduler config."""
+    wanted = {"v": "v_prediction", "epsilon": "epsilon", "sample": "sample"}.get(prediction or "")
     if wanted and pipe.scheduler.config.get("prediction_type") != wanted:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
 

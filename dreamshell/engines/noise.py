@@ -211,7 +211,9 @@ class _BrownianSteps:
 
     def __call__(self, shape, generator=None, device=None, dtype=None, layout=None, **_):
         import torch
-        from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+        from diffusers.schedulers.scheduling_dpmsolver_sde import (
+            BrownianTreeNoiseSampler,
+        )
         sigmas = self.scheduler.sigmas
         i = self.scheduler.step_index
         s, t = sigmas[i], sigmas[i + 1]

@@ -115,9 +115,11 @@ class PreviewTap:
         if step % self.every and step != total:
             return
         latent = self.predicted if self.predicted is not None else latents
-        if latent is None or latent.ndim != 4 or latent.shape[1] != len(self.projection.factors):
+        channels = getattr(self.projection, "channels", None) or len(self.projection.factors)
+        if latent is None or latent.ndim != 4 or latent.shape[1] != channels:
             return
-        self.on_preview(step, total, latent_to_image(latent, self.projection))
+        to_image = getattr(self.projection, "to_image", None)   # a tiny decoder (engines/decoders.TinyPreview)
+        self.on_preview(step, total, to_image(latent) if to_image else latent_to_image(latent, self.projection))
 
 
 def _predicts_x0(scheduler) -> bool:

@@ -27,13 +27,13 @@ MAX_COMMAND_FILE_BYTES = 64 * 1024 * 1024   # --from_file, !replay, the dry run
 
 # Steps each sampler takes: the SD schedulers are trained on 1000 timesteps. DDIM raises above it,
 # PLMS then repeats one timestep, and the DPM-Solver/UniPC/DEIS grids repeat a timestep from 1000 on;
-# LCM refuses more than its 50 original steps (measured on diffusers' schedulers with the SD 1.x config;
+# LCM and TCD refuse more than their 50 original steps (measured on diffusers' schedulers with the SD 1.x config;
 # tests/test_limits.py checks it).
 TRAIN_TIMESTEPS = 1000
 _SCHEDULER_STEPS = {"DPMSolverMultistepScheduler": TRAIN_TIMESTEPS - 1,
                     "DPMSolverSinglestepScheduler": TRAIN_TIMESTEPS - 1,
                     "DPMSolverSDEScheduler": TRAIN_TIMESTEPS - 1, "UniPCMultistepScheduler": TRAIN_TIMESTEPS - 1,
-                    "DEISMultistepScheduler": TRAIN_TIMESTEPS - 1, "LCMScheduler": 50}
+                    "DEISMultistepScheduler": TRAIN_TIMESTEPS - 1, "LCMScheduler": 50, "TCDScheduler": 50}
 MAX_STEPS: dict[str, int] = {s.name: _SCHEDULER_STEPS.get(s.scheduler or "", TRAIN_TIMESTEPS) for s in SAMPLERS}
 MAX_ANY_STEPS = max(MAX_STEPS.values())
 

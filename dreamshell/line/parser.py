@@ -49,7 +49,12 @@ def is_comment(line: str) -> bool:
 
 
 def strip_log_prefix(line: str) -> str:
-    """Remove a dream_log.txt line's leading `path: `."""
+    """Remove a dream_log.txt line's leading `path: ` (line/logline.py's split for our images, whatever
+    the folder's name; any other `.png: ` path as before)."""
+    from .logline import split_log_line
+    parts = split_log_line(line.lstrip())
+    if parts is not None:
+        return parts[1].lstrip()
     return _LOG_PREFIX.sub("", line, count=1)
 
 
@@ -211,6 +216,14 @@ def parse_request(line: str) -> DreamRequest | HelpRequest:
     if values.get("schedule") and values.get("sampler") and find_sampler(values["sampler"]).schedule:
         raise ParseError(f"-A {values['sampler']} already names its schedule; give --schedule with the plain "
                          "sampler name instead")
+    if values.get("timesteps"):
+        count = len(values["timesteps"])
+        if values.get("schedule"):
+            raise ParseError("--timesteps sets the noise levels itself; give it without --schedule")
+        if values.get("steps", count) != count:
+            raise ParseError(f"-s {values['steps']} but --timesteps names {count}; give one of them "
+                             "(-s is set to the count of --timesteps)")
+        values["steps"] = count
     if any(k.startswith("hires_") for k in values):
         values["hires_fix"] = True   # --hires_scale and the rest imply the hires fix
         if values.get("init_img"):

@@ -49,6 +49,9 @@ class DreamRequest:
     hires_steps: int | None = None        # steps of the second pass (default: -s)
     hires_strength: float | None = None   # denoising strength of the second pass (default 0.7, A1111's)
     hires_upscaler: str | None = None     # latent | lanczos | esrgan (default latent)
+    timesteps: tuple[int, ...] = ()       # explicit timesteps, strictly decreasing (--timesteps 999,749,499,249)
+    eta: float | None = None              # the step's eta: TCD's gamma, DDIM's eta; None: the sampler's own
+    preset: str | None = None             # a few-step recipe (line/presets.py); resolved before a line runs
     control: tuple[ControlSpec, ...] = ()          # --control: ControlNets / T2I-Adapters and their images
     outcrop: tuple[tuple[str, int], ...] = ()      # --outcrop: (direction, pixels) the init image grows by
     inpaint_area: str | None = None       # "masked": A1111's Only masked (None: the whole picture)

@@ -32,10 +32,11 @@ class Sampler:
     timesteps: bool = False       # A1111 runs it on timesteps: it ignores the schedule type
     instead: str = ""             # for scheduler None: what to use instead
     schedule: str | None = None   # set on a combined name such as "DPM++ 2M Karras"
+    eta: float | None = None      # the step's eta when --eta is not given (TCD's gamma, DDIM's eta); None: takes none
 
 
 SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("ddim", "DDIM", "DDIMScheduler", timesteps=True),
+    Sampler("ddim", "DDIM", "DDIMScheduler", timesteps=True, eta=0.0),
     Sampler("plms", "PLMS", "PNDMScheduler", {"skip_prk_steps": True}, timesteps=True, aliases=("pndm",)),
     Sampler("k_lms", "LMS", "LMSDiscreteScheduler", aliases=("lms",)),
     Sampler("k_euler", "Euler", "EulerDiscreteScheduler", aliases=("euler",)),
@@ -67,8 +68,14 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Restart", "Restart", None, auto="karras", aliases=("restart",), instead="try k_heun or k_dpmpp_2"),
     Sampler("DDIM CFG++", "DDIM CFG++", None, timesteps=True, aliases=("ddim_cfgpp",), instead="try ddim"),
     Sampler("UniPC", "UniPC", "UniPCMultistepScheduler", timesteps=True, aliases=("unipc", "uni_pc")),
-    Sampler("LCM", "LCM", "LCMScheduler", timesteps=True, aliases=("k_lcm", "lcm")),
+    # A1111 runs LCM as a k-diffusion sampler over its 50 LCM sigmas (sd_samplers_lcm.py), so its Schedule type
+    # applies; diffusers' LCMScheduler ignores timestep_spacing (999, 759, 499, 259 at 4 steps, any spacing)
+    Sampler("LCM", "LCM", "LCMScheduler", aliases=("k_lcm", "lcm")),
     Sampler("deis", None, "DEISMultistepScheduler"),
+    # TCD (Zheng et al. 2024, arXiv 2402.19159): diffusers' TCDScheduler; its gamma is the step's `eta`, 0.3 by
+    # default (diffusers docs using-diffusers/inference_with_tcd_lora.md; ComfyUI-TCD's and the A1111 TCD
+    # extension's default). ComfyUI core has no `tcd` sampler_name; custom nodes and forks register it.
+    Sampler("TCD", "TCD", "TCDScheduler", eta=0.3, aliases=("tcd",)),
 )
 
 
@@ -93,6 +100,9 @@ SCHEDULES: tuple[Schedule, ...] = (
     Schedule("normal", "Normal", {"timestep_spacing": "linspace"}),
     Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",)),
     Schedule("beta", "Beta", {"use_beta_sigmas": True}),
+    # Forge's `Turbo` (modules/sd_schedulers.py turbo_scheduler): timesteps round(k * 1000/n - 1), k = n..1, at
+    # their exact sigmas: diffusers' trailing integers at 1-15 steps (999, 749, 499, 249 at 4), within one above
+    Schedule("turbo", "Turbo", {"timestep_spacing": "trailing"}),
 )
 
 # the schedule options each diffusers scheduler's __init__ takes (diffusers 0.42; from_config ignores others)
@@ -100,12 +110,16 @@ _SPACING = frozenset({"timestep_spacing", "steps_offset"})
 _ALL = _SPACING | {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"}
 _TAKES: dict[str, frozenset] = {
     "DDIMScheduler": _SPACING, "PNDMScheduler": _SPACING, "EulerAncestralDiscreteScheduler": _SPACING,
-    "LCMScheduler": _SPACING, "DPMSolverSinglestepScheduler": _ALL - _SPACING,
+    "LCMScheduler": _SPACING, "TCDScheduler": _SPACING, "DPMSolverSinglestepScheduler": _ALL - _SPACING,
     **{name: _ALL for name in ("LMSDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
                                "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
                                "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "UniPCMultistepScheduler",
                                "DEISMultistepScheduler")},
 }
+
+# the schedulers whose set_timesteps() takes explicit `timesteps` (diffusers 0.42; tests/test_presets.py checks)
+TAKES_TIMESTEPS = frozenset({"EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+                             "DPMSolverSinglestepScheduler", "LCMScheduler", "TCDScheduler"})
 
 _SCHEDULE_BY_NAME: dict[str, Schedule] = {}
 for _sc in SCHEDULES:
@@ -179,15 +193,21 @@ def effective_schedule(sampler: Sampler, schedule: str | None) -> Schedule | Non
 
 @dataclass(frozen=True)
 class Plan:
-    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`."""
+    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`, then runs
+    with `pipe(timesteps=list(timesteps))` when `timesteps` is not empty (else `num_inference_steps`) and
+    `pipe(eta=eta)` when `eta` is not None."""
 
     scheduler: str
     options: dict
     needs: str | None
+    timesteps: tuple[int, ...] = ()
+    eta: float | None = None
 
 
-def plan(sampler_name: str, schedule: str | None = None) -> Plan:
-    """The diffusers scheduler for a sampler and schedule, or SamplerError naming what cannot run."""
+def plan(sampler_name: str, schedule: str | None = None, timesteps: tuple[int, ...] = (),
+         eta: float | None = None) -> Plan:
+    """The diffusers scheduler for a sampler and schedule (and explicit timesteps, and the step's eta), or
+    SamplerError naming what cannot run."""
     sampler = find_sampler(sampler_name)
     if sampler is None:
         raise SamplerError(f"unknown sampler '{sampler_name}'")
@@ -207,15 +227,25 @@ def plan(sampler_name: str, schedule: str | None = None) -> Plan:
             raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
                                f"{sampler.scheduler} has no {missing[0]}")
         options.update(sched.options)
-    return Plan(sampler.scheduler, options, sampler.needs)
+    if timesteps and sampler.scheduler not in TAKES_TIMESTEPS:
+        takes = sorted(s.name for s in SAMPLERS if s.scheduler in TAKES_TIMESTEPS)
+        raise SamplerError(f"sampler '{sampler.name}' cannot run explicit --timesteps (diffusers' {sampler.scheduler} "
+                           f"takes none); samplers that can: {', '.join(takes)}")
+    if eta is not None and sampler.eta is None:
+        takes = sorted(s.name for s in SAMPLERS if s.eta is not None)
+        raise SamplerError(f"sampler '{sampler.name}' takes no --eta; samplers that do: {', '.join(takes)}")
+    return Plan(sampler.scheduler, options, sampler.needs, tuple(timesteps),
+                eta if eta is not None else sampler.eta)
 
 
-def cannot_run(sampler_name: str | None, schedule: str | None = None) -> str | None:
-    """Why this sampler/schedule cannot run here, or None when it can (checked without torch)."""
+def cannot_run(sampler_name: str | None, schedule: str | None = None, timesteps: tuple[int, ...] = (),
+               eta: float | None = None) -> str | None:
+    """Why this sampler/schedule (with explicit timesteps, an eta) cannot run here, or None when it can
+    (checked without torch)."""
     if not sampler_name:
         return None
     try:
-        plan(sampler_name, schedule)
+        plan(sampler_name, schedule, timesteps, eta)
     except SamplerError as e:
         return str(e)
     return None

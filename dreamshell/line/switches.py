@@ -105,6 +105,40 @@ def text(rule: str) -> Callable[[str], str]:
     return convert
 
 
+MAX_TIMESTEP = 999        # the SD schedulers' last training timestep (num_train_timesteps - 1)
+MAX_TIMESTEPS = 1000
+
+
+def timesteps(token: str) -> tuple[int, ...]:
+    rule = (f"--timesteps takes whole numbers from {MAX_TIMESTEP} down to 0, strictly decreasing, separated by "
+            f"commas (at most {MAX_TIMESTEPS}), e.g. 999,749,499,249")
+    parts = token.split(",")
+    if len(parts) > MAX_TIMESTEPS:
+        raise SwitchError(f"{len(parts)} timesteps is too many; {rule}")
+    values = []
+    for part in parts:
+        value = _int(part.strip(), rule)
+        if not 0 <= value <= MAX_TIMESTEP:
+            raise SwitchError(f"{quoted(part.strip())} is out of range; {rule}")
+        if values and value >= values[-1]:
+            raise SwitchError(f"{value} after {values[-1]} does not decrease; {rule}")
+        values.append(value)
+    return tuple(values)
+
+
+def format_timesteps(values) -> list[str]:
+    return [",".join(str(v) for v in values)]
+
+
+def preset(token: str) -> str:
+    from .presets import find_preset, preset_names
+    found = find_preset(token)
+    if found is None:
+        raise SwitchError(f"unknown preset {quoted(token)}; presets: {', '.join(preset_names())} "
+                          "(pick the step count with -s)")
+    return found
+
+
 def clip_skip(token: str) -> int:
     rule = "--clip_skip goes from 1 (the text encoder's last layer: off) to 12 (A1111's numbering)"
     value = _int(token, rule)
@@ -289,6 +323,14 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("hires_upscaler", "--hires_upscaler", (), hires_upscaler,
            "hires fix: " + ", ".join(hires.upscaler_names()) + f" (default {hires.DEFAULT_UPSCALER})", "NAME",
            complete="hires_upscaler"),
+    Switch("timesteps", "--timesteps", (), timesteps,
+           "explicit timesteps instead of a schedule, e.g. 999,749,499,249 (sets -s to their count)", "T,T,...",
+           format=format_timesteps),
+    Switch("eta", "--eta", (), float_range(0, 1, "--eta goes from 0 to 1"),
+           "the step's eta: TCD's gamma (default 0.3; more is softer), DDIM's eta (default 0)", "F"),
+    Switch("preset", "--preset", (), preset,
+           "a few-step recipe: lcm, turbo, lightning, hyper, tcd, dmd2 (-s picks the published step count; "
+           "a switch on the line wins; the log records the resolved switches)", "NAME", complete="preset"),
     Switch("control", "--control", (), _control_value,
            "a ControlNet/T2I-Adapter (controlnets folder) guided by IMAGE (-1: the last image) through PRE ("
            + ", ".join(ctl.PREPROCESSORS) + "; default: the model's name says); W weight 0..2 (1), S..E the part of "

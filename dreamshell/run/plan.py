@@ -26,11 +26,13 @@ from ..line.control import DEFAULT_PADDING, OUTCROP_STRENGTH, default_preprocess
 from ..line.errors import UserError
 from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
 from ..line.parser import parse_line
+from ..line.presets import apply_model_preset, apply_preset, prediction_needed
 from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
-from ..line.safetext import first_line, shorten
+from ..line.safetext import shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
 from ..weights.checkpoint import FAMILY_NAMES
+from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
 from .resolve import UNKNOWN_SEEDS, apply_defaults, image_requests, resolve_request
@@ -57,6 +59,7 @@ class CheckedLine:
     files: LineFiles             # its LoRAs and embeddings (and a VAE it names), found once
     explicit_size: bool          # -W/-H given (on the line or at launch): an init image must match, or --fit
     notes: tuple[str, ...] = ()  # what the user should know before it runs (an embedding name with no file)
+    preset: str | None = None    # the --preset it was filled from (the line's or the launch's), for the checks
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,11 @@ class Planner:
 
     def __init__(self, registry: Registry, defaults: DreamRequest | None = None, library: Library | None = None):
         self.registry = registry
-        self.defaults = defaults
+        self.launch_preset = defaults.preset if defaults is not None else None
+        # a preset given at launch fills the launch's defaults once (what the launch switches leave open);
+        # a line with a preset of its own takes the launch's switches without the launch's preset
+        self.switches = defaults.with_(preset=None) if defaults is not None else None
+        self.defaults = apply_preset(defaults) if defaults is not None else None
         self.library = library or Library(registry.folders)
 
     def model(self, name: str) -> ModelSpec:
@@ -131,7 +138,10 @@ class Planner:
     def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False) -> CheckedLine:
         """Everything the line alone can tell (`files`: also its -I/-M files). A file that is not there
         yet but that `pending(path)` says a queued line may make is looked for when the line runs."""
-        request = apply_defaults(request, self.defaults)
+        # precedence: the line's switches, its --preset, the launch's switches, the launch's --preset, then
+        # (when it runs) the model's defaults and its models-file preset
+        line_preset = request.preset
+        request = apply_defaults(apply_preset(request), self.switches if line_preset else self.defaults)
         if request.inpaint_area and not request.init_mask:   # a session default for lines without -M
             request = request.with_(inpaint_area=None, inpaint_padding=None)
         spec = self.model(request.model) if request.model is not None else None
@@ -149,13 +159,19 @@ class Planner:
                 size_from_image(request.init_img)
         notes = tuple(self.library.missing_embedding_notes(request.prompt, found.embeddings))
         notes += tuple(control_notes(request, found))
-        return CheckedLine(request, spec, found, explicit, notes)
+        return CheckedLine(request, spec, found, explicit, notes, line_preset or self.launch_preset)
 
     def resolve(self, checked: CheckedLine, state: PlanState) -> LinePlan:
         """The line after the lines before it: model, seeds, -I -1, sizes, one request per image."""
         request, spec = checked.request, checked.spec or state.model
         check_weights(spec)
+        request = apply_model_preset(request, spec.preset, spec.steps, spec.sampler, spec.cfg_scale)
+        preset = checked.preset or spec.preset
         resolved = resolve_request(request, spec, state.seeds, state.rng).with_(model=spec.name)
+        if preset:
+            why = prediction_needed(preset, resolved.steps, spec.prediction)
+            if why:
+                raise UserError(why)
         check_sampler(resolved.sampler, resolved.schedule)
         check_resolved(resolved)
         files = checked.files
@@ -299,16 +315,11 @@ def _exists(path: str) -> bool:
 
 def check_image_file(path: str, what: str) -> None:
     """-I / -M name a regular file (a FIFO or a device would block the queue or never end)."""
-    p = Path(path).expanduser()
-    try:
-        there, regular = p.exists(), p.is_file()
-    except OSError as e:
-        raise UserError(f"{what} {shorten(path, 80)}: {e.strerror or first_line(e)}") from None
-    if not there:
-        raise UserError(f"{what} {path}: no such file")
-    if not regular:
-        kind = "a folder" if p.is_dir() else "not a regular file (a FIFO, a device or a socket)"
-        raise UserError(f"{what} {path}: is {kind}; give an image file")
+    kind = kind_of(path)
+    if kind in ("missing", "too long"):
+        raise UserError(f"{what} {shorten(path, 120)}: {describe_kind(kind)}")
+    if kind != "file":
+        raise UserError(f"{what} {shorten(path, 120)}: is {describe_kind(kind)}; give an image file")
 
 
 def size_from_image(path: str) -> tuple[int, int]:

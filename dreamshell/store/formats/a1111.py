@@ -48,10 +48,38 @@ def _sampler_keys(r: DreamRequest) -> list[tuple[str, str]]:
     if sampler is None:
         return [("Sampler", str(r.sampler))]
     keys = [("Sampler", sampler.a1111 or sampler.name)]
+    if r.timesteps:   # Forge's Turbo schedule runs trailing timesteps exactly; the list itself is `Timesteps`
+        if not sampler.timesteps and list(r.timesteps) == trailing_timesteps(len(r.timesteps)):
+            keys.append(("Schedule type", "Turbo"))
+        return keys
     if sampler.timesteps and not r.schedule:
         return keys
+    if sampler.name == "LCM" and not r.schedule:
+        # A1111's LCM (sd_samplers_lcm.py) at SGM Uniform runs t = 999, 754, 509, 264 at 4 steps, which its
+        # denoiser rounds to the 50 LCM timesteps: the nearest to diffusers' 999, 759, 499, 259 (its
+        # Automatic runs 999, 672, 346, 19)
+        return keys + [("Schedule type", "SGM Uniform")]
     schedule = effective_schedule(sampler, r.schedule)
     keys.append(("Schedule type", schedule.a1111 if schedule else "DDIM"))
+    return keys
+
+
+def trailing_timesteps(n: int) -> list[int]:
+    """diffusers' trailing spacing at n steps (999, 749, 499, 249 at 4), as Forge's Turbo schedule makes them
+    up to 15 steps (tests/test_presets.py)."""
+    return [round(1000 - i * 1000 / n) - 1 for i in range(n)] if 0 < n <= 15 else []
+
+
+def _step_keys(r: DreamRequest) -> list[tuple[str, str]]:
+    """Explicit timesteps (`Timesteps`, ours: no A1111 or Forge version reads it; it shows in PNG Info and
+    dreamshell's !fetch reads it) and the step's eta as A1111 names it (`Eta DDIM` for DDIM; `Eta` otherwise,
+    which the A1111 TCD extension ignores: it runs gamma 0.3)."""
+    keys = []
+    if r.timesteps:
+        keys.append(("Timesteps", ",".join(str(t) for t in r.timesteps)))
+    if r.eta is not None:
+        sampler = find_sampler(r.sampler or "")
+        keys.append(("Eta DDIM" if sampler and sampler.name == "ddim" else "Eta", _num(r.eta)))
     return keys
 
 
@@ -136,6 +164,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
     if r.clip_skip and r.clip_skip > 1:
         keys.append(("Clip skip", str(r.clip_skip)))
     keys += _rng_keys(r)
+    keys += _step_keys(r)
     if r.seamless:
         keys.append(("Tiling", "True"))
     keys += inpaint_area_keys(r)
@@ -357,6 +386,23 @@ def _sampler(b: Builder, params: dict[str, str]) -> None:
     b.values["sampler"] = base.name
     if schedule:
         b.values["schedule"] = schedule
+    _steps_and_eta(b, params, base, label)
+
+
+def _steps_and_eta(b: Builder, params: dict[str, str], sampler, label: str) -> None:
+    """`Timesteps` (ours) and `Eta DDIM` / `Eta` for a sampler that takes an eta (DDIM, TCD)."""
+    text = params.pop("Timesteps", None)
+    if text is not None and b.set("--timesteps", text.strip().strip('"'), "Timesteps"):
+        count = len(b.values["timesteps"])
+        if b.values.get("steps", count) != count:
+            b.note(f"Steps: {b.values['steps']} read as {count}, the count of Timesteps")
+        b.values["steps"] = count
+        schedule = b.values.pop("schedule", None)
+        if label and not (schedule == "turbo" and list(b.values["timesteps"]) == trailing_timesteps(count)):
+            b.note(f"Schedule type: {short(label)} left out: the image names its Timesteps")
+    key = "Eta DDIM" if sampler.name == "ddim" else "Eta"
+    if key in params and sampler.eta is not None:
+        b.set("--eta", params.pop(key), key)
 
 
 # Hires keys A1111 writes only when the hires pass differs from the first (processing.py); dreamshell's hires pass

@@ -1,17 +1,18 @@
 """ComfyUI's `prompt` chunk (the API graph: node id -> {class_type, inputs}) when it is the plain
 checkpoint -> CLIP text encode -> KSampler -> VAE decode graph, LoRA loaders allowed (as `<lora:...>` tags),
 with CLIPSetLastLayer (clip skip) and VAELoader (--vae); other graphs are one clear line. Node and input
-names: ComfyUI `nodes.py`."""
+names: ComfyUI `nodes.py`. A SamplerCustom in the KSampler's place is read when its sampler is a
+KSamplerSelect and its sigmas a BasicScheduler (-s, --schedule) or an SDTurboScheduler (its timesteps,
+comfy_extras/nodes_custom_sampler.py: 999, 899, ... from 10 - int(10 * denoise), as --timesteps)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 from ...line.control import ControlError, ControlSpec, check_control, default_preprocessor
 from ...line.prompt import PromptError, split_prompt
 from ...line.switches import format_number
-from .common import Builder, MetadataError, Recipe, short
+from .common import Builder, MetadataError, Recipe, load_json, short
 from .prompts import a1111_to_dreamshell
 
 _LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "LoraLoader", "LoraLoaderModelOnly")
@@ -156,13 +157,10 @@ def _latent(b: Builder, graph: dict, link, denoise) -> None:
 
 def read_comfyui(text: str) -> Recipe:
     """The recipe of a plain ComfyUI text-to-image graph."""
-    try:
-        graph = json.loads(text)
-    except ValueError as e:
-        raise MetadataError(f"ComfyUI prompt is not JSON ({e})") from None
+    graph = load_json(text, "ComfyUI prompt")
     if not isinstance(graph, dict):
         raise MetadataError("ComfyUI prompt is not a JSON object")
-    samplers = [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") == "KSampler"]
+    samplers = [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") in _SAMPLER_NODES]
     kinds = sorted({str(n.get("class_type")) for n in graph.values() if isinstance(n, dict)})
     if len(samplers) != 1:
         raise _other(f"it has {len(samplers)} KSampler nodes (nodes: {short(', '.join(kinds), 120)})")
@@ -184,6 +182,8 @@ def read_comfyui(text: str) -> Recipe:
         b.note(n)
     for d in dropped:
         b.drop(d)
+    if samplers[0].get("class_type") == "SamplerCustom":
+        inputs = _custom_sampler(b, graph, inputs)
     if "seed" in inputs:
         b.seed(inputs["seed"])
     if "steps" in inputs:
@@ -191,11 +191,52 @@ def read_comfyui(text: str) -> Recipe:
     if "cfg" in inputs:
         b.set("-C", inputs["cfg"], "cfg")
     _comfy_sampler(b, str(inputs.get("sampler_name", "")), str(inputs.get("scheduler", "")))
+    if "timesteps" in inputs and b.set("--timesteps", inputs["timesteps"], "SDTurboScheduler timesteps"):
+        b.values["steps"] = len(b.values["timesteps"])
+        b.values.pop("schedule", None)
     positive = _node(graph, positive_link)
     _clip_skip(b, graph, positive.get("inputs", {}).get("clip") if positive else None)
     _vae(b, graph)
     _latent(b, graph, inputs.get("latent_image"), inputs.get("denoise"))
     return b.build(prompt)
+
+
+_SAMPLER_NODES = ("KSampler", "SamplerCustom")
+
+
+def _custom_sampler(b: Builder, graph: dict, inputs: dict) -> dict:
+    """A SamplerCustom's inputs as a KSampler's: seed from noise_seed, sampler_name from its KSamplerSelect,
+    steps and scheduler from a BasicScheduler, or the timesteps an SDTurboScheduler makes."""
+    out = {k: inputs.get(k) for k in ("cfg", "positive", "negative", "model", "latent_image") if k in inputs}
+    if inputs.get("add_noise") is False:
+        b.drop("add_noise false (dreamshell starts from the seed's noise)")
+    if "noise_seed" in inputs:
+        out["seed"] = inputs["noise_seed"]
+    picker = _node(graph, inputs.get("sampler"))
+    if picker is None or picker.get("class_type") != "KSamplerSelect":
+        raise _other(f"the sampler comes from {picker.get('class_type') if picker else 'no node'}, not a KSamplerSelect")
+    out["sampler_name"] = picker.get("inputs", {}).get("sampler_name", "")
+    sigmas = _node(graph, inputs.get("sigmas"))
+    kind = sigmas.get("class_type") if sigmas else None
+    given = sigmas.get("inputs", {}) if sigmas else {}
+    if kind == "BasicScheduler":
+        out.update(steps=given.get("steps"), scheduler=given.get("scheduler", ""), denoise=given.get("denoise", 1.0))
+    elif kind == "SDTurboScheduler":
+        steps, denoise = _number(given.get("steps", 1)), _number(given.get("denoise", 1.0))
+        if not isinstance(steps, int) or denoise is None or not 1 <= steps <= 10 or not 0 <= denoise <= 1:
+            raise _other(f"its SDTurboScheduler has steps {short(given.get('steps'))} denoise "
+                         f"{short(given.get('denoise'))}")
+        start = 10 - int(10 * denoise)
+        ladder = [999 - 100 * i for i in range(10)][start:start + steps]
+        if ladder == [999]:
+            out.update(steps=1, scheduler="sgm_uniform")   # one step at 999: trailing spacing exactly
+        elif ladder:
+            out["timesteps"] = ",".join(str(t) for t in ladder)
+        if denoise != 1:
+            out["denoise"] = denoise
+    else:
+        raise _other(f"the sigmas come from {kind or 'no node'}, not a BasicScheduler or SDTurboScheduler")
+    return out
 
 
 def _comfy_sampler(b: Builder, name: str, scheduler: str) -> None:
