@@ -262,3 +262,14 @@ def test_the_shipped_controlnet_configs_match_the_models_they_guide(control, mod
         assert cn[key] == unet.get(key, False if key == "use_linear_projection" else None), key   # its default: False
     assert cn["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
     assert cn.get("transformer_layers_per_block", 1) == unet.get("transformer_layers_per_block", 1)
+
+
+def test_a_ray_file_refuses_minus_one_for_a_control_image_before_anything_runs(library, tmp_path):
+    from dreamshell.run.plan import plan_file_line
+    spec = ModelSpec("sd15", tmp_path, "sd1", width=512, height=512)
+    planner = Planner(Registry({"sd15": spec}, folders=library.folders), library=library)
+    state = PlanState(spec)
+    plan_file_line(planner, state, "a cat -S 1", ray=True)
+    with pytest.raises(UserError, match="a --ray batch does not have when it plans; give the image's path"):
+        plan_file_line(planner, state, "a dog -S 2 --control depth:-1", ray=True)
+    assert plan_file_line(planner, state, "a dog -S 2 --control depth:-1").line.control[0].image == "-1"

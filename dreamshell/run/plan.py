@@ -215,6 +215,9 @@ def plan_file_line(planner: Planner, state: PlanState, text: str, ray: bool = Fa
             raise UserError(f"!{item.name} is not run with --ray (only prompt lines and !switch NAME are)")
         return item
     plan = planner.plan(item, state)
+    if ray and any(one.image == LAST_IMAGE for one in plan.line.control):
+        raise UserError("--control ...:-1 names an image this file makes, which a --ray batch does not have when it "
+                        "plans; give the image's path")
     state.after_line(plan)
     return plan
 
