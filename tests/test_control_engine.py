@@ -223,3 +223,61 @@ def test_the_image_step_hands_control_maps_on_as_the_ray_driver_does(session, pi
     made, = make_images(session.host.generator, [first], plan.files, init, mask)
     local, _ = run(session, f"a cat -S 3 -s 3 -W 64 -H 64 --control tiny_canny:{pictures / 'shape.png'}")
     assert np.array_equal(np.asarray(made.image), local[0])
+
+
+@pytest.fixture(scope="module")
+def sdxl_shaped(tmp_path_factory):
+    """A tiny SDXL pipeline (two text encoders, text_time embedding) and a ControlNet made from its UNet."""
+    import torch
+    from diffusers import (AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from dreamshell.demo.shapes import vocabulary_words
+    from dreamshell.demo.tokenizer import write_tokenizer
+    from dreamshell.weights.models import ModelSpec
+    folder = tmp_path_factory.mktemp("sdxl")
+    torch.manual_seed(0)
+    vocab = write_tokenizer(folder / "_tok", vocabulary_words())
+    tok = CLIPTokenizer.from_pretrained(folder / "_tok", local_files_only=True)
+    unet = UNet2DConditionModel(block_out_channels=(16, 32), layers_per_block=1, sample_size=8,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=4)
+    vae = AutoencoderKL(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id, projection_dim=32)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+                                     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=tok,
+                                     tokenizer_2=tok, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                                      beta_end=0.012, steps_offset=1))
+    pipe.save_pretrained(folder / "tiny-sdxl", safe_serialization=True)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8))
+    with torch.no_grad():
+        for _, p in controlnet.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    controlnet.save_pretrained(folder / "controlnets" / "tiny_xl_canny")
+    return ModelSpec("xl", folder / "tiny-sdxl", "sdxl", width=64, height=64, steps=3, cfg_scale=5.0,
+                     sampler="k_euler"), folder / "controlnets"
+
+
+def test_an_sdxl_controlnet_guides_an_sdxl_model(sdxl_shaped, shared_generator, pictures, tmp_path):
+    from dreamshell.weights.checkpoint import detect_control
+    from dreamshell.weights.models import Registry
+    spec, folder = sdxl_shaped
+    assert detect_control(folder / "tiny_xl_canny").family == "sdxl"
+    registry = Registry({"xl": spec}, folders=Folders(tmp_path / "l", tmp_path / "e", tmp_path / "v", folder))
+    session = Session(registry, ModelHost(lambda: shared_generator), tmp_path / "out")
+    session.echoed = []
+    shape = pictures / "shape.png"
+    plain, _ = run(session, "a red circle -S 1 -s 3")
+    zero, _ = run(session, f"a red circle -S 1 -s 3 --control tiny_xl_canny:{shape}:0")
+    one, _ = run(session, f"a red circle -S 1 -s 3 --control tiny_xl_canny:{shape}")
+    mask = pictures / "mask.png"
+    inpainted, _ = run(session, f"a red circle -S 1 -s 3 -I {shape} -M {mask} --control tiny_xl_canny:{shape}")
+    assert np.array_equal(plain[0], zero[0]) and not np.array_equal(plain[0], one[0])
+    assert inpainted[0].shape == (64, 64, 3)
