@@ -35,9 +35,9 @@ def _upscaler_factory(registry, device: str):
 
 
 def launch_folders(args) -> dict:
-    """--lora_dir, --embedding_dir and --vae_dir as weights.models.with_folders takes them."""
+    """--lora_dir, --embedding_dir, --vae_dir and --controlnet_dir as weights.models.with_folders takes them."""
     return {"loras": getattr(args, "lora_dir", None), "embeddings": getattr(args, "embedding_dir", None),
-            "vaes": getattr(args, "vae_dir", None)}
+            "vaes": getattr(args, "vae_dir", None), "controlnets": getattr(args, "controlnet_dir", None)}
 
 
 class InterruptibleRun:
@@ -158,6 +158,9 @@ def _read_file(source: str, error):
 
 
 def _register_fix(dispatcher: Dispatcher) -> None:
-    """`!fix PATH [switches]`: post-process an existing image (see postprocess.py)."""
+    """`!fix PATH [switches]`: post-process an existing image (see postprocess.py); `!control IMAGE PRE`: a control
+    map (run/control.py)."""
+    from .run.control import register_control
     from .run.postprocess import register_fix
     register_fix(dispatcher)
+    register_control(dispatcher)

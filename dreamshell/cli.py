@@ -27,6 +27,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 LAUNCHER_OWNED = {"outdir", "model"}  # at launch these pick the folder and the resident model
+LINE_ONLY = {"control", "outcrop"}    # name an image of one line: not a session default
 
 
 def _table_type(sw):
@@ -81,6 +82,10 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--vae_dir", metavar="DIR", default=None,
                     help="folder --vae NAME looks in (default: 'vaes:' in the models file, else models/vae in the "
                          "working folder if there is one, else the installed demo folder)")
+    ap.add_argument("--controlnet_dir", metavar="DIR", default=None,
+                    help="folder of ControlNet and T2I-Adapter files and folders for --control MODEL:IMAGE (default: "
+                         "'controlnets:' in the models file, else models/controlnets in the working folder if there "
+                         "is one, else the installed demo folder)")
     ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "
@@ -115,7 +120,7 @@ def build_argparser() -> argparse.ArgumentParser:
                          "graphics protocol, 24-bit half-blocks, or off (default: detected)")
     defaults = ap.add_argument_group("prompt switches as session defaults")
     for sw in SWITCHES:
-        if sw.field in LAUNCHER_OWNED:
+        if sw.field in LAUNCHER_OWNED | LINE_ONLY:
             continue
         names = list(sw.short) + [sw.long]
         if sw.is_flag:
@@ -131,7 +136,7 @@ def build_argparser() -> argparse.ArgumentParser:
 def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> DreamRequest:
     values = {}
     for sw in SWITCHES:
-        if sw.field in LAUNCHER_OWNED:
+        if sw.field in LAUNCHER_OWNED | LINE_ONLY:
             continue
         v = getattr(args, f"d_{sw.field}", None)
         if sw.nargs[1] > 1 and v is not None:
@@ -146,6 +151,8 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
     values = {k: v for k, v in values.items() if v != REQUEST_DEFAULTS[k]}
     if any(k.startswith("hires_") for k in values):
         values["hires_fix"] = True   # as on a line: --hires_scale and the rest imply the hires fix
+    if "inpaint_padding" in values and "inpaint_area" not in values:
+        values["inpaint_area"] = "masked"   # as on a line
     if values.get("timesteps"):      # as on a line: explicit timesteps set -s and stand without --schedule
         count = len(values["timesteps"])
         if values.get("schedule"):

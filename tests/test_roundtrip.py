@@ -18,6 +18,7 @@ from dreamshell.line.samplers import SAMPLERS, schedule_names
 from dreamshell.line.hires import target_size
 from dreamshell.line.limits import MAX_UPSCALED_SIDE
 from dreamshell.line.switches import MAX_SEED, SWITCHES
+from dreamshell.line.control import DIRECTIONS, PREPROCESSORS, ControlSpec
 
 # a command is one line of text: no controls, surrogates or line/paragraph separators (parser.check_text)
 WORD_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="[]:")
@@ -57,6 +58,18 @@ paths = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), mi
     lambda s: s.strip())
 unit = st.floats(0, 1, allow_nan=False).map(abs)
 
+@st.composite
+def controls(draw):
+    """A --control value: a model name (no ':' or '/'), any image path, a weight, a guidance span, a preprocessor."""
+    model = draw(st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters=":/"),
+                         min_size=1, max_size=12).filter(lambda n: n.strip() == n and n and first_unsafe(n) is None))
+    start = draw(st.floats(0, 0.9, allow_nan=False).map(abs))
+    end = draw(st.floats(0, 1, allow_nan=False).filter(lambda e: e > start))
+    return ControlSpec(model, draw(paths.filter(lambda p: first_unsafe(p) is None)),
+                       draw(st.floats(0, 2, allow_nan=False).map(abs)), start, end,
+                       draw(st.sampled_from([None, *PREPROCESSORS])))
+
+
 FIELD_STRATEGIES = {
     "steps": st.integers(1, 999),  # every sampler takes 999 (limits.MAX_STEPS)
     "seed": st.one_of(st.integers(0, MAX_SEED), st.integers(-20, -1)),
@@ -90,6 +103,11 @@ FIELD_STRATEGIES = {
     "timesteps": st.sets(st.integers(0, 999), min_size=1, max_size=8).map(lambda s: tuple(sorted(s, reverse=True))),
     "eta": unit,
     "preset": st.sampled_from(preset_names()),
+    "control": st.lists(controls(), max_size=4, unique_by=lambda c: c.model.lower()).map(tuple),
+    "outcrop": st.lists(st.tuples(st.sampled_from(DIRECTIONS), st.integers(1, 256).map(lambda n: n * 8)), min_size=1,
+                        max_size=4, unique_by=lambda p: p[0]).map(tuple),
+    "inpaint_area": st.just("masked"),
+    "inpaint_padding": st.integers(0, 1024),
 }
 
 
@@ -109,13 +127,22 @@ def requests(draw):
     if "timesteps" in values:   # explicit timesteps stand without a schedule and set -s to their count
         values.pop("schedule", None)
         values["steps"] = len(values["timesteps"])
+    if "inpaint_padding" in values:
+        values["inpaint_area"] = "masked"      # the padding implies Only masked
+    if "inpaint_area" in values:
+        values.setdefault("init_mask", "mask.png")
+    if "outcrop" in values:
+        values.setdefault("init_img", "in.png")
+        for k in ("init_mask", "control", "inpaint_area", "inpaint_padding"):
+            values.pop(k, None)
     if "init_mask" in values and "init_img" not in values:
         values["init_img"] = "in.png"
     if values.get("save_original") and "upscale" not in values:
         values["upscale"] = UpscaleSpec(2.0)
     if any(k.startswith("hires_") for k in values):
         values["hires_fix"] = True   # --hires_scale and the rest imply --hires_fix
-        for k in ("init_img", "init_mask", "strength", "fit"):   # the hires fix starts from noise
+        for k in ("init_img", "init_mask", "strength", "fit", "outcrop", "inpaint_area",
+                  "inpaint_padding"):   # the hires fix starts from noise
             values.pop(k, None)
     for key in ("steps", "hires_steps"):
         if key in values and "sampler" in values:  # each sampler's own bound (LCM: 50)

@@ -20,7 +20,7 @@ from ..line.samplers import plan as scheduler_plan
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
 from ..weights.models import ModelSpec, default_folders
-from . import loading
+from . import control, loading
 from .adapters import Adapters
 from .batching import generate_together
 from .conditioning import Conditioner
@@ -51,6 +51,8 @@ class DiffusersGenerator:
         self._scheduler_config = None
         self.library = Library(folders or default_folders())   # when a caller gives no files
         self.adapters = Adapters()
+        self.control = control.ControlModels()   # --control's ControlNets / T2I-Adapters (engines/control.py)
+        self._control_maps: dict = {}            # the image's control maps by size (run/image.load_inputs)
         self.text = Conditioner(self)
         self._files = LineFiles()   # the files of the image being made (named if it goes NaN)
         self.esrgan = None   # (image, factor) -> image: the Real-ESRGAN upscaler for --hires_upscaler esrgan
@@ -149,6 +151,7 @@ class DiffusersGenerator:
         self._pipes.clear()
         self.text.reset()
         self.adapters.reset()
+        self.control.reset()
         self.spec, self.kind = None, ""
         import gc
         gc.collect()
@@ -210,9 +213,9 @@ class DiffusersGenerator:
 
     # ----- prompts (conditioning.py)
 
-    def files(self, prompt: str, vae: str | None, files: LineFiles | None) -> LineFiles:
+    def files(self, prompt: str, vae: str | None, files: LineFiles | None, controls=()) -> LineFiles:
         """The files a line uses: as planned, or (a caller that planned nothing) found in the library now."""
-        return files if files is not None else self.library.files_for(prompt, vae)
+        return files if files is not None else self.library.files_for(prompt, vae, controls)
 
     def prompt_notes(self, prompt: str, files: LineFiles | None = None) -> list[str]:
         return self.text.prompt_notes(prompt, files)
@@ -260,7 +263,7 @@ class DiffusersGenerator:
         """Make the line's LoRAs, embeddings and VAE the active ones (each loaded once per model)."""
         if self.spec is None:
             raise GenerationError("no model is loaded")
-        files = self.files(request.prompt, request.vae, files)
+        files = self.files(request.prompt, request.vae, files, request.control)
         self._files = files
         base = self._pipes["txt2img"]
         self.adapters.apply_loras(base, files.loras, self.spec.name)
@@ -277,7 +280,7 @@ class DiffusersGenerator:
             vae.to(self.device)
 
     def generate(self, request: DreamRequest, *, files: LineFiles | None = None, init_image=None, mask=None,
-                 on_step=None, should_stop=None, on_preview=None, preview_every: int = 1):
+                 on_step=None, should_stop=None, on_preview=None, preview_every: int = 1, controls=None):
         """One image for a resolved per-image request. Raises Interrupted or GenerationError.
 
         `files` are the LoRAs, embeddings and VAE the line was planned with (None: found now).
@@ -285,8 +288,9 @@ class DiffusersGenerator:
         size over the VAE factor: 8 for SD, 4 for the demo model) of the predicted clean image every
         `preview_every` model evaluations and at the last one, on this thread; `steps` counts model
         evaluations (Heun and DPM2 make about two per step, PLMS one more). With --hires_fix the steps
-        of both passes count as one run."""
+        of both passes count as one run. `controls`: the line's control maps by size (run/image.load_inputs)."""
         self.prepare(request, files)
+        self._control_maps = controls or {}
         if request.hires_fix and init_image is None and mask is None:
             return generate_hires(self, request, on_step, should_stop, on_preview, preview_every)
         return self._generate_one(request, init_image, mask, on_step, should_stop, on_preview, preview_every)
@@ -297,6 +301,7 @@ class DiffusersGenerator:
         only in seed and variations); image i is the image that request alone makes (its own noise and
         sampler generator)."""
         self.prepare(requests[0], files)
+        self._control_maps = {}
         if len(requests) == 1:
             return [self._generate_one(requests[0], None, None, on_step, should_stop, None, 1)]
         return generate_together(self, requests, on_step, should_stop)
@@ -304,7 +309,8 @@ class DiffusersGenerator:
     def _generate_one(self, request: DreamRequest, init_image, mask, on_step, should_stop, on_preview,
                       preview_every: int, output_type: str = "pil", steps_before: int = 0, steps_all: int | None = None):
         mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
-        pipe = self._pipe(mode)
+        used = self._files.controls if request.control and self._control_maps else ()
+        pipe = self.control.pipeline(self, mode, used) if used else self._pipe(mode)
         pipe.scheduler = self._scheduler(request.sampler, request.schedule)
         tap = PreviewTap(self.latent_rgb, on_preview, preview_every) if on_preview is not None else None
 
@@ -332,6 +338,8 @@ class DiffusersGenerator:
                 args.update(mask_image=mask, width=request.width, height=request.height)
         if self.kind.endswith("-inpaint") and mode != "inpaint":
             self._whole_image_mask(args, request)
+        if used:
+            control.arguments(self, pipe, request, used, self._control_maps, args, step_end)
         with contextlib.ExitStack() as stack:
             if tap is not None:
                 stack.enter_context(tap.attached(pipe.scheduler))

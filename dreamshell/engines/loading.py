@@ -129,15 +129,15 @@ def pipeline_class(kind: str, mode: str):
     return getattr(diffusers, PIPELINES[(family, mode)])
 
 
-def derive(cls, base):
-    """A pipeline of class `cls` on `base`'s very components, nothing cast or copied. (diffusers'
-    `from_pipe` casts every shared part to one dtype, float32 unless told: a float16 UNet became float32
-    and the next txt2img on CUDA failed; a float32 VAE beside a bfloat16 UNet became bfloat16; peft's
-    float32 LoRA weights would be rounded.)"""
+def derive(cls, base, **extra):
+    """A pipeline of class `cls` on `base`'s very components, nothing cast or copied (`extra`: components base
+    lacks, a ControlNet). (diffusers' `from_pipe` casts every shared part to one dtype, float32 unless told: a
+    float16 UNet became float32 and the next txt2img on CUDA failed; a float32 VAE beside a bfloat16 UNet became
+    bfloat16; peft's float32 LoRA weights would be rounded.)"""
     import inspect
-    kwargs = {}
+    kwargs = dict(extra)
     for name, param in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if name == "self" or name in extra or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if name in base.components:
             kwargs[name] = base.components[name]

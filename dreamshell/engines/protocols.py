@@ -41,7 +41,8 @@ class Generator(Protocol):
 
     def generate(self, request: DreamRequest, *, files: LineFiles | None = None, init_image=None, mask=None,
                  on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
-                 on_preview: PreviewCallback | None = None): ...
+                 on_preview: PreviewCallback | None = None, controls: dict | None = None): ...
+    # controls: a --control line's maps by size {(w, h): (PIL image, ...)}, passed only when the line has some
 
     def generate_batch(self, requests: list[DreamRequest], *, files: LineFiles | None = None,
                        on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> list: ...

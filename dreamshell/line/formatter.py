@@ -37,9 +37,10 @@ def format_request(request: DreamRequest, shown: dict[str, str] | None = None) -
         value = getattr(request, sw.field)
         if value == REQUEST_DEFAULTS[sw.field] and not (shown and sw.field in shown):
             continue
-        parts.append(sw.spelling)
         if shown and sw.field in shown:
-            parts.append(shown[sw.field])
-        else:
-            parts.extend(_token(v) for v in sw.format_value(value))
+            parts += [sw.spelling, shown[sw.field]]
+            continue
+        for one in (value if sw.repeat else (value,)):   # a repeated switch is written once per value
+            parts.append(sw.spelling)
+            parts.extend(_token(v) for v in sw.format_value(one))
     return " ".join(parts)

@@ -12,6 +12,7 @@ import difflib
 import re
 import shlex
 
+from .control import ControlError, check_controls
 from .errors import LimitError, ParseError
 from .limits import check_line_length, check_prompt_length, check_request
 from .prompt import LORA_TAG, PromptError, split_prompt
@@ -158,7 +159,7 @@ def parse_switches(tokens: list[str]) -> tuple[dict, bool]:
         sw, glued, spelling = _lookup(token)
         if sw is None:
             raise _unknown(token)
-        if sw.field in values:
+        if sw.field in values and not sw.repeat:
             raise ParseError(f"{shorten(spelling, 40)} is given twice; give each switch once")
         if sw.is_flag:
             if glued:
@@ -170,16 +171,17 @@ def parse_switches(tokens: list[str]) -> tuple[dict, bool]:
         while len(args) < hi and i < len(tokens):
             nxt = tokens[i]
             # a first value may look like a switch (-S -1, -I -1); extra values must be numbers
-            if len(args) >= lo and (nxt.startswith("-") or not _is_number(nxt)):
+            if len(args) >= lo and (nxt.startswith("-") or not (sw.more or _is_number)(nxt)):
                 break
             args.append(nxt)
             i += 1
         if len(args) < lo:
             raise ParseError(f"{spelling} needs a value: {spelling} {sw.metavar} ({sw.help})")
         try:
-            values[sw.field] = sw.convert(args if hi > 1 else args[0])
+            value = sw.convert(args if hi > 1 else args[0])
         except SwitchError as e:
             raise ParseError(f"{spelling}: {e}") from None
+        values[sw.field] = values.get(sw.field, ()) + (value,) if sw.repeat else value
     return values, help_asked
 
 
@@ -229,9 +231,32 @@ def parse_request(line: str) -> DreamRequest | HelpRequest:
                              "(and --fit) instead")
     if values.get("init_mask") and not values.get("init_img"):
         raise ParseError("-M (inpainting mask) needs -I (the image to paint into)")
+    _check_control_switches(values)
     request = DreamRequest(prompt=prompt, **values)
     check_request(request)
     return request
+
+
+def _check_control_switches(values: dict) -> None:
+    """--control, --outcrop and --inpaint_area with the switches they need (line/control.py has their rules)."""
+    if "inpaint_padding" in values and values.get("inpaint_area") is None:
+        values["inpaint_area"] = "masked"   # --inpaint_padding implies Only masked, as --hires_scale the hires fix
+    if values.get("inpaint_area") and not values.get("init_mask"):
+        raise ParseError("--inpaint_area masked inpaints around the -M mask; give -I IMAGE -M MASK")
+    if values.get("outcrop"):
+        if not values.get("init_img"):
+            raise ParseError("--outcrop grows an image: give it with -I (or use !fix IMAGE --outcrop ...)")
+        if values.get("init_mask"):
+            raise ParseError("--outcrop makes its own mask (the new band); leave -M out")
+        if values.get("control"):
+            raise ParseError("--outcrop with --control is not supported; outcrop first, then guide the result")
+    try:
+        check_controls(values.get("control", ()))
+    except ControlError as e:
+        raise ParseError(f"--control: {e}") from None
+    models = [spec.model.lower() for spec in values.get("control", ())]
+    if len(set(models)) < len(models):
+        raise ParseError("--control names one model twice; give each control model once")
 
 
 def parse_line(line: str) -> DreamRequest | HelpRequest | BangCommand | Blank:

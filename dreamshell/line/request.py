@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from .control import ControlSpec
+
 
 @dataclass(frozen=True)
 class UpscaleSpec:
@@ -50,6 +52,10 @@ class DreamRequest:
     timesteps: tuple[int, ...] = ()       # explicit timesteps, strictly decreasing (--timesteps 999,749,499,249)
     eta: float | None = None              # the step's eta: TCD's gamma, DDIM's eta; None: the sampler's own
     preset: str | None = None             # a few-step recipe (line/presets.py); resolved before a line runs
+    control: tuple[ControlSpec, ...] = ()          # --control: ControlNets / T2I-Adapters and their images
+    outcrop: tuple[tuple[str, int], ...] = ()      # --outcrop: (direction, pixels) the init image grows by
+    inpaint_area: str | None = None       # "masked": A1111's Only masked (None: the whole picture)
+    inpaint_padding: int | None = None    # Only masked padding, pixels (default 32)
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

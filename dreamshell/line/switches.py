@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import control as ctl
 from . import hires
 from .errors import UserError
 from .limits import MAX_SEED, MAX_SIZE, MIN_SIZE
@@ -206,6 +207,9 @@ class Switch:
     nargs: tuple[int, int] = (1, 1)  # tokens taken: (min, max); flags take (0, 0)
     complete: str | None = None      # 'sampler', 'path', 'model' for the completer
     format: Callable[[Any], list[str]] | None = None  # value -> tokens (default: str)
+    repeat: bool = False             # may be given again: each adds one value to a tuple (--control)
+    aliases: tuple[str, ...] = ()    # other spellings read the same, never written (-c, -D)
+    more: Callable[[str], bool] | None = None  # which further tokens are values (default: numbers)
 
     @property
     def is_flag(self) -> bool:
@@ -222,6 +226,38 @@ class Switch:
         if self.format:
             return self.format(value)
         return [format_number(value) if isinstance(value, float) else str(value)]
+
+
+def _control_value(token: str):
+    try:
+        return ctl.parse_control(token)
+    except ctl.ControlError as e:
+        raise SwitchError(str(e)) from None
+
+
+def _outcrop_value(tokens: list[str]):
+    try:
+        return ctl.parse_outcrop(tokens)
+    except ctl.ControlError as e:
+        raise SwitchError(str(e)) from None
+
+
+def _outcrop_token(token: str) -> bool:
+    return token.lower() in ctl.DIRECTIONS or token.isdigit()
+
+
+def _inpaint_area(token: str):
+    try:
+        return ctl.parse_inpaint_area(token)
+    except ctl.ControlError as e:
+        raise SwitchError(str(e)) from None
+
+
+def _padding(token: str) -> int:
+    try:
+        return ctl.parse_padding(token)
+    except ctl.ControlError as e:
+        raise SwitchError(str(e)) from None
 
 
 def _flag(field: str, long: str, short: tuple[str, ...], help: str) -> Switch:
@@ -295,6 +331,22 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("preset", "--preset", (), preset,
            "a few-step recipe: lcm, turbo, lightning, hyper, tcd, dmd2 (-s picks the published step count; "
            "a switch on the line wins; the log records the resolved switches)", "NAME", complete="preset"),
+    Switch("control", "--control", (), _control_value,
+           "a ControlNet/T2I-Adapter (controlnets folder) guided by IMAGE (-1: the last image) through PRE ("
+           + ", ".join(ctl.PREPROCESSORS) + "; default: the model's name says); W weight 0..2 (1), S..E the part of "
+           "the steps it acts in (0..1); repeat for more",
+           "MODEL[/PRE]:IMAGE[:W:S:E]", complete="control", format=lambda spec: [ctl.format_control(spec)],
+           repeat=True),
+    Switch("outcrop", "--outcrop", (), _outcrop_value,
+           "grow the -I image by PIXELS on each side named and paint the new band (InvokeAI's outcrop; -c, and "
+           "its older -D, read the same); -W/-H are the image's size before it grows",
+           "DIR PIXELS ...", nargs=(2, 8), format=ctl.format_outcrop, aliases=("-c", "-D", "--out_direction"),
+           more=_outcrop_token),
+    Switch("inpaint_area", "--inpaint_area", (), _inpaint_area,
+           "with -M: whole (default) or masked: only the area around the mask is inpainted, at the model's size, "
+           "and pasted back (A1111's Only masked)", "AREA", complete="inpaint_area"),
+    Switch("inpaint_padding", "--inpaint_padding", (), _padding,
+           f"--inpaint_area masked: pixels around the mask taken with it (default {ctl.DEFAULT_PADDING})", "PX"),
 )
 
 HELP_SPELLINGS = ("-h", "--help")
@@ -309,15 +361,15 @@ UNSUPPORTED: dict[str, str] = {
     "--threshold": "thresholding", "--perlin": "perlin noise",
     "--save_intermediates": "saving intermediate steps", "-tm": "text masks", "--text_mask": "text masks",
     "--invert_mask": "inverted masks", "-r": "inpaint replace", "--inpaint_replace": "inpaint replace",
-    "-c": "outcropping", "--outcrop": "outcropping", "-D": "outpainting directions",
-    "--out_direction": "outpainting directions", "--force_outpaint": "outpainting", "-F": "the fast sampler",
+    "--force_outpaint": "outpainting", "--seam_size": "outpainting seams", "--seam_blur": "outpainting seams",
+    "--seam_strength": "outpainting seams", "--seam_steps": "outpainting seams", "-F": "the fast sampler",
     "--karras_max": "karras_max", "--ddim_eta": "ddim_eta",
 }
 
 BY_SPELLING: dict[str, Switch] = {}
 for _sw in SWITCHES:
     BY_SPELLING[_sw.long] = _sw
-    for _s in _sw.short:
+    for _s in _sw.short + _sw.aliases:
         BY_SPELLING[_s] = _sw
 
 

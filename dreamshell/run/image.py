@@ -8,12 +8,14 @@ handed in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
 from ..engines.protocols import GenerationError
+from ..line import hires
 from ..line.errors import UserError
 from ..line.request import DreamRequest
 from ..weights.library import LineFiles
@@ -46,9 +48,47 @@ def _load_image(path: str, what: str, mode: str) -> Image.Image:
         raise UserError(f"{what} {path}: not a readable image ({e})") from None
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What load_inputs reads for a line with --control: the init image (or None) and the control maps, by the
+    size they are made for (the line's; the hires fix's second pass). It stands where the init image stands, so
+    every driver (the session, the Ray driver and workers) hands it on as it is."""
+
+    init: object
+    controls: dict
+
+
+def split_inputs(init) -> tuple[object, dict]:
+    """(init image or None, control maps by size) from what load_inputs returned."""
+    return (init.init, init.controls) if isinstance(init, Inputs) else (init, {})
+
+
 def load_inputs(request: DreamRequest, explicit_size: bool, note: Callable[[str], None] = lambda _: None):
     """The init image and mask sized to the request (--fit resizes; without -W/-H the image's own size,
-    rounded down to a multiple of 8, is used): (init, mask, request with its final size)."""
+    rounded down to a multiple of 8, is used): (init, mask, request with its final size). With --control the
+    first is an `Inputs` that also holds the control maps."""
+    init, mask, request = _load_init(request, explicit_size, note)
+    if request.control:
+        return Inputs(init, control_maps(request, init, mask)), mask, request
+    return init, mask, request
+
+
+def control_maps(request: DreamRequest, init, mask) -> dict:
+    """Each --control image through its preprocessor at the line's size (and at the hires pass's)."""
+    from .preprocess import make_map
+    sizes = [(request.width, request.height)]
+    if request.hires_fix:
+        sizes.append(hires.target_size(request.width, request.height, request.hires_scale or hires.DEFAULT_SCALE))
+    sources = []
+    for spec in request.control:
+        if spec.image == "-1":
+            raise UserError(f"--control {spec.model}:-1 names an image this batch makes; with --ray give its path")
+        same = init is not None and Path(spec.image).expanduser() == Path(request.init_img).expanduser()
+        sources.append((init if same else _load_image(spec.image, "--control", "RGB"), spec.pre()))
+    return {size: tuple(make_map(image, pre, size, mask) for image, pre in sources) for size in sizes}
+
+
+def _load_init(request: DreamRequest, explicit_size: bool, note: Callable[[str], None]):
     if not request.init_img:
         return None, None, request
     from .plan import size_from_image
@@ -71,6 +111,19 @@ def load_inputs(request: DreamRequest, explicit_size: bool, note: Callable[[str]
     return init, mask, request
 
 
+def _generate_one(generator, request: DreamRequest, files, init, mask, extra: dict, on_step, should_stop):
+    """One image: through --outcrop (run/outcrop.py) or --inpaint_area masked (run/masked.py) when the line asks."""
+    if request.outcrop:
+        from .outcrop import outcrop
+        return outcrop(generator, request, files, init, on_step=on_step, should_stop=should_stop, **extra)
+    if request.inpaint_area == "masked" and mask is not None:
+        from .masked import inpaint_masked
+        return inpaint_masked(generator, request, files, init, mask, on_step=on_step, should_stop=should_stop,
+                              **extra)
+    return generator.generate(request, files=files, init_image=init, mask=mask, on_step=on_step,
+                              should_stop=should_stop, **extra)
+
+
 def image_type(request: DreamRequest, mask) -> str:
     return "inpaint" if mask is not None else "img2img" if request.init_img else "txt2img"
 
@@ -80,12 +133,16 @@ def make_images(generator, group: list[DreamRequest], files: LineFiles | None, i
     """Make one group of images (one, or several of one line batched together) and finish each: the
     unmasked part of an inpainted image kept exactly, then -U (or, when the upscale cannot be done, the
     image as it is with -U dropped from its recipe and a note). Runs where the model lives."""
+    init, controls = split_inputs(init)
     if len(group) > 1:
         made = generator.generate_batch(group, files=files, on_step=on_step, should_stop=should_stop)
     else:
-        previews = {"on_preview": on_preview} if on_preview is not None else {}
-        made = [generator.generate(group[0], files=files, init_image=init, mask=mask, on_step=on_step,
-                                   should_stop=should_stop, **previews)]
+        extra = {"on_preview": on_preview} if on_preview is not None else {}
+        if controls:
+            extra["controls"] = controls
+        made = [_generate_one(generator, group[0], files, init, mask, extra, on_step, should_stop)]
+        if group[0].outcrop:
+            return [finish(made[0], group[0], "img2img", generator.model_hash or "", upscale, should_stop)]
     results = []
     for request, image in zip(group, made):
         if mask is not None:  # keep the unmasked part exactly as it was (as A1111's overlay does)

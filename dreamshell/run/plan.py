@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+from ..line.control import DEFAULT_PADDING, OUTCROP_STRENGTH, default_preprocessor, map_word, outcrop_size
 from ..line.errors import UserError
 from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
 from ..line.parser import parse_line
@@ -30,6 +31,7 @@ from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.safetext import shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
+from ..weights.checkpoint import FAMILY_NAMES
 from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
@@ -140,17 +142,23 @@ class Planner:
         # (when it runs) the model's defaults and its models-file preset
         line_preset = request.preset
         request = apply_defaults(apply_preset(request), self.switches if line_preset else self.defaults)
+        if request.inpaint_area and not request.init_mask:   # a session default for lines without -M
+            request = request.with_(inpaint_area=None, inpaint_padding=None)
         spec = self.model(request.model) if request.model is not None else None
         check_sampler(request.sampler, request.schedule)
-        found = self.library.files_for(request.prompt, request.vae)   # a model's own VAE: when it runs
+        # a model's own VAE: when it runs
+        found = self.library.files_for(request.prompt, request.vae, request.control)
         explicit = bool(request.width or request.height)
         if files:
-            for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")):
+            images = [(request.init_img, "-I"), (request.init_mask, "-M")]
+            images += [(one.image, f"--control {one.model}:") for one in request.control]
+            for path, what in images:
                 if path and path != LAST_IMAGE and not (pending(path) and not _exists(path)):
                     check_image_file(path, what)
             if request.init_img and request.init_img != LAST_IMAGE and not explicit and _exists(request.init_img):
                 size_from_image(request.init_img)
         notes = tuple(self.library.missing_embedding_notes(request.prompt, found.embeddings))
+        notes += tuple(control_notes(request, found))
         return CheckedLine(request, spec, found, explicit, notes, line_preset or self.launch_preset)
 
     def resolve(self, checked: CheckedLine, state: PlanState) -> LinePlan:
@@ -181,6 +189,7 @@ class Planner:
                 size = size_from_image(resolved.init_img) if Path(resolved.init_img).expanduser().is_file() else None
             if size is not None:
                 resolved = resolved.with_(width=size[0], height=size[1])
+        resolved = resolve_control(resolved, checked.request, spec, files, state)
         images = tuple(image_requests(resolved, state.rng))
         return LinePlan(resolved, spec, images, files, checked.explicit_size, checked.notes)
 
@@ -206,8 +215,74 @@ def plan_file_line(planner: Planner, state: PlanState, text: str, ray: bool = Fa
             raise UserError(f"!{item.name} is not run with --ray (only prompt lines and !switch NAME are)")
         return item
     plan = planner.plan(item, state)
+    if ray and any(one.image == LAST_IMAGE for one in plan.line.control):
+        raise UserError("--control ...:-1 names an image this file makes, which a --ray batch does not have when it "
+                        "plans; give the image's path")
     state.after_line(plan)
     return plan
+
+
+# ----- --control, --outcrop, --inpaint_area (line/control.py has their syntax)
+
+def control_notes(request: DreamRequest, files: LineFiles) -> list[str]:
+    """What a user should know before a --control line runs: an image taken as a map dreamshell cannot make."""
+    notes = []
+    for spec, used in zip(request.control, files.controls):
+        word = map_word(used.name)
+        if spec.pre() == "none" and word:
+            notes.append(f"note: --control {used.name}: the image is used as a {word} map as it is (dreamshell has no "
+                         f"{word} preprocessor: make the map elsewhere)")
+    return notes
+
+
+def resolve_control(resolved: DreamRequest, typed: DreamRequest, spec: ModelSpec, files: LineFiles,
+                    state: PlanState) -> DreamRequest:
+    """The control models by their file names (what the log line replays), each family checked against the model,
+    -1 as the last image, outcrop's strength and size, the Only masked padding."""
+    if resolved.control:
+        family = (spec.kind or "").split("-")[0]
+        kinds = {used.kind for used in files.controls}
+        if len(kinds) > 1:
+            raise UserError("--control: a line takes ControlNets or T2I-Adapters, not both")
+        specs = []
+        for one, used in zip(resolved.control, files.controls):
+            if family and used.family and used.family != family:
+                what = "ControlNet" if used.kind == "controlnet" else "T2I-Adapter"
+                raise UserError(f"--control {used.name} is a {what} for {FAMILY_NAMES.get(used.family, used.family)}; "
+                                f"model '{spec.name}' is {FAMILY_NAMES.get(family, family)}: use one made for it")
+            if used.kind == "t2i-adapter":
+                check_adapter(one, used, resolved, family)
+            image = one.image
+            if image == LAST_IMAGE:
+                if state.last_image is None:
+                    raise UserError(f"--control {one.model}:-1 means the last image made, but none was made before "
+                                    "this line")
+                if state.last_image is not PENDING:
+                    image = str(state.last_image)
+            pre = one.pre() if one.pre() != default_preprocessor(used.name) else None
+            specs.append(replace(one, model=used.name, image=image, preprocessor=pre))
+        resolved = resolved.with_(control=tuple(specs))
+    if resolved.outcrop:
+        if typed.strength is None:
+            resolved = resolved.with_(strength=OUTCROP_STRENGTH)
+        width, height = outcrop_size(resolved.width, resolved.height, resolved.outcrop)
+        if max(width, height) > MAX_SIZE:
+            raise UserError(f"--outcrop makes {width}x{height}; sides are at most {MAX_SIZE}")
+    if resolved.inpaint_area == "masked" and resolved.inpaint_padding is None:
+        resolved = resolved.with_(inpaint_padding=DEFAULT_PADDING)
+    return resolved
+
+
+def check_adapter(one, used, request: DreamRequest, family: str) -> None:
+    """What diffusers' T2I-Adapter pipelines can do: images from noise; SD 1.x/2.x adapters for all the steps,
+    SDXL ones from the first step to a fraction of them."""
+    if request.init_img or request.hires_fix:
+        raise UserError(f"--control {used.name} is a T2I-Adapter: diffusers' adapter pipelines make images from "
+                        "noise only (no -I, -M or --hires_fix); use a ControlNet")
+    if one.start != 0 or (one.end != 1 and family != "sdxl"):
+        raise UserError(f"--control {used.name}: a T2I-Adapter acts from the first step"
+                        + (" to END" if family == "sdxl" else " to the last") + "; leave out START"
+                        + ("" if family == "sdxl" else " and END"))
 
 
 # ----- checks shared by every path (the same words on each)

@@ -1,4 +1,9 @@
-"""`!fix PATH -U F [S]`: post-process an existing image into a new file (no torch here).
+"""`!fix PATH -U F [S]` and `!fix PATH --outcrop DIR PIXELS ...`: post-process an existing image into a new file
+(no torch here).
+
+`--outcrop` (InvokeAI 2.x's `!fix IMG --outcrop top 64 ...`, alias `-c`) makes a new image like any line: the
+image's own recipe (its prompt, seed, steps, sampler, model) with `-I IMAGE --outcrop ...`, so its log line
+replays it; `-S` and `-f` on the `!fix` line replace the recipe's seed and the strength (InvokeAI took -S too).
 
 Writes `NNNNNN.SEED.upscale.png` beside the original (then `-01`, `-02`, ...), never overwriting. When
 the original has a recipe, the result's recipe is that recipe plus `-U`, exactly what a line with
@@ -26,15 +31,21 @@ from .session import Session
 from .types import Control, Listener
 
 FIX_SWITCHES = {"upscale"}
+OUTCROP_SWITCHES = {"outcrop", "seed", "strength"}
 
 
 def check_fix(path: Path, values: dict, pending=lambda path: False) -> None:
     """Refuse at once what !fix cannot do (nothing to do, other switches, no such file)."""
-    if "upscale" not in values:
-        raise UserError("!fix needs something to do: !fix PATH -U 4 (factor, then an optional strength)")
-    extra = set(values) - FIX_SWITCHES
+    if "upscale" not in values and "outcrop" not in values:
+        raise UserError("!fix needs something to do: !fix PATH -U 4 (factor, then an optional strength), or "
+                        "!fix PATH --outcrop right 64")
+    if "upscale" in values and "outcrop" in values:
+        raise UserError("!fix does one thing at a time: -U or --outcrop")
+    allowed = OUTCROP_SWITCHES if "outcrop" in values else FIX_SWITCHES
+    extra = set(values) - allowed
     if extra:
-        raise UserError(f"!fix takes only -U; {', '.join(sorted(extra))} belong on a prompt line")
+        took = "--outcrop with -S and -f" if "outcrop" in values else "only -U"
+        raise UserError(f"!fix takes {took}; {', '.join(sorted(extra))} belong on a prompt line")
     if not (pending(str(path)) and not path.exists()):
         check_image_file(str(path), "!fix")
 
@@ -66,6 +77,38 @@ def upscale_file(session: Session, path: Path, spec) -> tuple[ImageRecord, objec
     return ImageRecord(str(out), request.seed, meta.command), up
 
 
+def inpainting_variant(registry, name: str | None) -> str | None:
+    """The models file's inpainting model for the model `name`: of its family, the one whose name holds the
+    model's name (`sd15` -> `sd15-inpainting`), else the only one; None when there is none."""
+    spec = registry.models.get(name or "")
+    if spec is None or not spec.kind or spec.kind.endswith("-inpaint"):
+        return None
+    family = spec.kind.split("-")[0]
+    found = [s.name for s in registry.models.values() if s.kind == f"{family}-inpaint"]
+    named = [n for n in found if spec.name.lower() in n.lower()]
+    return (named or found)[0] if len(named) == 1 or len(found) == 1 else None
+
+
+def outcrop_request(path: Path, values: dict, registry=None) -> tuple[DreamRequest, str | None]:
+    """The line `!fix PATH --outcrop ...` runs: the image's recipe, from the image, grown (on the models file's
+    inpainting variant of its model, when there is one: the note says so)."""
+    try:
+        recipe = read_recipe(path)
+    except MetadataError as e:
+        raise UserError(f"!fix --outcrop: {e}; outcrop such an image with a line: PROMPT -I {path} --outcrop ...") \
+            from None
+    plain = DreamRequest(prompt=recipe.prompt)
+    keep = {f: getattr(recipe, f) for f in ("steps", "seed", "cfg_scale", "sampler", "schedule", "model",
+                                             "seamless", "clip_skip", "vae")}
+    keep.update({k: values[k] for k in ("seed", "strength") if k in values})
+    request = plain.with_(**keep, init_img=str(path), outcrop=values["outcrop"])
+    variant = inpainting_variant(registry, request.model) if registry is not None else None
+    if variant is None:
+        return request, None
+    return request.with_(model=variant), (f"outcrop with {variant}, the models file's inpainting model for "
+                                          f"{request.model}")
+
+
 def fix_image(session: Session, path: Path, values: dict, listener: Listener) -> Path:
     """Upscale the image at path as `values` say; the result is an image made like any other: shown (with
     its thumbnail), and the one `-I -1` names next."""
@@ -94,11 +137,19 @@ def register_fix(dispatcher: Dispatcher) -> None:
             raise UserError(f"!fix: {e}") from None
         path = Path(tokens[0]).expanduser()
         check_fix(path, values, pending=dispatcher.may_be_made)
+        if "outcrop" in values:
+            def outcrop(control: Control, listener: Listener) -> Outcome:
+                request, note = outcrop_request(path, values, dispatcher.session.registry)
+                if note:
+                    listener.note(f"note: {note}")
+                return dispatcher._dream(dispatcher.session.check(request), control, listener)
+            return Work(f"!fix {args}", outcrop)
 
         def run(control: Control, listener: Listener) -> Outcome:
             fix_image(dispatcher.session, path, values, listener)
             return Outcome()
         return Work(f"!fix {args}", run)
 
-    dispatcher.register(Command("fix", "!fix PATH -U F [S]", "upscale an existing image into NNNNNN.SEED.upscale.png "
-                                "(never overwrites)", handler, "path"))
+    dispatcher.register(Command("fix", "!fix PATH -U F [S] | --outcrop DIR PX ...",
+                                "upscale an existing image into NNNNNN.SEED.upscale.png (never overwrites), or grow "
+                                "it (--outcrop top 64 right 128, InvokeAI's -c) into a new image", handler, "path"))

@@ -1,6 +1,7 @@
 """Completion from the switch table: switch names with help, samplers after -A, models after
 --model and !switch, paths after -I, -M, -o and !fetch, !replay, !fix, the LoRA folder after `<lora:`,
-the VAE folder after --vae."""
+the VAE folder after --vae, the controlnets folder after --control (then the preprocessors after `/` and paths
+after `:`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shlex
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
+from ..line.control import PREPROCESSORS
 from ..line.hires import upscaler_names
 from ..line.samplers import sampler_names, schedule_names
 from ..line.switches import BY_SPELLING, SWITCHES
@@ -50,6 +52,31 @@ class DreamCompleter(Completer):
         elif kind == "path":
             sub = Document(word, len(word))
             yield from self.paths.get_completions(sub, None)
+        elif kind == "control":
+            yield from self._control(word)
+        elif kind == "inpaint_area":
+            for name in ("whole", "masked"):
+                if name.startswith(word):
+                    yield Completion(name, start_position=-len(word))
+
+    def _control(self, word: str):
+        """--control MODEL[/PRE]:IMAGE: model names from the controlnets folder, then preprocessors, then paths."""
+        head, colon, image = word.partition(":")
+        if colon:
+            for c in self.paths.get_completions(Document(image, len(image)), None):
+                yield Completion(c.text, start_position=c.start_position, display=c.display)
+            return
+        model, slash, pre = head.partition("/")
+        if slash:
+            for name in PREPROCESSORS:
+                if name.startswith(pre.lower()):
+                    yield Completion(name + ":", start_position=-len(pre), display=name,
+                                     display_meta=PREPROCESSORS[name][1])
+            return
+        names = sorted(self.library.controlnets()) if self.library else []
+        for name in names:
+            if name.lower().startswith(model.lower()):
+                yield Completion(name + ":", start_position=-len(word), display=name, display_meta="controlnets folder")
 
     def get_completions(self, document, complete_event):
         text = document.text_before_cursor

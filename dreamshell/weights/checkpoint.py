@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 import zipfile
 import zlib
@@ -529,7 +530,8 @@ def describe_other(keys: dict) -> str:
         slot = {"clip": "clip_l:' or 'clip_g", "t5": "t5xxl"}.get(part.part, part.part)
         return f"{part.note} alone, not a model: name it as '{slot}:' beside an SD 3 or FLUX.1 model"
     if has("control_model.", "controlnet_cond_embedding."):
-        return "a ControlNet: not supported as a model"
+        return ("a ControlNet, not a model: put it in the controlnets folder and use it with "
+                "--control NAME:IMAGE")
     if keys and len(keys) <= 4 and (set(names) & {"emb_params", "clip_l", "clip_g", "string_to_param"}
                                     or all(isinstance(s, tuple) and len(s) == 2 and s[-1] in (768, 1024, 1280)
                                            for s in keys.values())):
@@ -744,3 +746,99 @@ def tiny_decoder_refusal(found: TinyDecoder, model_family: str) -> str | None:
     return (f"{found.path.name} is a tiny decoder for {found.label} latents ({found.latent_channels} channels); "
             f"this model is {FAMILIES.get(model_family, model_family)}: use "
             f"{'taesdxl' if family == 'sdxl' else 'taesd'} for it")
+
+
+# ----- ControlNets and T2I-Adapters (issue 20): what a file or folder in the controlnets folder is
+
+CONTROL_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}   # cross-attention width -> the models it guides
+FAMILY_NAMES = FAMILIES
+# the cross-attention's key projection (its width is the text encoder's), original and diffusers names
+_CN_ATTN = re.compile(r"input_blocks\.(\d+)\.1\.transformer_blocks\.0\.attn2\.to_k\.weight")
+_CN_DIFFUSERS_ATTN = re.compile(r"down_blocks\.(\d+)\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k\.weight")
+
+
+@dataclass(frozen=True)
+class ControlDetected:
+    kind: str          # "controlnet" or "t2i-adapter"
+    family: str        # "sd1", "sd2" or "sdxl": the models it guides ("" for another width: the engine checks)
+    layout: str        # "original" (lllyasviel's control_model.* keys), "diffusers" (keys or a folder)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        what = "ControlNet" if self.kind == "controlnet" else "T2I-Adapter"
+        return f"{what} for {FAMILY_NAMES.get(self.family, self.family)}"
+
+
+def _control_family(keys: dict, pattern: re.Pattern, prefix: str = "") -> str | None:
+    """The family from the first cross-attention's width; "" for a width of no known family (the demo's 96:
+    the engine compares it with the model's); None when the keys have no cross-attention."""
+    found = sorted((int(m.group(1)), k) for k in keys if k.startswith(prefix)
+                   and (m := pattern.fullmatch(k[len(prefix):])))
+    for _, key in found:
+        shape = keys[key]
+        if isinstance(shape, tuple) and len(shape) == 2:
+            return CONTROL_FAMILIES.get(shape[-1], "")
+    return None
+
+
+def classify_control(keys: dict) -> ControlDetected:
+    """A ControlNet (original or diffusers keys) from a single file's keys; NotAModel saying what it is else."""
+    names = list(keys)
+    if any(k.startswith(("lora_controlnet", "lllite_")) for k in names):
+        raise NotAModel("a Control-LoRA or ControlNet-LLLite file: not supported (dreamshell loads full ControlNets)")
+    if any("task_embedding" in k or "controlnet_mode_embedding" in k for k in names):
+        raise NotAModel("a ControlNet Union model: not supported")
+    if any(k.startswith(("adapter.body.", "body.0.block1", "body.0.resnets")) for k in names):
+        raise NotAModel("a T2I-Adapter single file: dreamshell loads T2I-Adapters from diffusers folders "
+                        "(config.json + diffusion_pytorch_model.safetensors)")
+    for prefix in ("control_model.", ""):
+        if prefix + "input_hint_block.0.weight" in keys and prefix + "zero_convs.0.0.weight" in keys:
+            family = _control_family(keys, _CN_ATTN, prefix)
+            if family is None:
+                raise NotAModel("a ControlNet without cross-attention layers dreamshell knows")
+            return ControlDetected("controlnet", family, "original", "control_model keys" if prefix else
+                                   "original keys without the control_model prefix")
+    if "controlnet_cond_embedding.conv_in.weight" in keys and "controlnet_down_blocks.0.weight" in keys:
+        family = _control_family(keys, _CN_DIFFUSERS_ATTN)
+        if family == "sd1" and "add_embedding.linear_1.weight" in keys:
+            family = "sdxl"
+        if family is None:
+            raise NotAModel("a ControlNet without cross-attention layers dreamshell knows")
+        return ControlDetected("controlnet", family, "diffusers", "diffusers keys in one file")
+    if CONV_IN in keys:
+        raise NotAModel("a Stable Diffusion model, not a ControlNet: give it with --model")
+    raise NotAModel(describe_other(keys) if keys else "an empty weights file")
+
+
+def detect_control_folder(path: Path) -> ControlDetected:
+    """A diffusers ControlNetModel or T2IAdapter folder, from its config.json."""
+    if kind_of(path / "config.json") == "missing":
+        raise NotAModel(f"{path} is a folder without config.json: not a diffusers ControlNet or T2I-Adapter folder")
+    config = folder_config(path, "config.json")
+    cls = str(config.get("_class_name", ""))
+    if cls == "ControlNetModel":
+        family = CONTROL_FAMILIES.get(config.get("cross_attention_dim"), "")
+        if config.get("addition_embed_type") == "text_time":
+            family = "sdxl"
+        return ControlDetected("controlnet", family, "diffusers", "diffusers folder")
+    if cls in ("T2IAdapter", "MultiAdapter"):
+        kind = config.get("adapter_type")
+        family = {"full_adapter": "sd1", "light_adapter": "sd1", "full_adapter_xl": "sdxl"}.get(kind)
+        if family is None:
+            raise NotAModel(f"{path}: a T2I-Adapter of type {kind!r}, which dreamshell does not know")
+        return ControlDetected("t2i-adapter", family, "diffusers", "diffusers folder")
+    raise NotAModel(f"{path}: a diffusers {cls or 'folder'} (config.json), not a ControlNet or T2I-Adapter")
+
+
+def detect_control(path: Path) -> ControlDetected:
+    """What a ControlNet or T2I-Adapter file or folder is, without torch; NotAModel with one line when not (a FIFO,
+    a device or a socket is refused before anything is opened)."""
+    kind = kind_of(path)
+    if kind == "folder":
+        return detect_control_folder(path)
+    if kind == "file":
+        return classify_control(read_keys(path))
+    if kind == "missing":
+        raise NotAModel(f"{path}: no such file or folder")
+    raise NotAModel(f"{path} is {describe_kind(kind)}; give a weights file or a diffusers folder")

@@ -36,6 +36,9 @@ LORA_SUFFIXES = (".safetensors",)
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+CONTROL_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
+CONTROL_FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                          "diffusion_pytorch_model.bin")
 MAX_FILES = 20_000      # files looked at in one folder tree
 
 
@@ -48,10 +51,11 @@ class Folders:
     loras: Path
     embeddings: Path
     vaes: Path
+    controlnets: Path | None = None   # ControlNets and T2I-Adapters (None: none)
 
     @staticmethod
     def under(root: Path) -> "Folders":
-        return Folders(root / "loras", root / "embeddings", root / "vae")
+        return Folders(root / "loras", root / "embeddings", root / "vae", root / "controlnets")
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,24 @@ class UsedEmbedding:
 
 
 @dataclass(frozen=True)
+class UsedControl:
+    """A ControlNet or T2I-Adapter a line's --control names, found in the controlnets folder."""
+
+    name: str          # the file's stem (or the folder's name)
+    path: Path
+    kind: str          # "controlnet" or "t2i-adapter"
+    family: str        # "sd1", "sd2", "sdxl": the models it guides
+    layout: str        # "original" or "diffusers"
+
+
+@dataclass(frozen=True)
 class RecipeExtras:
     """What a line used beyond the model, with A1111's hashes, for the image's metadata."""
 
     loras: tuple[tuple[str, float, str], ...] = ()     # (name, weight, 12-hex hash)
     embeddings: tuple[tuple[str, str], ...] = ()       # (word, 12-hex hash)
     vae: tuple[str, str] | None = None                 # (file name, 10-hex hash or "" for a folder)
+    controls: tuple[tuple[str, str], ...] = ()         # (name, 8-hex A1111 ControlNet hash), one per --control
 
 
 # ----- hashes (A1111's algorithms; computed once and cached by hashing.py)
@@ -116,6 +132,23 @@ def lora_hash(path: Path) -> str:
 def embedding_hash(path: Path) -> str:
     """A1111's `TI hashes` value: 12 hex of the file's sha256."""
     return sha256_file(path)[:12]
+
+
+def control_hash(path: Path) -> str:
+    """A1111's ControlNet extension's `Model: NAME [hash]` (sd-webui-controlnet and Forge's
+    `lib_controlnet/global_state.py` with `sd_models.model_hash`): 8 hex of the sha256 of the 64 KiB at
+    1 MiB into the file; a diffusers folder by its weights file."""
+    import hashlib
+    path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in CONTROL_FOLDER_WEIGHTS if (path / n).is_file()),
+                    path / CONTROL_FOLDER_WEIGHTS[0])
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x100000)
+            return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    except OSError:
+        return ""
 
 
 def vae_hash(path: Path) -> str:
@@ -178,12 +211,14 @@ class LineFiles:
     loras: tuple[UsedLora, ...] = ()
     embeddings: tuple[UsedEmbedding, ...] = ()
     vae: Path | None = None
+    controls: tuple[UsedControl, ...] = ()   # one per --control, in the line's order
 
     def recipe(self) -> RecipeExtras:
         """The files with A1111's hashes, for the image's metadata (each file hashed once, then cached)."""
         return RecipeExtras(tuple((u.name, u.weight, lora_hash(u.path)) for u in self.loras),
                             tuple((u.name, embedding_hash(u.path)) for u in self.embeddings),
-                            (self.vae.name, vae_hash(self.vae)) if self.vae is not None else None)
+                            (self.vae.name, vae_hash(self.vae)) if self.vae is not None else None,
+                            tuple((u.name, control_hash(u.path)) for u in self.controls))
 
 
 # textual-inversion embeddings that recipes on CivitAI name most (negative embeddings above all): a word
@@ -278,11 +313,50 @@ class Library:
         raise _missing("VAE", name, self.folders.vaes, {p.name for p in found.values()},
                        "give a path, or a .safetensors file or diffusers folder in the VAE folder (--vae_dir)")
 
+    # ControlNets and T2I-Adapters
+    def controlnets(self) -> dict[str, Path]:
+        folder = self.folders.controlnets
+        return _scan(folder, CONTROL_SUFFIXES, "config.json") if folder is not None else {}
+
+    def find_control(self, name: str, found: dict[str, Path] | None = None) -> UsedControl:
+        """A ControlNet by its name in the controlnets folder: the exact stem, the same in another case, or
+        the one name that holds it (`canny` -> control_v11p_sd15_canny); what it is from its keys."""
+        from .checkpoint import detect_control
+        found = self.controlnets() if found is None else found
+        lowered = {n.lower(): n for n in found}
+        holding = [n for n in found if name.lower() in n.lower()]
+        stem = name if name in found else lowered.get(name.lower()) or (holding[0] if len(holding) == 1 else None)
+        if stem is None:
+            folder = self.folders.controlnets or Path("controlnets")
+            if len(holding) > 1:
+                raise ExtraError(f"--control {quoted(name)} names {len(holding)} models in {shorten(str(folder), 80)}: "
+                                 f"{shorten(', '.join(sorted(holding)), 120)}; give the whole name")
+            raise _missing("ControlNet", name, folder, found, "ControlNets are .safetensors/.pth files or diffusers "
+                           "folders; set the folder with --controlnet_dir or 'controlnets:' in the models file")
+        path = found[stem]
+        try:
+            what = detect_control(path)
+        except NotAModel as e:
+            text = str(e)
+            raise ExtraError(f"--control {stem}: " + (text if text.startswith(str(path)) else f"{path} is {text}")) \
+                from None
+        except OSError as e:
+            raise ExtraError(f"--control {stem}: cannot read {path} ({e.strerror or e})") from None
+        return UsedControl(stem, path, what.kind, what.family, what.layout)
+
+    def used_controls(self, specs) -> tuple[UsedControl, ...]:
+        """The files of a line's --control values (the folder scanned once)."""
+        if not specs:
+            return ()
+        found = self.controlnets()
+        return tuple(self.find_control(spec.model, found) for spec in specs)
+
     # a line's files
-    def files_for(self, prompt: str, vae: str | None) -> LineFiles:
-        """The files a line uses, each folder scanned once; ExtraError for a LoRA or VAE that is not there."""
+    def files_for(self, prompt: str, vae: str | None, controls=()) -> LineFiles:
+        """The files a line uses, each folder scanned once; ExtraError for a LoRA, VAE or ControlNet that is not
+        there."""
         return LineFiles(tuple(self.used_loras(prompt)), tuple(self.used_embeddings(prompt)),
-                         self.find_vae(vae) if vae else None)
+                         self.find_vae(vae) if vae else None, self.used_controls(controls))
 
     def recipe_extras(self, prompt: str, vae: str | None) -> RecipeExtras:
         return self.files_for(prompt, vae).recipe()

@@ -5,8 +5,8 @@ kind (read from the weights when left out: checkpoint.py), a description, defaul
 `clip_skip`; for SD 3 and FLUX.1 the encoder files kept apart (`clip_l`, `clip_g`, `t5xxl`, and
 `t5_tokenizer` for a T5 tokenizer folder of the user's own), for SDXL finetunes `prediction` and
 `zero_snr`. Reserved keys: `upscalers` maps factors to Real-ESRGAN weight files; `loras`,
-`embeddings` and `vaes` name those folders (default: `models/loras`, `models/embeddings`, `models/vae`
-in the working folder where they exist, else the installed copies). With no models file, the built-in
+`embeddings`, `vaes` and `controlnets` name those folders (default: `models/loras`, `models/embeddings`,
+`models/vae`, `models/controlnets` in the working folder where they exist, else the installed copies). With no models file, the built-in
 demo model is the default.
 
 A model's defaults come from its own files wherever it is loaded from (the models file, `--model PATH`,
@@ -141,14 +141,14 @@ def builtin_models_dir() -> Path:
 
 
 def default_folders() -> Folders:
-    """The LoRA, embedding and VAE folders when nothing names them: `models/loras` (etc.) in the working
+    """The LoRA, embedding, VAE and ControlNet folders when nothing names them: `models/loras` (etc.) in the working
     folder where it exists (the rule of the default models file, `models/models.yaml`), else the
     installed copy beside the demo model."""
     builtin = Folders.under(builtin_models_dir())
     local = Folders.under(Path.cwd() / "models")
     return Folders(*(mine if mine.is_dir() else theirs for mine, theirs in
                      ((local.loras, builtin.loras), (local.embeddings, builtin.embeddings),
-                      (local.vaes, builtin.vaes))))
+                      (local.vaes, builtin.vaes), (local.controlnets, builtin.controlnets))))
 
 
 def demo_spec() -> ModelSpec:
@@ -426,7 +426,8 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
 
 
 MAX_MODELS_FILE_BYTES = 1024 * 1024
-FOLDER_KEYS = {"loras": "loras", "embeddings": "embeddings", "vaes": "vaes"}   # top-level keys: folders
+FOLDER_KEYS = {"loras": "loras", "embeddings": "embeddings", "vaes": "vaes",   # top-level keys: folders
+               "controlnets": "controlnets"}
 
 
 MAX_YAML_DEPTH = 8         # mappings and lists inside each other (a models file needs 3)
@@ -538,8 +539,9 @@ def load_registry(path: Path | None) -> Registry:
     return Registry(models, upscalers, path if there else None, folders)
 
 
-def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None) -> Registry:
-    """The registry with the LoRA, embedding and VAE folders the launch switches name (over the models file's)."""
+def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None, controlnets=None) -> Registry:
+    """The registry with the LoRA, embedding, VAE and ControlNet folders the launch switches name (over the models
+    file's)."""
     changes = {field: Path(value).expanduser() for field, value in
-               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes)) if value}
+               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes), ("controlnets", controlnets)) if value}
     return replace(registry, folders=replace(registry.folders, **changes)) if changes else registry

@@ -101,6 +101,7 @@ def fetch_recipe(path, library=None) -> Recipe:
 def _checked(path: Path, recipe: Recipe, skipped: list[str], library=None) -> Recipe:
     """Refuse an absurdly long command; add notes for skipped chunks, samplers that cannot run here and
     extras that differ from the session's files."""
+    recipe = controls_at_hand(path, recipe)
     command = format_request(recipe.request)
     if len(command) > MAX_COMMAND:
         raise MetadataError(f"{path}: the recovered command is {len(command):,} characters, over the "
@@ -112,9 +113,28 @@ def _checked(path: Path, recipe: Recipe, skipped: list[str], library=None) -> Re
     why = cannot_run(r.sampler, r.schedule, r.timesteps, r.eta)
     if why:
         notes.append(f"cannot run here as it is: {why}")
+    for spec in recipe.request.control:
+        if spec.image != "-1" and not Path(spec.image).expanduser().is_file():
+            notes.append(f"--control {short(spec.model, 60)}: its image {short(spec.image, 80)} is not at hand; "
+                         "put its path on the line")
     if library is not None:
         notes += library_notes(recipe, library)
     return replace(recipe, notes=tuple(notes))
+
+
+def controls_at_hand(path: Path, recipe: Recipe) -> Recipe:
+    """A control image the recipe names by file name only (InvokeAI's gallery names, ComfyUI's input names) that
+    lies beside the fetched image: the line gets its path there."""
+    if not recipe.request.control:
+        return recipe
+    specs = []
+    for spec in recipe.request.control:
+        image = Path(spec.image).expanduser()
+        beside = path.parent / image.name
+        if spec.image != "-1" and not image.is_absolute() and not image.is_file() and beside.is_file():
+            spec = replace(spec, image=str(beside))
+        specs.append(spec)
+    return replace(recipe, request=recipe.request.with_(control=tuple(specs)))
 
 
 def _differs(what: str, path: Path, have: str, recorded: str) -> str:
@@ -165,6 +185,26 @@ def library_notes(recipe: Recipe, library) -> list[str]:
                 digest = rec.vae[1] if rec.vae else ""
                 if digest and path.is_file() and vae_hash(path).lower() != digest.lower():
                     notes.append(_differs(f"VAE {short(vae, 60)}", path, vae_hash(path), digest))
+        notes += control_library_notes(recipe, library)
     except OSError as e:
         notes.append(f"the LoRA, embedding and VAE files could not all be checked ({short(e, 120)})")
+    return notes
+
+
+def control_library_notes(recipe: Recipe, library) -> list[str]:
+    """The recipe's ControlNets (its --control, or the units an A1111 file records) missing from the controlnets
+    folder or with another hash than recorded (A1111's 8-hex `Model: NAME [hash]`)."""
+    from ...weights.library import ExtraError, control_hash
+    notes: list[str] = []
+    hashes = {name.lower(): digest for name, digest in recipe.recorded.controls}
+    names = [spec.model for spec in recipe.request.control] or [name for name, _ in recipe.recorded.controls]
+    for name in names:
+        try:
+            used = library.find_control(name)
+        except ExtraError as e:
+            notes.append(str(e))
+            continue
+        digest = hashes.get(name.lower(), "")
+        if digest and control_hash(used.path).lower() != digest.lower()[:8]:
+            notes.append(_differs(f"ControlNet {short(name, 60)}", used.path, control_hash(used.path), digest))
     return notes

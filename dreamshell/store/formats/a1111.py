@@ -167,6 +167,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
     keys += _step_keys(r)
     if r.seamless:
         keys.append(("Tiling", "True"))
+    keys += inpaint_area_keys(r)
     if r.hires_fix:
         keys += _hires_keys(r)
     loras = _hash_list((name, digest) for name, _, digest in meta.extras.loras)
@@ -175,6 +176,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
     embeddings = _hash_list(meta.extras.embeddings)
     if embeddings:
         keys.append(("TI hashes", embeddings))
+    keys += control_keys(meta)
     if r.upscale:
         keys += _upscale_keys(r)
     keys.append(("Dreamshell", meta.command))
@@ -183,6 +185,114 @@ def a1111_parameters(meta: ImageMeta) -> str:
         lines.append("Negative prompt: " + _to_a1111_text(negative.replace("\\:", ":")))
     lines.append(", ".join(f"{k}: {_value(v)}" for k, v in keys))
     return "\n".join(lines)
+
+
+# ----- ControlNet units and Only masked (issue 20): A1111's ControlNet extension (Mikubill/sd-webui-controlnet
+# internal_controlnet/args.py ControlNetUnit.infotext_fields and serialize; Forge's lib_controlnet/infotext.py) and
+# A1111 1.10 processing.py StableDiffusionProcessingImg2Img.init (`Inpaint area`, `Masked area padding`)
+
+CONTROL_FIELDS = ("Module", "Model", "Weight", "Resize Mode", "Processor Res", "Threshold A", "Threshold B",
+                  "Guidance Start", "Guidance End", "Pixel Perfect", "Control Mode")
+_THRESHOLDS = {"canny": (100, 200), "blur": (9.0, None), "tile": (1.0, None)}   # A1111's slider defaults
+
+
+def control_unit(spec, model_hash: str, width: int, height: int) -> str:
+    """One `ControlNet N` value as the extension serializes a unit (`Field: value, ...`; str() of each value)."""
+    from ...line.control import PREPROCESSORS
+    pre = spec.pre()
+    a, b = _THRESHOLDS.get(pre, (None, None))
+    model = f"{spec.model} [{model_hash}]" if model_hash else spec.model
+    values = {"Module": PREPROCESSORS[pre][0], "Model": model, "Weight": str(float(spec.weight)),
+              "Resize Mode": "Crop and Resize", "Processor Res": str(min(width, height)),
+              "Threshold A": str(a) if a is not None else None, "Threshold B": str(b) if b is not None else None,
+              "Guidance Start": str(float(spec.start)), "Guidance End": str(float(spec.end)),
+              "Pixel Perfect": "True", "Control Mode": "Balanced"}
+    return ", ".join(f"{k}: {v}" for k, v in values.items() if v is not None)
+
+
+def control_keys(meta: ImageMeta) -> list[tuple[str, str]]:
+    r = meta.request
+    hashes = dict(meta.extras.controls)
+    return [(f"ControlNet {i}", control_unit(spec, hashes.get(spec.model, ""), r.width or 512, r.height or 512))
+            for i, spec in enumerate(r.control)]
+
+
+def inpaint_area_keys(r: DreamRequest) -> list[tuple[str, str]]:
+    if r.inpaint_area != "masked" or not r.init_mask:
+        return []
+    from ...line.control import DEFAULT_PADDING
+    padding = DEFAULT_PADDING if r.inpaint_padding is None else r.inpaint_padding
+    return [("Inpaint area", "Only masked"), ("Masked area padding", str(padding))]
+
+
+def parse_unit(text: str) -> dict[str, str]:
+    """A `ControlNet N` value -> {field: value}, as the extension's parse_unit splits it (`, ` then `: `)."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition(": ")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+_MODEL_HASH = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,10})\]\s*$")
+
+
+def _unit_keys(params: dict[str, str]) -> list[str]:
+    return sorted((k for k in params if re.fullmatch(r"ControlNet \d+", k)), key=lambda k: int(k.split()[1]))
+
+
+def _unit_model(unit: dict[str, str]) -> tuple[str, str]:
+    """(model name, hash) of a unit's `Model: name [hash]`."""
+    model = unit.get("Model", "None")
+    m = _MODEL_HASH.match(model)
+    return (m.group(1), m.group(2)) if m else (model.strip(), "")
+
+
+def recorded_controls(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The (model, hash) of each `ControlNet N` unit, for the check against the controlnets folder."""
+    pairs = (_unit_model(parse_unit(params[k])) for k in _unit_keys(params))
+    return tuple((name, digest) for name, digest in pairs if name not in ("", "None"))
+
+
+def read_control_units(b: Builder, params: dict[str, str]) -> None:
+    """Each `ControlNet N` unit named in a note: A1111 does not record the control image, so the line cannot
+    take it; the note gives the --control to add."""
+    from ...line.control import A1111_MODULES, ControlSpec, default_preprocessor, format_control
+    for key in _unit_keys(params):
+        unit = parse_unit(params.pop(key))
+        model, _ = _unit_model(unit)
+        module = unit.get("Module", "none")
+        if model in ("", "None"):
+            b.drop(f"{key} (module {short(module, 30)}, no model)")
+            continue
+        pre = A1111_MODULES.get(module)
+        try:
+            weight = float(unit.get("Weight", 1))
+            start, end = float(unit.get("Guidance Start", 0)), float(unit.get("Guidance End", 1))
+        except ValueError:
+            weight, start, end = 1.0, 0.0, 1.0
+        shown = format_control(ControlSpec(model, "IMAGE", weight, start, end,
+                                           pre if pre and pre != default_preprocessor(model) else None))
+        how = "" if pre else f"; dreamshell cannot run its module {short(module, 30)}: give the map itself as IMAGE"
+        if not pre and default_preprocessor(model) != "none":
+            shown = format_control(ControlSpec(model, "IMAGE", weight, start, end, "none"))
+        b.drop(f"{key}: {short(module, 30)} with {short(model, 60)} (A1111 does not record the control image: add "
+               f"--control {shown}{how})")
+
+
+def read_inpaint_area(b: Builder, params: dict[str, str]) -> None:
+    """`Inpaint area: Only masked` with `Masked area padding` (A1111 1.10), or the older label `Only masked padding,
+    pixels`, whose comma A1111's own key pattern splits (it reads as `pixels: N`): noted, since A1111 records
+    neither the init image nor the mask."""
+    area = params.pop("Inpaint area", None)
+    if area is None or area.strip() == "Whole picture":
+        return
+    padding = params.pop("Masked area padding", None) or params.pop("Only masked padding, pixels", None) \
+        or params.pop("pixels", None)
+    pad = f" --inpaint_padding {padding.strip()}" if padding else ""
+    b.drop(f"Inpaint area: {short(area, 20)} (A1111 records neither the image nor the mask: add -I IMAGE -M MASK "
+           f"--inpaint_area masked{pad})")
 
 
 # ----- reading
@@ -459,7 +569,8 @@ def recorded_extras(params: dict[str, str], prompt: str) -> RecipeExtras:
     embeddings = tuple(_hash_pairs(params.get("TI hashes", "")).items())
     vae = params.get("VAE", "").strip()
     vae = re.split(r"[\\/]", vae.rstrip("\\/"))[-1] if vae not in ("", "None", "Automatic") else ""
-    return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None)
+    return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None,
+                        recorded_controls(params))
 
 
 _CIVITAI_KINDS = {"checkpoint": "checkpoint", "lora": "LoRA", "locon": "LoRA", "lycoris": "LyCORIS", "dora": "DoRA",
@@ -586,6 +697,8 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
     if params.pop("Tiling", "").strip().lower() == "true":
         b.values["seamless"] = True
     _hires_and_strength(b, params, first)
+    read_control_units(b, params)
+    read_inpaint_area(b, params)
     for key in ("Version", "Lora hashes", "TI hashes"):   # the hashes are checked against the session's files
         params.pop(key, None)
     for key, value in params.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from ...line.control import ControlError, ControlSpec, check_control, default_preprocessor
 from ...line.prompt import PromptError, split_prompt
 from ...line.switches import format_number
 from .common import Builder, MetadataError, Recipe, load_json, short
@@ -44,7 +45,7 @@ def _text(graph: dict, link, which: str) -> str:
 def _file_stem(name: str) -> str:
     """A model file's name without its folders and extension ('style/detail.safetensors' -> 'detail')."""
     base = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
-    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".bin")) else base
+    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin")) else base
 
 
 def _number(value):
@@ -169,8 +170,10 @@ def read_comfyui(text: str) -> Recipe:
     b = Builder("ComfyUI prompt graph")
     notes: list[str] = []
     dropped: list[str] = []
-    prompt = a1111_to_dreamshell(_text(graph, inputs.get("positive"), "positive"), notes, dropped, loras=False)
-    negative = _text(graph, inputs.get("negative"), "negative")
+    positive_link = comfy_controls(b, graph, inputs.get("positive"))
+    negative_link = comfy_controls(None, graph, inputs.get("negative"))
+    prompt = a1111_to_dreamshell(_text(graph, positive_link, "positive"), notes, dropped, loras=False)
+    negative = _text(graph, negative_link, "negative")
     tags = _loaders(b, graph, inputs.get("model"))
     prompt = " ".join([prompt, *tags]).strip()
     if negative.strip():
@@ -191,7 +194,7 @@ def read_comfyui(text: str) -> Recipe:
     if "timesteps" in inputs and b.set("--timesteps", inputs["timesteps"], "SDTurboScheduler timesteps"):
         b.values["steps"] = len(b.values["timesteps"])
         b.values.pop("schedule", None)
-    positive = _node(graph, inputs.get("positive"))
+    positive = _node(graph, positive_link)
     _clip_skip(b, graph, positive.get("inputs", {}).get("clip") if positive else None)
     _vae(b, graph)
     _latent(b, graph, inputs.get("latent_image"), inputs.get("denoise"))
@@ -249,3 +252,73 @@ def _comfy_sampler(b: Builder, name: str, scheduler: str) -> None:
         b.drop(f"scheduler {short(scheduler)} (no dreamshell schedule)")
     elif found is not None:   # ComfyUI applies its scheduler to every sampler
         b.values["schedule"] = found.name
+
+
+# ----- ControlNet nodes (issue 20): ControlNetLoader -> ControlNetApply / ControlNetApplyAdvanced on the prompt's
+# conditioning (ComfyUI nodes.py), their image from LoadImage (the map itself) or Canny (comfy_extras/nodes_canny.py)
+
+_APPLY = {"ControlNetApply": "conditioning", "ControlNetApplyAdvanced": None}
+_LOADERS_CN = ("ControlNetLoader", "DiffControlNetLoader")
+
+
+def _control_image(b: Builder, graph: dict, link, name: str) -> tuple[str, str | None] | None:
+    """(image file name, preprocessor) of a ControlNet's image input; None (and a note) when it cannot be read."""
+    node = _node(graph, link)
+    kind = node.get("class_type") if node else None
+    pre = "none"
+    if kind == "Canny":
+        low, high = node.get("inputs", {}).get("low_threshold"), node.get("inputs", {}).get("high_threshold")
+        if (low, high) != (0.4, 0.8):
+            b.note(f"ControlNet {short(name, 40)}: Canny thresholds {short(low, 8)}/{short(high, 8)} read as "
+                   "dreamshell's canny (100/200 of 255)")
+        pre, node = "canny", _node(graph, node.get("inputs", {}).get("image"))
+        kind = node.get("class_type") if node else None
+    if kind != "LoadImage":
+        b.drop(f"ControlNet {short(name, 40)} (its image comes from {short(kind or 'no node', 40)})")
+        return None
+    image = str(node.get("inputs", {}).get("image") or "")
+    return (image, pre) if image else None
+
+
+def comfy_controls(b: Builder | None, graph: dict, link):
+    """Follow a conditioning link back through ControlNet apply nodes; with `b`, each becomes a --control. Returns
+    the link the conditioning comes from before them (the text encode)."""
+    found, seen = [], 0
+    node = _node(graph, link)
+    while node is not None and node.get("class_type") in _APPLY and seen < 20:
+        seen += 1
+        kind, inputs = node["class_type"], node.get("inputs", {})
+        index = link[1] if isinstance(link, list) and len(link) == 2 else 0
+        if b is not None:
+            found.append(_comfy_control(b, graph, inputs))
+        link = inputs.get(_APPLY[kind] or ("negative" if index == 1 else "positive"))
+        node = _node(graph, link)
+    if b is not None:
+        specs = tuple(spec for spec in reversed(found) if spec is not None)   # applied first, written first
+        if specs:
+            b.values["control"] = b.values.get("control", ()) + specs
+    return link
+
+
+def _comfy_control(b: Builder, graph: dict, inputs: dict) -> ControlSpec | None:
+    """One ControlNet apply node's --control (its loader's file, its image, strength, start and end)."""
+    loader = _node(graph, inputs.get("control_net"))
+    if loader is None or loader.get("class_type") not in _LOADERS_CN:
+        b.drop(f"a ControlNet from {short(loader.get('class_type') if loader else 'no node', 40)}")
+        return None
+    name = _file_stem(str(loader.get("inputs", {}).get("control_net_name") or ""))
+    image = _control_image(b, graph, inputs.get("image"), name)
+    if image is None:
+        return None
+    pre = image[1] if image[1] != default_preprocessor(name) else None
+    values = [_number(inputs.get(k, d)) for k, d in (("strength", 1.0), ("start_percent", 0.0), ("end_percent", 1.0))]
+    if None in values:
+        b.drop(f"ControlNet {short(name, 40)} (its strength or steps come from another node)")
+        return None
+    try:
+        spec = ControlSpec(name, image[0], float(values[0]), float(values[1]), float(values[2]), pre)
+        check_control(spec)
+    except (ControlError, TypeError, ValueError) as e:
+        b.drop(f"ControlNet {short(name, 40)} ({e})")
+        return None
+    return spec

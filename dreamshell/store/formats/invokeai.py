@@ -420,6 +420,7 @@ def read_invokeai_metadata(text: str) -> Recipe:
     model = _model_name(model_data)
     if model:
         b.set("--model", model, "model")
+    invoke3_controls(b, data)
     _invoke3_rest(b, data, model_data)
     return b.build(prompt)
 
@@ -535,3 +536,57 @@ def _invoke3_rest(b: Builder, data: dict, model_data=None) -> None:
         if key == "rand_device" or value in (None, False, 0, "", [], {}):
             continue
         b.drop(f"{key}: {short(json.dumps(value), 40)}")
+
+
+# ----- InvokeAI 3+ control adapters (issue 20): core_metadata's `controlnets`, `t2iAdapters` (invokeai/app/invocations/
+# metadata.py ControlNetMetadataField, T2IAdapterMetadataField) as --control; the image is a gallery name, looked for
+# beside the fetched image (formats/__init__.py), and named in a note when it is not there
+
+
+def _image_name(field) -> str:
+    return str(field.get("image_name") or "") if isinstance(field, dict) else ""
+
+
+def invoke3_controls(b: Builder, data: dict) -> None:
+    from ...line.control import ControlError, ControlSpec, check_control, default_preprocessor
+    units = [("controlnets", "control_model", "control_weight", "ControlNet"),
+             ("t2iAdapters", "t2i_adapter_model", "weight", "T2I-Adapter")]
+    for key, model_key, weight_key, label in units:
+        for item in data.pop(key, None) or []:
+            if not isinstance(item, dict):
+                continue
+            name = _base_name(str(_model_name(item.get(model_key)) or "")).strip()
+            processed, image = _image_name(item.get("processed_image")), _image_name(item.get("image"))
+            weight = item.get(weight_key, 1)
+            if isinstance(weight, list):
+                b.note(f"{label} {short(name, 40)}: per-step weights {short(json.dumps(weight), 40)} read as the "
+                       f"first, {short(weight[0] if weight else 1, 10)}")
+                weight = weight[0] if weight else 1
+            if not name or not (processed or image):
+                b.drop(f"{label} {short(name or '(no model)', 40)} (no model or image recorded)")
+                continue
+            # the processed image is the map the model saw; without it the source image goes through the default
+            pre = "none" if processed else None
+            if pre == default_preprocessor(name):
+                pre = None
+            try:
+                spec = ControlSpec(name, processed or image, float(weight), float(item.get("begin_step_percent", 0)),
+                                   float(item.get("end_step_percent", 1)), pre)
+                check_control(spec)
+            except (ControlError, TypeError, ValueError) as e:
+                b.drop(f"{label} {short(name, 40)} ({e})")
+                continue
+            if not processed:
+                b.note(f"{label} {short(name, 40)}: InvokeAI recorded the source image, not its processed map: "
+                       f"dreamshell's {spec.pre()} preprocessor makes the map")
+            mode = str(item.get("control_mode") or "balanced")
+            if mode != "balanced":
+                b.drop(f"{label} {short(name, 40)} control_mode {short(mode, 20)} (dreamshell runs balanced)")
+            resize = str(item.get("resize_mode") or "just_resize")
+            if resize != "crop_resize":
+                b.note(f"{label} {short(name, 40)}: resize_mode {short(resize, 20)} read as crop and resize (the "
+                       "same when the image has the line's aspect ratio)")
+            b.values["control"] = b.values.get("control", ()) + (spec,)
+    for item in data.pop("ipAdapters", None) or []:
+        if isinstance(item, dict):
+            b.drop(f"IP-Adapter {short(_model_name(item.get('ip_adapter_model')) or '?', 40)} (not supported)")
