@@ -149,7 +149,7 @@ def case_sdxl_vpred(path: Path, folder: Path, size: int, steps: int) -> dict:
                scheduler=[sc.prediction_type, sc.get("rescale_betas_zero_snr"), sc.timestep_spacing])
     sys.path.insert(0, str(ROOT / "scripts"))
     from safetensors import safe_open
-    from make_fullsize_checkpoints import loaded_as_ldm
+    from dreamshell.engines.fullsize import loaded_as_ldm
     loaded = loaded_as_ldm(pipe, "sdxl")
     with safe_open(str(path), framework="pt") as f:
         written = set(f.keys())

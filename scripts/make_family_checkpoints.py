@@ -122,7 +122,7 @@ def full_size(name: str, out: Path) -> Path:
         path = out / "sdxl-vpred-ztsnr-random.safetensors"
         if not path.exists():
             import torch
-            from make_fullsize_checkpoints import build_parts, ldm_state
+            from dreamshell.engines.fullsize import build_parts, ldm_state
             parts = build_parts("sdxl", 0, torch.float16)
             state = ldm_state(parts, "sdxl")
             del parts
@@ -238,7 +238,7 @@ def tiny_playground(out: Path) -> tuple[Path, Path]:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from make_fullsize_checkpoints import _text_keys, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+    from dreamshell.engines.fullsize import _text_keys, openclip_to_ldm, unet_to_ldm, vae_to_ldm
     config = out / "config-sdxl-playground"
     shutil.rmtree(config, ignore_errors=True)
     shutil.copytree(CONFIGS / "sdxl-playground", config)
