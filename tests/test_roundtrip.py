@@ -86,6 +86,8 @@ FIELD_STRATEGIES = {
     "hires_steps": st.integers(1, 999),
     "hires_strength": unit.filter(lambda x: x > 0),
     "hires_upscaler": st.sampled_from(["latent", "lanczos", "esrgan"]),
+    "guidance": st.floats(0, 100, allow_nan=False).map(abs),
+    "cfg_rescale": unit,
 }
 
 

@@ -47,6 +47,8 @@ class DreamRequest:
     hires_steps: int | None = None        # steps of the second pass (default: -s)
     hires_strength: float | None = None   # denoising strength of the second pass (default 0.7, A1111's)
     hires_upscaler: str | None = None     # latent | lanczos | esrgan (default latent)
+    guidance: float | None = None   # FLUX.1 dev's distilled guidance (Forge's Distilled CFG Scale); None: 3.5
+    cfg_rescale: float | None = None  # CFG rescale phi (Lin et al. 2023; diffusers' guidance_rescale); None: off
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

@@ -253,6 +253,12 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("hires_upscaler", "--hires_upscaler", (), hires_upscaler,
            "hires fix: " + ", ".join(hires.upscaler_names()) + f" (default {hires.DEFAULT_UPSCALER})", "NAME",
            complete="hires_upscaler"),
+    Switch("guidance", "--guidance", (), float_range(0, 100, "the distilled guidance goes from 0 to 100"),
+           "FLUX.1 dev's distilled guidance (Forge's Distilled CFG Scale; default 3.5); -C is true CFG", "G"),
+    Switch("cfg_rescale", "--cfg_rescale", (),
+           float_range(0, 1, "the CFG rescale goes from 0 (off) to 1"),
+           "rescale CFG toward the prompt's own scale (A1111's CFG Rescale phi; 0.7 for v-prediction "
+           "zero-SNR models)", "PHI"),
 )
 
 HELP_SPELLINGS = ("-h", "--help")

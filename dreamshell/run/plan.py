@@ -29,6 +29,7 @@ from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.safetext import first_line, shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
+from ..weights import families
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
 from .resolve import UNKNOWN_SEEDS, apply_defaults, image_requests, resolve_request
@@ -126,13 +127,16 @@ class Planner:
         check_weights(spec)
         return spec
 
-    def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False) -> CheckedLine:
+    def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False,
+              current: ModelSpec | None = None) -> CheckedLine:
         """Everything the line alone can tell (`files`: also its -I/-M files). A file that is not there
-        yet but that `pending(path)` says a queued line may make is looked for when the line runs."""
+        yet but that `pending(path)` says a queued line may make is looked for when the line runs.
+        `current`: the model the line runs on when it names none (its family's rules are checked too)."""
         request = apply_defaults(request, self.defaults)
         spec = self.model(request.model) if request.model is not None else None
         check_sampler(request.sampler, request.schedule)
         found = self.library.files_for(request.prompt, request.vae)   # a model's own VAE: when it runs
+        check_family(request, spec or current, found)
         explicit = bool(request.width or request.height)
         if files:
             for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")):
@@ -150,6 +154,8 @@ class Planner:
         resolved = resolve_request(request, spec, state.seeds, state.rng).with_(model=spec.name)
         check_sampler(resolved.sampler, resolved.schedule)
         check_resolved(resolved)
+        check_family(resolved, spec, checked.files)
+        resolved = families.family_defaults(resolved, spec)   # its schedule and guidance written out
         files = checked.files
         if resolved.vae and files.vae is None:   # the model's own VAE setting (the line named none)
             files = replace(files, vae=self.library.find_vae(resolved.vae))
@@ -200,6 +206,14 @@ def check_weights(spec: ModelSpec) -> None:
     if not spec.weights.exists():
         raise ModelsFileError(f"model '{spec.name}': {spec.weights} does not exist; fix 'weights' in the models "
                               "file or give --model a path that exists")
+
+
+def check_family(request: DreamRequest, spec: ModelSpec | None, files: LineFiles | None = None) -> None:
+    """The switches the model's family does not take (guidance on SD, clip skip on FLUX.1, a FLUX.1 LoRA on
+    SDXL, ...): one line, the same words the engine would say."""
+    why = families.check_line(request, spec, files)
+    if why:
+        raise UserError(why)
 
 
 def check_sampler(sampler: str | None, schedule: str | None) -> None:
@@ -266,4 +280,4 @@ def batch_groups(images: tuple[DreamRequest, ...], size: int, together: bool) ->
 
 
 __all__ = ["CheckedLine", "LinePlan", "PENDING", "UNKNOWN_SEEDS", "plan_file_line", "PlanState", "Planner", "batch_groups",
-           "check_image_file", "check_sampler", "check_weights", "size_from_image"]
+           "check_family", "check_image_file", "check_sampler", "check_weights", "size_from_image"]
