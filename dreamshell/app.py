@@ -76,8 +76,8 @@ def warnings_to_error_log() -> None:
     """Library warnings (numpy, Pillow, torch, Ray) go to errors.log in the data folder, not to the
     terminal, where they would break the prompt's lines."""
     import logging
-    logging.captureWarnings(True)
-    log = logging.getLogger("py.warnings")
+    import warnings
+    log = logging.getLogger("dreamshell.warnings")
     if not log.handlers:
         try:
             folder = data_dir()
@@ -88,6 +88,10 @@ def warnings_to_error_log() -> None:
         handler.setFormatter(logging.Formatter("--- %(asctime)s warning: %(message)s"))
         log.addHandler(handler)
     log.propagate = False
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        log.warning("%s", warnings.formatwarning(message, category, filename, lineno, line).strip())
+    warnings.showwarning = show
 
 
 def run_app(args, config: Path | None, defaults: DreamRequest) -> int:

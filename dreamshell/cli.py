@@ -15,7 +15,9 @@ from . import __version__
 from .line.errors import LimitError
 from .line.limits import check_request
 from .line.request import REQUEST_DEFAULTS, DreamRequest
+from .line.safetext import shorten
 from .line.switches import SWITCHES, SwitchError
+from .weights.files import describe_kind, kind_of
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,12 +72,15 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default=None, help="the model to load: a name from the models file or a path")
     ap.add_argument("--lora_dir", metavar="DIR", default=None,
                     help="folder of LoRA .safetensors files for <lora:NAME:WEIGHT> (default: 'loras:' in the models "
-                         "file, else the shipped models/loras)")
+                         "file, else models/loras in the working folder if there is one, else the installed demo "
+                         "folder)")
     ap.add_argument("--embedding_dir", metavar="DIR", default=None,
                     help="folder of textual-inversion embeddings, used by file name as a word of the prompt "
-                         "(default: 'embeddings:' in the models file, else the shipped models/embeddings)")
+                         "(default: 'embeddings:' in the models file, else models/embeddings in the working folder "
+                         "if there is one, else the installed demo folder)")
     ap.add_argument("--vae_dir", metavar="DIR", default=None,
-                    help="folder --vae NAME looks in (default: 'vaes:' in the models file, else the shipped models/vae)")
+                    help="folder --vae NAME looks in (default: 'vaes:' in the models file, else models/vae in the "
+                         "working folder if there is one, else the installed demo folder)")
     ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "
@@ -150,6 +155,8 @@ def session_defaults(args: argparse.Namespace, ap: argparse.ArgumentParser) -> D
 
 
 def default_models_file() -> Path | None:
+    """models/models.yaml in the working folder, if there is one (the LoRA, embedding and VAE folders
+    follow the same rule: weights/models.default_folders)."""
     p = Path("models/models.yaml")
     return p if p.exists() else None
 
@@ -165,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--resume works with --ray: dreamshell --from_file FILE --ray --resume")
     if args.ray_cpus_per_worker < 1 or (args.ray_workers is not None and args.ray_workers < 1):
         ap.error("--ray_cpus_per_worker and --ray_workers take a whole number of at least 1")
-    if args.config is not None and not args.config.exists():
-        print(f"error: models file {args.config} does not exist", file=sys.stderr)
+    if args.config is not None and kind_of(args.config) in ("missing", "too long"):
+        print(f"error: models file {shorten(str(args.config), 120)}: {describe_kind(kind_of(args.config))}",
+              file=sys.stderr)
         return 2
     config = args.config or default_models_file()
     if args.dry_run:

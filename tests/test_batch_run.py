@@ -1,8 +1,10 @@
 """The driver of a distributed batch without Ray or a model: planning, writing in the file's order
 whatever order results come back in, --resume, a lost worker, a failing line (issue 13)."""
 
+import signal
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from dreamshell.batch.plan import plan_lines
@@ -35,6 +37,9 @@ class FakePool:
     @property
     def alive(self):
         return len(self.actors)
+
+    def close(self):
+        pass
 
     def free(self):
         return [a for a in self.actors if self.load[a] < 2]
@@ -140,3 +145,115 @@ def test_bad_lines_are_all_reported_with_their_numbers():
               (6, "!switch nope")])
     assert [e.split(":")[1] for e in p.errors] == ["1", "2", "3", "4", "6"]
     assert p.errors[1] == "f.txt:2: !fetch is not run with --ray (only prompt lines and !switch NAME are)"
+
+
+def test_resume_with_an_absolute_outdir_under_the_working_folder_remakes_nothing():
+    """The log names the images relative to the working folder; -I -1 after a skipped image must name it
+    as the writer did (the folder's own, absolute form), or its line looks new (issue 22, item 23)."""
+    out = Path.cwd() / "out"
+    batch, end, errors = run(plan(), out, FakePool(plan().tasks))
+    assert end == "done" and batch.written == 7
+    assert log_lines(out)[0].startswith("out/000000.7.png: ")          # as the log shows paths
+    assert f"-I {out / '000005.31.png'} -f 0.5" in log_lines(out)[-1]    # as the writer named it
+    pool = FakePool(plan().tasks)
+    batch, end, errors = run(plan(), out, pool, resume=True)
+    assert end == "done" and not errors and (batch.written, batch.skipped) == (0, 7) and pool.made == []
+    assert len(log_lines(out)) == 7
+
+
+# ----- Ctrl-C under --ray: run_ray with a fake Ray and the fake pool, real SIGINTs (issue 22, item 23)
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    import sys
+    import types
+
+    from dreamshell.batch import cluster
+    calls = []
+
+    def shutdown():
+        calls.append("shutdown")
+        if "quiet" not in calls:
+            signal.raise_signal(signal.SIGINT)      # and one more Ctrl-C while Ray shuts down
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(shutdown=shutdown))
+    monkeypatch.setattr(cluster, "connect", lambda ray, address: True)
+    monkeypatch.setattr(cluster, "worker_layout", lambda *a: (2, {}, "cpu"))
+    return calls
+
+
+def ray_run(tmp_path, monkeypatch, pool):
+    from dreamshell.app import InterruptibleRun
+    from dreamshell.batch import cluster
+    from dreamshell.cli import build_argparser
+    commands = tmp_path / "f.txt"
+    commands.write_text("".join(text + "\n" for _, text in LINES))
+    args = build_argparser().parse_args(["--from_file", str(commands), "--ray", "-o", str(tmp_path / "out")])
+    monkeypatch.setattr(cluster, "WorkerPool", lambda *a: pool)
+    spec = demo_spec()
+    said, errors = [], []
+    try:
+        with InterruptibleRun(control := Control()):
+            code = cluster.run_ray(args, Registry({spec.name: spec}), spec, None, said.append, errors.append,
+                                   control)
+    except KeyboardInterrupt:   # caught here, so that a regression fails this test, not the whole run
+        pytest.fail(f"a Ctrl-C escaped run_ray as a traceback; the summary was lost ({said[-1:]})")
+    return code, said, errors
+
+
+class CtrlCPool(FakePool):
+    """Ctrl-C twice once three images are made: the first stops the batch, the second forces it."""
+
+    def wait(self, timeout):
+        events = super().wait(timeout)
+        if len(self.made) >= 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return events
+
+
+def test_two_ctrl_c_under_ray_end_cleanly_with_the_summary(tmp_path, monkeypatch, fake_ray):
+    code, said, errors = ray_run(tmp_path, monkeypatch, CtrlCPool([]))
+    assert code == 130 and not errors and fake_ray == ["shutdown"]
+    assert said[-1].startswith(f"{tmp_path / 'f.txt'}: stopped; ") and "not made (run the same command with --resume" \
+        in said[-1], said
+
+
+def test_two_ctrl_c_while_the_file_is_planned_end_cleanly(tmp_path, monkeypatch, fake_ray):
+    from dreamshell.batch import cluster
+    real = cluster.plan_lines
+
+    def interrupted(*a, **k):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(cluster, "plan_lines", interrupted)
+    code, said, errors = ray_run(tmp_path, monkeypatch, CtrlCPool([]))
+    assert code == 130 and not errors and fake_ray == []
+    assert said == [f"{tmp_path / 'f.txt'}: stopped before any image was made"]
+
+
+def test_resume_with_a_log_that_is_a_fifo_is_one_line(tmp_path, monkeypatch, fake_ray):
+    import os
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "dream_log.txt")
+    from dreamshell.batch import cluster
+    from dreamshell.cli import build_argparser
+    commands = tmp_path / "f.txt"
+    commands.write_text("a red circle -S 7\n")
+    fake_ray.append("quiet")
+    args = build_argparser().parse_args(["--from_file", str(commands), "--ray", "--resume", "--no_log",
+                                         "-o", str(tmp_path / "out")])
+    monkeypatch.setattr(cluster, "WorkerPool", lambda *a: FakePool([]))
+    spec = demo_spec()
+    said, errors = [], []
+
+    def hung(signum, frame):
+        raise TimeoutError("waited 20 s on the FIFO")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)                           # a regression fails here instead of hanging the suite
+    try:
+        code = cluster.run_ray(args, Registry({spec.name: spec}), spec, None, said.append, errors.append, Control())
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert code == 1 and len(errors) == 1 and "dream_log.txt cannot be read" in errors[0], errors

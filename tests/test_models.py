@@ -1,5 +1,6 @@
 """Models: the models file, single-file checkpoints offline, the shipped SD configs, .ckpt safety."""
 
+import os
 import socket
 from pathlib import Path
 
@@ -136,3 +137,97 @@ def test_shipped_tokenizer_is_clips(tmp_path):
         [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
     tok2 = CLIPTokenizer.from_pretrained(single_file_config("sdxl") / "tokenizer_2", local_files_only=True)
     assert tok2.pad_token == "!"
+
+
+# ----- a model's defaults come from its own files, wherever it is loaded from (issue 22, item 2)
+
+def test_the_demo_by_path_draws_at_its_own_defaults():
+    from dreamshell.weights.models import builtin_models_dir, demo_spec
+    builtin = demo_spec()
+    for name in (str(builtin_models_dir() / "demo"), os.path.relpath(builtin_models_dir() / "demo")):
+        spec = Registry({}).get(name)          # !switch models/demo, --model models/demo
+        assert (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler) == (64, 64, 20, 5.0, "k_euler")
+        assert (spec.width, spec.steps, spec.cfg_scale, spec.sampler) == \
+            (builtin.width, builtin.steps, builtin.cfg_scale, builtin.sampler)
+
+
+def _demo_copy(root: Path, defaults: str | None) -> Path:
+    """The demo model's folder with other defaults (its files linked, not copied)."""
+    from dreamshell.weights.models import builtin_models_dir
+    folder = root / "models" / "demo"
+    folder.mkdir(parents=True)
+    for entry in (builtin_models_dir() / "demo").iterdir():
+        if entry.name != "dreamshell.json":
+            (folder / entry.name).symlink_to(entry)
+    if defaults is not None:
+        (folder / "dreamshell.json").write_text(defaults)
+    return folder
+
+
+def test_the_demo_spec_and_a_path_read_one_file_of_defaults(tmp_path, monkeypatch):
+    from dreamshell.weights.models import demo_spec
+    folder = _demo_copy(tmp_path, '{"steps": 12, "cfg": 3.5, "sampler": "ddim", "description": "mine"}')
+    monkeypatch.setenv("DREAMSHELL_BUILTIN_MODELS", str(tmp_path / "models"))
+    for spec in (demo_spec(), Registry({}).get(str(folder)), load_registry(None).default):
+        assert (spec.width, spec.steps, spec.cfg_scale, spec.sampler, spec.description) == (64, 12, 3.5, "ddim", "mine")
+    (tmp_path / "models.yaml").write_text(f"d:\n  weights: {folder}\n  steps: 8\n")
+    spec = load_registry(tmp_path / "models.yaml").models["d"]
+    assert (spec.width, spec.steps, spec.sampler) == (64, 8, "ddim")    # the models file's own keys win
+
+
+@pytest.mark.parametrize("defaults,message", [
+    ('{"steps": 0}', r"dreamshell\.json: steps: '0' is too small"),
+    ('{"cfg": NaN}', r"dreamshell\.json: cfg: 'nan' is not a finite number"),
+    ('{"colour": "red"}', r"dreamshell\.json has unknown keys \['colour'\]"),
+    ('[1, 2]', r"dreamshell\.json is not a JSON object of defaults"),
+    ('{"steps": ' + "[" * 100 + "]" * 100 + "}", r"dreamshell\.json cannot be read \(JSON nested deeper than 64"),
+])
+def test_a_folders_defaults_file_is_checked_like_a_models_file(tmp_path, defaults, message):
+    folder = _demo_copy(tmp_path, defaults)
+    with pytest.raises(ModelsFileError, match=message):
+        Registry({}).get(str(folder))
+
+
+@pytest.mark.parametrize("sample_size,blocks,size", [(96, 4, 768), (64, 4, 512), (128, 4, 1024), (16, 3, 64)])
+def test_a_diffusers_folder_is_drawn_at_its_native_size(tmp_path, sample_size, blocks, size):
+    """As diffusers pipelines compute the default height and width: unet sample_size x 2 ** (VAE blocks - 1)."""
+    import json
+    folder = tmp_path / "m"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "vae").mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                          "text_encoder": ["transformers", "CLIPTextModel"]}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"sample_size": sample_size, "cross_attention_dim": 1024,
+                                                              "in_channels": 4}))
+    (folder / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [8] * blocks}))
+    spec = Registry({}).get(str(folder))
+    assert (spec.kind, spec.width, spec.height) == ("sd2", size, size)
+    (tmp_path / "models.yaml").write_text("m:\n  weights: m\n")
+    assert load_registry(tmp_path / "models.yaml").models["m"].width == size
+
+
+# ----- the LoRA, embedding and VAE folders by default (issue 22, item 15)
+
+def test_default_extra_folders_are_the_working_folders_models_else_the_installed_copy(tmp_path, monkeypatch):
+    from dreamshell.cli import build_argparser
+    from dreamshell.app import launch_folders
+    from dreamshell.weights.models import with_folders
+    installed = tmp_path / "venv" / "share" / "dreamshell" / "models"
+    (installed / "demo").mkdir(parents=True)
+    (installed / "demo" / "model_index.json").write_text("{}")
+    monkeypatch.setenv("DREAMSHELL_BUILTIN_MODELS", str(installed))
+    work = Path.cwd()
+    registry = load_registry(None)
+    assert (registry.folders.loras, registry.folders.embeddings, registry.folders.vaes) == \
+        (installed / "loras", installed / "embeddings", installed / "vae")
+    (work / "models" / "loras").mkdir(parents=True)
+    (work / "models" / "vae").mkdir()
+    for registry in (load_registry(None), Registry({})):
+        assert registry.folders.loras == work / "models" / "loras"            # the checkout's, as the README says
+        assert registry.folders.embeddings == installed / "embeddings"        # none here: the installed one
+        assert registry.folders.vaes == work / "models" / "vae"
+    (work / "models" / "models.yaml").write_text("embeddings: mine\n")
+    registry = load_registry(Path("models/models.yaml"))
+    assert registry.folders.embeddings == Path("models/mine") and registry.folders.loras == work / "models" / "loras"
+    args = build_argparser().parse_args(["--lora_dir", "elsewhere"])
+    assert with_folders(registry, **launch_folders(args)).folders.loras == Path("elsewhere")

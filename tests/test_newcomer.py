@@ -237,8 +237,8 @@ def test_library_warnings_go_to_the_error_log_not_the_terminal(tmp_path, capsys)
     import logging
 
     from dreamshell.app import warnings_to_error_log
-    log = logging.getLogger("py.warnings")
-    saved = log.handlers[:]
+    log = logging.getLogger("dreamshell.warnings")
+    saved_handlers, saved_show = log.handlers[:], warnings.showwarning
     log.handlers = []
     try:
         warnings_to_error_log()     # as the app starts; pytest records warnings itself, so show one directly
@@ -248,8 +248,8 @@ def test_library_warnings_go_to_the_error_log_not_the_terminal(tmp_path, capsys)
     finally:
         for handler in log.handlers:
             handler.close()
-        log.handlers = saved
-        logging.captureWarnings(False)
+        log.handlers = saved_handlers
+        warnings.showwarning = saved_show
     assert "numpy says something" not in capsys.readouterr().err
     assert "numpy says something" in (tmp_path / "home" / "errors.log").read_text()
 

@@ -15,6 +15,7 @@ from PIL import Image
 from dreamshell.store.dreamlog import read_commands
 from dreamshell.store.naming import save_numbered
 from dreamshell.store.output import OutputError, OutputFolder
+from dreamshell.line.formatter import format_request
 from dreamshell.line.parser import parse_request
 from dreamshell.store.pngmeta import ImageMeta, png_bytes, read_recipe
 
@@ -177,3 +178,82 @@ def test_a_folder_that_cannot_be_written_is_one_line(tmp_path):
     afile.write_text("x")
     with pytest.raises(OutputError, match="it is not a folder"):
         OutputFolder(afile).save_image(Image.new("RGB", (8, 8)), meta())
+
+
+# ----- one way to split a log line (issue 22, item 21)
+
+@pytest.mark.parametrize("name", ["run: 2", "#1", "# notes", "a: b/#c: d"])
+def test_a_folder_named_with_colons_or_hashes_is_not_logged_again_at_each_start(tmp_path, name):
+    from dreamshell.batch.plan import LogIndex
+    from dreamshell.store.dreamlog import read_commands
+    folder = Path(name)                          # relative, as -o gives it (the test runs in its own folder)
+    for start in range(3):
+        out = OutputFolder(folder)
+        assert out.open() == [], f"start {start}: nothing to repair"
+        out.save_image(Image.new("RGB", (64, 64), "red"), meta(start))
+    lines = (folder / "dream_log.txt").read_text().splitlines()
+    assert len(lines) == 3
+    assert [c for _, c in read_commands(folder / "dream_log.txt")] == [meta(s).command for s in range(3)]
+    index = LogIndex(folder)
+    assert index.take(meta(1).request) == str(folder / "000001.1.png")
+
+
+def test_log_lines_split_at_the_image_name_whatever_the_folder():
+    from dreamshell.line.logline import split_log_line
+    from dreamshell.line.parser import strip_log_prefix
+    for folder in ("out: x", "#1", "a/b: c/#d", "C:\\pics: new"):
+        sep = "\\" if "\\" in folder else "/"
+        for name in ("000012.345.png", "000012.345.upscale.png", "000012.345.upscale-01.png"):
+            line = f'{folder}{sep}{name}: "a: b" -S 345 -o "x: y/000001.2.png: z"'
+            assert split_log_line(line) == (f"{folder}{sep}{name}", '"a: b" -S 345 -o "x: y/000001.2.png: z"')
+            assert strip_log_prefix(line) == '"a: b" -S 345 -o "x: y/000001.2.png: z"'
+    assert split_log_line("# grid out/000001.5.grid.png of 2 images: a -n 2") is None
+    assert split_log_line("000001.5.grid.png: a") is None and split_log_line("cat.png: a") is None
+
+
+def test_an_image_in_a_folder_starting_with_a_hash_is_logged_so_it_never_reads_as_a_comment(tmp_path):
+    out = OutputFolder(Path("# x"))
+    out.save_image(Image.new("RGB", (64, 64), "red"), meta())
+    assert (Path("# x") / "dream_log.txt").read_text().startswith("./# x/000000.7.png: ")
+
+
+# ----- numbers and grids after a deletion or a kill (issue 22, item 26)
+
+def test_the_number_of_a_deleted_image_is_not_given_again(tmp_path):
+    first = tmp_path / "first"
+    OutputFolder(first).save_image(Image.new("RGB", (64, 64), "red"), meta(0))
+    (first / "000000.0.png").unlink()
+    OutputFolder(first).save_image(Image.new("RGB", (64, 64), "red"), meta(0))   # the log remembers 000000
+    assert sorted(p.name for p in first.glob("*.png")) == ["000001.0.png"]
+    folder = tmp_path / "out"
+    out = OutputFolder(folder)
+    for seed in (1, 2, 3):
+        out.save_image(Image.new("RGB", (64, 64), "red"), meta(seed))
+    (folder / "000002.3.png").unlink()
+    (folder / "000001.2.png").unlink()
+    assert out.save_image(Image.new("RGB", (64, 64), "red"), meta(4)).name == "000003.4.png"
+    assert OutputFolder(folder).save_image(Image.new("RGB", (64, 64), "red"), meta(5)).name == "000004.5.png"
+    # another process appends to the log meanwhile: its numbers count too
+    with open(folder / "dream_log.txt", "a") as f:
+        f.write(f"{folder / '000041.9.png'}: \"gone\" -S 9\n")
+    assert out.save_image(Image.new("RGB", (64, 64), "red"), meta(6)).name == "000042.6.png"
+
+
+def test_a_grid_killed_before_its_comment_gets_it_back_at_the_next_start(tmp_path):
+    from dreamshell.store.naming import save_derived
+    folder = tmp_path / "out"
+    out = OutputFolder(folder)
+    first = out.save_image(Image.new("RGB", (64, 64), "red"), meta(1))
+    out.save_image(Image.new("RGB", (64, 64), "red"), meta(2))
+    grid_request = REQUEST.with_(seed=1, iterations=2, grid=False)
+    out.save_grid(first, Image.new("RGB", (128, 64)), ImageMeta(grid_request, "ab" * 32), 2)
+    log = (folder / "dream_log.txt").read_text()
+    assert log.splitlines()[-1] == f"# grid {folder / '000000.1.grid.png'} of 2 images: {format_request(grid_request)}"
+    # killed after the second grid was in place, before its comment
+    killed = save_derived(first, "grid", png_bytes(Image.new("RGB", (128, 64)), ImageMeta(grid_request, "ab" * 32)))
+    notes = OutputFolder(folder).open()
+    assert notes == [f"{killed} had no '# grid' log line (the run that made it was stopped); it is noted again "
+                     "from its own recipe"]
+    assert (folder / "dream_log.txt").read_text() == \
+        log + f"# grid {killed} of 2 images: {format_request(grid_request)}\n"
+    assert OutputFolder(folder).open() == []

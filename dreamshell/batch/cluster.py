@@ -10,14 +10,16 @@ only when `--ray` is used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
-from ..line.errors import CommandFileError
+from ..line.errors import CommandFileError, UserError
 from ..line.safetext import first_line
 from ..store.dreamlog import read_command_source
-from ..store.output import OutputError
 from .driver import DEPTH, BatchRun, OrderedWriter
 from .plan import plan_lines
 
@@ -192,49 +194,80 @@ def read_lines(source: str, error) -> list[tuple[int, str]] | None:
 
 
 def run_ray(args, registry, spec, defaults, echo, error, control, console=None) -> int:
-    """The whole `--from_file FILE --ray` run; the exit status."""
+    """The whole `--from_file FILE --ray` run; the exit status. Ctrl-C (app.InterruptibleRun) stops it:
+    the first sets control.stop, a second raises KeyboardInterrupt wherever the run is (planning,
+    connecting, waiting on workers, shutting Ray down); either way what was written stays written and
+    the summary is printed."""
     try:
         import ray
     except ImportError:
         error(INSTALL)
         return 2
-    lines = read_lines(args.from_file, error)
-    if lines is None:
-        return 2
-    plan = plan_lines(lines, registry, spec, defaults, args.from_file)
-    for line in plan.errors:
-        error(line)
-    if plan.errors:
-        error(f"{len(plan.errors)} bad line(s): nothing was run (fix them; --dry_run checks a file)")
-        return 2
+    started, pool, progress, batch = False, None, None, None
+    end = "stopped"
     try:
-        started = connect(ray, args.ray)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        error(f"--ray {args.ray}: cannot reach the Ray cluster ({first_line(e)})")
-        return 2
-    count, options, device = worker_layout(ray, args.device, args.ray_cpus_per_worker, args.ray_workers)
-    if count < 1:
-        error(f"the Ray cluster has no room for a worker ({args.ray_cpus_per_worker} CPU(s) or 1 GPU each)")
-        return 2
-    pool = WorkerPool(ray, count, options, registry, device, args.precision)
-    writer = OrderedWriter(args.outdir, not args.no_log, echo)
-    echo(f"{args.from_file}: {len(plan.tasks)} image(s) on {count} Ray worker(s) ({device})")
-    progress = BatchProgress(console, len(plan.tasks)) if console is not None and console.is_terminal else None
-    batch = BatchRun(plan, pool, writer, control, args.from_file, error, args.resume, progress)
-    try:
+        lines = read_lines(args.from_file, error)
+        if lines is None:
+            return 2
+        plan = plan_lines(lines, registry, spec, defaults, args.from_file)
+        for line in plan.errors:
+            error(line)
+        if plan.errors:
+            error(f"{len(plan.errors)} bad line(s): nothing was run (fix them; --dry_run checks a file)")
+            return 2
+        try:
+            started = connect(ray, args.ray)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            error(f"--ray {args.ray}: cannot reach the Ray cluster ({first_line(e)})")
+            return 2
+        count, options, device = worker_layout(ray, args.device, args.ray_cpus_per_worker, args.ray_workers)
+        if count < 1:
+            error(f"the Ray cluster has no room for a worker ({args.ray_cpus_per_worker} CPU(s) or 1 GPU each)")
+            return 2
+        pool = WorkerPool(ray, count, options, registry, device, args.precision)
+        writer = OrderedWriter(args.outdir, not args.no_log, echo)
+        echo(f"{args.from_file}: {len(plan.tasks)} image(s) on {count} Ray worker(s) ({device})")
+        progress = BatchProgress(console, len(plan.tasks)) if console is not None and console.is_terminal else None
+        batch = BatchRun(plan, pool, writer, control, args.from_file, error, args.resume, progress)
         end = batch.run()
-    except OutputError as e:
+    except UserError as e:   # the output folder cannot be written (OutputError) or its log read
         error(str(e))
         end = "failed"
     except KeyboardInterrupt:  # a second Ctrl-C: what was written stays written
         end = "stopped"
     finally:
-        if progress is not None:
-            progress.stop()
-        pool.close()
-        if started:
-            ray.shutdown()
-    return _summary(batch, end, echo, error)
+        _close(progress, pool, ray if started else None)
+    with _ctrl_c_ignored():
+        if batch is None:
+            if end == "failed":
+                return 1
+            echo(f"{args.from_file}: stopped before any image was made")
+            return 130
+        return _summary(batch, end, echo, error)
+
+
+def _close(progress, pool, ray) -> None:
+    """End the progress bar, the workers and the Ray this run started; a Ctrl-C during one of them
+    leaves the rest to the process's exit (Ray shuts itself down then)."""
+    steps = [step for step in (progress and progress.stop, pool and pool.close, ray and ray.shutdown) if step]
+    for step in steps:
+        try:
+            step()
+        except KeyboardInterrupt:
+            return
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """While the summary is printed, Ctrl-C does nothing (it would only lose the summary)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _summary(batch: BatchRun, end: str, echo, error) -> int:

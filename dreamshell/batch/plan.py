@@ -9,6 +9,7 @@ only once it is written, so such a line waits until every image before it is wri
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from pathlib import Path
 
 from ..line.errors import UserError
 from ..line.formatter import format_request
+from ..line.logline import split_log_line
 from ..line.request import DreamRequest
+from ..line.safetext import shorten
 from ..run.plan import LinePlan, Planner, PlanState, plan_file_line
 from ..store.dreamlog import LOG_NAME
+from ..weights.files import open_regular
 from ..weights.models import ModelSpec, Registry
 
 
@@ -77,18 +81,25 @@ def plan_lines(lines: list[tuple[int, str]], registry: Registry, model: ModelSpe
 
 class LogIndex:
     """The canonical commands of a folder's log and the images they name (a multiset: a command
-    planned twice is skipped only as often as it is logged)."""
+    planned twice is skipped only as often as it is logged). Paths come back in the folder's own form
+    (`folder / name`, as the writer returns them), not as the log shows them (relative to the working
+    folder), so `-I -1` after a skipped image names it as the first run did."""
 
     def __init__(self, folder: Path):
+        self.folder = Path(folder)
         self._paths: dict[str, list[str]] = defaultdict(list)
         try:
-            text = (Path(folder) / LOG_NAME).read_text(encoding="utf-8", errors="replace")
+            with open_regular(self.folder / LOG_NAME) as f:    # a FIFO in its place is refused, not waited on
+                text = f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise UserError(f"--resume: {shorten(str(self.folder / LOG_NAME), 120)} cannot be read "
+                            f"({e.strerror or e})") from None
         for line in text.splitlines():
-            head, sep, command = line.partition(": ")
-            if sep and not line.startswith("#"):
-                self._paths[command.strip()].append(head.strip())
+            parts = split_log_line(line)
+            if parts is not None:
+                self._paths[parts[1].strip()].append(str(self.folder / os.path.basename(parts[0])))
 
     def take(self, request: DreamRequest) -> str | None:
         """The logged image made by this request, used up; None when the log has none left."""

@@ -19,7 +19,7 @@ from ..line.samplers import SamplerError
 from ..line.samplers import plan as scheduler_plan
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
-from ..weights.models import ModelSpec, builtin_models_dir
+from ..weights.models import ModelSpec, default_folders
 from . import families, loading
 from .adapters import Adapters
 from .batching import generate_together
@@ -50,7 +50,7 @@ class DiffusersGenerator:
         self.model_hash = ""
         self._pipes: dict = {}
         self._scheduler_config = None
-        self.library = Library(folders or Folders.under(builtin_models_dir()))   # when a caller gives no files
+        self.library = Library(folders or default_folders())   # when a caller gives no files
         self.adapters = Adapters()
         self.text = Conditioner(self)
         self._files = LineFiles()   # the files of the image being made (named if it goes NaN)

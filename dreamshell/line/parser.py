@@ -48,7 +48,12 @@ def is_comment(line: str) -> bool:
 
 
 def strip_log_prefix(line: str) -> str:
-    """Remove a dream_log.txt line's leading `path: `."""
+    """Remove a dream_log.txt line's leading `path: ` (line/logline.py's split for our images, whatever
+    the folder's name; any other `.png: ` path as before)."""
+    from .logline import split_log_line
+    parts = split_log_line(line.lstrip())
+    if parts is not None:
+        return parts[1].lstrip()
     return _LOG_PREFIX.sub("", line, count=1)
 
 

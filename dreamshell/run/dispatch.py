@@ -21,6 +21,7 @@ from ..line.safetext import first_line, one_line, shorten, visible
 from ..line.switches import SWITCHES
 from ..store.dreamlog import read_commands
 from ..store.pngmeta import fetch_recipe
+from ..weights.files import describe_kind, kind_of
 from .report import TextListener, stopped_line
 from .session import Session
 from .types import Control, Listener
@@ -218,8 +219,9 @@ class Dispatcher:
         if not args:
             raise UserError("!replay needs a file: !replay outputs/dream_log.txt")
         path = Path(_unquote(args)).expanduser()
-        if not path.exists():
-            raise UserError(f"!replay {shorten(args, 200)}: no such file")
+        kind = kind_of(path)
+        if kind in ("missing", "too long"):
+            raise UserError(f"!replay {shorten(args, 200)}: {describe_kind(kind)}")
         if self._replay_depth >= 5:
             raise UserError("!replay is nested 5 deep; a file probably replays itself")
         # read it all first: replaying the log this session appends to must not chase its own tail

@@ -26,10 +26,11 @@ from ..line.errors import UserError
 from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
 from ..line.parser import parse_line
 from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
-from ..line.safetext import first_line, shorten
+from ..line.safetext import shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
 from ..weights import families
+from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
 from .resolve import UNKNOWN_SEEDS, apply_defaults, image_requests, resolve_request
@@ -241,16 +242,11 @@ def _exists(path: str) -> bool:
 
 def check_image_file(path: str, what: str) -> None:
     """-I / -M name a regular file (a FIFO or a device would block the queue or never end)."""
-    p = Path(path).expanduser()
-    try:
-        there, regular = p.exists(), p.is_file()
-    except OSError as e:
-        raise UserError(f"{what} {shorten(path, 80)}: {e.strerror or first_line(e)}") from None
-    if not there:
-        raise UserError(f"{what} {path}: no such file")
-    if not regular:
-        kind = "a folder" if p.is_dir() else "not a regular file (a FIFO, a device or a socket)"
-        raise UserError(f"{what} {path}: is {kind}; give an image file")
+    kind = kind_of(path)
+    if kind in ("missing", "too long"):
+        raise UserError(f"{what} {shorten(path, 120)}: {describe_kind(kind)}")
+    if kind != "file":
+        raise UserError(f"{what} {shorten(path, 120)}: is {describe_kind(kind)}; give an image file")
 
 
 def size_from_image(path: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from ..line.errors import CommandFileError
 from ..line.limits import MAX_COMMAND_FILE_BYTES, MAX_LINE_CHARS
+from ..line.logline import COMMENT
 from ..line.parser import is_comment, strip_log_prefix
 from ..line.safetext import shorten
 from .fileops import append_line
@@ -21,11 +22,13 @@ LOG_NAME = "dream_log.txt"
 
 
 def display_path(path: Path) -> str:
-    """The path as the log writes it: relative to the working directory when below it."""
+    """The path as the log writes it: relative to the working directory when below it (and then with a
+    leading ./ where it would start with '#', so that no image line reads as a comment)."""
     try:
-        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+        shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
     except ValueError:  # another drive on Windows
-        return str(path)
+        shown = str(path)
+    return "./" + shown if shown.startswith("#") else shown
 
 
 def log_line(image_path: Path, command: str) -> str:
@@ -42,7 +45,7 @@ def append_log_line(log_path: Path, image_path: Path, command: str) -> str:
 
 def append_comment(log_path: Path, text: str) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    append_line(log_path, "# " + text.replace("\n", " "))
+    append_line(log_path, COMMENT + text.replace("\n", " "))
 
 
 def read_commands(path: Path) -> list[tuple[int, str]]:

@@ -43,16 +43,18 @@ def _placed(final: Path, on_placed: OnPlaced | None) -> Path:
 
 
 def save_numbered(folder: Path, seed: int, data: bytes, suffix: str = ".png",
-                  on_placed: OnPlaced | None = None) -> Path:
+                  on_placed: OnPlaced | None = None, floor: Callable[[], int] | None = None) -> Path:
     """Write data as folder/NNNNNN.SEED.png with the next free number; return the path.
 
     on_placed(path) runs under the directory lock right after the file is in place (the output folder
-    appends the log line there, so no other process ever sees the image without its line)."""
+    appends the log line there, so no other process ever sees the image without its line). floor(),
+    also called under the lock, is the lowest number allowed (one above every number the folder's log
+    names: a deleted image's number is not given again)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = write_new_file(folder, data)
     try:
         with directory_lock(folder):
-            number = next_number(folder)
+            number = max(next_number(folder), floor() if floor is not None else 0)
             while True:
                 final = folder / f"{number:06d}.{seed}{suffix}"
                 try:

@@ -12,19 +12,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 from pathlib import Path
 
 from ..line.errors import UserError
 from ..line.formatter import format_request
+from ..line.logline import (
+    GRID_FILE,
+    IMAGE_FILE,
+    grid_comment,
+    image_number,
+    split_grid_comment,
+    split_log_line,
+)
+from ..line.safetext import shorten
+from ..weights.files import open_regular
 from ..weights.library import RecipeExtras
 from .dreamlog import LOG_NAME, append_comment, append_log_line
 from .fileops import directory_lock, stale_temp_files
 from .naming import save_derived, save_numbered
-from .pngmeta import ImageMeta, MetadataError, png_bytes, read_recipe
-
-# files that carry their own log line: NNNNNN.SEED.png and NNNNNN.SEED.upscale[-NN].png
-_LOGGED = re.compile(r"^\d{6,}\.\d+(?:\.upscale(?:-\d+)?)?\.png$")
+from .pngmeta import ImageMeta, png_bytes, read_recipe
 
 
 class OutputError(OSError, UserError):
@@ -33,6 +39,9 @@ class OutputError(OSError, UserError):
 
 def describe_os_error(folder: Path, e: OSError) -> str:
     """One line that says what stopped a write and what to do about it."""
+    folder = shorten(str(folder), 120)
+    if e.errno == errno.ENAMETOOLONG:
+        return f"cannot write to {folder}: a name in the path is too long for the file system"
     if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
         return f"no space left on the device of {folder}: free some space or write elsewhere with -o DIR"
     if e.errno in (errno.EACCES, errno.EPERM):
@@ -53,6 +62,8 @@ class OutputFolder:
         self.folder = Path(folder).expanduser()
         self.log = log
         self._opened = False
+        self._log_read = 0          # bytes of the log whose image numbers are counted in _log_highest
+        self._log_highest = -1      # the highest image number the log names
 
     @property
     def log_path(self) -> Path:
@@ -85,36 +96,87 @@ class OutputFolder:
         return notes
 
     def _relog_unlogged(self) -> list[str]:
-        logged = self._cut_torn_line_and_read_names()
+        """Give each image (and grid) found without its log line (or `# grid` comment) that line back,
+        from its own recipe chunk; a file whose recipe cannot be read is left as it is, with a note (it
+        never stops the folder: a copied or damaged PNG named like ours is not ours to fix)."""
+        logged, grids = self._cut_torn_line_and_read_names()
         notes = []
-        for name in sorted(n for n in os.listdir(self.folder) if _LOGGED.match(n) and n not in logged):
+        for name in sorted(os.listdir(self.folder)):
+            is_image = IMAGE_FILE.match(name) and name not in logged
+            is_grid = GRID_FILE.match(name) and name not in grids
+            if not (is_image or is_grid):
+                continue
             path = self.folder / name
             try:
-                command = format_request(read_recipe(path))
-            except (MetadataError, ValueError) as e:
-                notes.append(f"{path} has no log line and its recipe cannot be read ({e}); left as it is")
+                request = read_recipe(path)
+                command = format_request(request)
+            except Exception as e:   # any unreadable recipe (UserError, a reader's bug) is the same note
+                why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                notes.append(f"{path} has no log line and its recipe cannot be read ({shorten(why, 200)}); "
+                             "left as it is")
+                continue
+            if is_grid:
+                append_comment(self.log_path, grid_comment(path, request.iterations, command))
+                notes.append(f"{path} had no '# grid' log line (the run that made it was stopped); it is noted "
+                             "again from its own recipe")
                 continue
             append_log_line(self.log_path, path, command)
             notes.append(f"{path} had no log line (the run that made it was stopped); it is logged again "
                          "from its own recipe")
         return notes
 
-    def _cut_torn_line_and_read_names(self) -> set[str]:
-        """Names of the images the log has lines for; a last line cut short by a kill is removed."""
+    def _cut_torn_line_and_read_names(self) -> tuple[set[str], set[str]]:
+        """Names of the images the log has lines for and of the grids it has comments for; a last line
+        cut short by a kill is removed."""
         try:
-            data = self.log_path.read_bytes()
+            with open_regular(self.log_path) as f:   # a FIFO in its place is refused, not waited on
+                data = f.read()
         except FileNotFoundError:
-            return set()
+            return set(), set()
         if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
             os.truncate(self.log_path, keep)
             data = data[:keep]
-        names = set()
+        names, grids = set(), set()
         for line in data.decode("utf-8", "replace").splitlines():
-            head, sep, _ = line.partition(": ")
-            if sep and not line.startswith("#"):
-                names.add(os.path.basename(head.strip()))
-        return names
+            parts = split_log_line(line)
+            if parts is not None:
+                name = os.path.basename(parts[0].strip())
+                names.add(name)
+                number = image_number(name)
+                if number is not None and number > self._log_highest:
+                    self._log_highest = number
+                continue
+            grid = split_grid_comment(line)
+            if grid is not None:
+                grids.add(os.path.basename(grid[0].strip()))
+        self._log_read = len(data)
+        return names, grids
+
+    def _count_numbers(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            parts = split_log_line(line)
+            number = image_number(os.path.basename(parts[0])) if parts is not None else None
+            if number is not None and number > self._log_highest:
+                self._log_highest = number
+
+    def _lowest_free_number(self) -> int:
+        """One above the highest image number the log names, reading only what was appended since the
+        last call (the log only grows; a shorter log is read again from the start). Called under the
+        folder's lock."""
+        try:
+            with open_regular(self.log_path) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self._log_read:
+                    self._log_read, self._log_highest = 0, -1
+                f.seek(self._log_read)
+                data = f.read(max(0, size - self._log_read))
+        except OSError:   # no log yet (or not a file): the folder's own names decide
+            return self._log_highest + 1
+        whole = data[:data.rfind(b"\n") + 1]
+        self._count_numbers(whole)
+        self._log_read += len(whole)
+        return self._log_highest + 1
 
     # ----- writing
 
@@ -138,7 +200,7 @@ class OutputFolder:
         command = meta.command
         with self._writing(f"; the image is not saved (its command: {command[:200]})"):
             return save_numbered(self.folder, meta.request.seed, png_bytes(image, meta),
-                                 on_placed=self._log_line(command))
+                                 on_placed=self._log_line(command), floor=self._lowest_free_number)
 
     def save_result(self, result, extras: RecipeExtras, app_version: str) -> tuple[Path, str]:
         """One made image (run/types.ImageResult) with its recipe, and its original under --save_original:
@@ -159,11 +221,10 @@ class OutputFolder:
 
     def save_grid(self, first: Path, image, meta: ImageMeta, count: int) -> Path:
         """A grid of a line's images beside its first image, noted in the log as a comment."""
+        command = format_request(meta.request)
+        note = (lambda path: append_comment(self.log_path, grid_comment(path, count, command))) if self.log else None
         with self._writing("; the grid is not saved"):
-            path = save_derived(first, "grid", png_bytes(image, meta))
-            if self.log:
-                append_comment(self.log_path, f"grid {path} of {count} images: {format_request(meta.request)}")
-        return path
+            return save_derived(first, "grid", png_bytes(image, meta), on_placed=note)
 
     def save_fix(self, source: Path, image, meta: ImageMeta | None) -> Path:
         """A post-processed copy of source (`!fix`), STEM.upscale[-NN].png; logged when it has a recipe."""

@@ -11,14 +11,23 @@ FLUX.1 or SD 3 transformer, as ComfyUI-GGUF writes them) is read the same way: o
 
 from __future__ import annotations
 
-import json
+import io
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import NotAModel
+from .files import (
+    BadJSON,
+    NotRegular,
+    describe_kind,
+    kind_of,
+    open_regular,
+    read_json_file,
+)
 from .safetensors import read_header as read_safetensors_header
 
 UNET = "model.diffusion_model."
@@ -196,24 +205,52 @@ class _KeysUnpickler(pickle.Unpickler):
         return None
 
 
+MAX_PICKLE = 64 * 1024 * 1024   # bytes of a checkpoint's data.pkl (SDXL's is under 2 MB; the tensors are apart)
+
+
 def ckpt_keys(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from a zip-format torch checkpoint (.ckpt/.pt), executing nothing."""
+    """Tensor name -> shape from a zip-format torch checkpoint (.ckpt/.pt), executing nothing.
+    Whatever is wrong with the file (not a zip, a corrupt or encrypted member, a pickle that is not a
+    dictionary, or one that is not a pickle at all) is one NotAModel line."""
     try:
-        with zipfile.ZipFile(path) as z:
-            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if name is None:
-                raise NotAModel(f"{path} is not a torch checkpoint (no data.pkl inside)")
-            data = _KeysUnpickler(z.open(name)).load()
-    except zipfile.BadZipFile:
-        raise NotAModel(f"{path} is not a zip-format torch checkpoint (older torch.save files are not read)") \
-            from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
-        raise NotAModel(f"{path}: its pickle cannot be read ({e})") from None
+        f = open_regular(path)
+    except NotRegular as e:
+        raise NotAModel(e.strerror) from None
+    with f:
+        data = _read_pickle(path, f)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = {**data["state_dict"], **{k: v for k, v in data.items() if k == "global_step"}}
     if not isinstance(data, dict):
         raise NotAModel(f"{path} holds a {type(data).__name__}, not a dictionary of weights")
     return {k: (v.shape if isinstance(v, _Shape) else v) for k, v in data.items() if isinstance(k, str)}
+
+
+def _read_pickle(path: Path, f):
+    try:
+        with zipfile.ZipFile(f) as z:
+            info = next((i for i in z.infolist() if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"),
+                        None)
+            if info is None:
+                raise NotAModel(f"{path} is not a torch checkpoint (no data.pkl inside)")
+            if info.flag_bits & 0x1:
+                raise NotAModel(f"{path} is an encrypted zip: not a torch checkpoint dreamshell can read")
+            if info.file_size > MAX_PICKLE:
+                raise NotAModel(f"{path}: its data.pkl is {info.file_size:,} bytes, over the {MAX_PICKLE:,} a "
+                                "checkpoint's index of tensors takes; not read")
+            raw = z.read(info)
+    except NotAModel:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error, ValueError):
+        raise NotAModel(f"{path} is not a zip-format torch checkpoint, or a damaged one (older torch.save "
+                        "files are not read)") from None
+    except RuntimeError as e:   # zipfile: an encrypted member, a bad password, ...
+        raise NotAModel(f"{path}: its zip cannot be read ({str(e)[:120]})") from None
+    try:
+        return _KeysUnpickler(io.BytesIO(raw)).load()
+    except (MemoryError, RecursionError):
+        raise NotAModel(f"{path}: its pickle is too large or too deeply nested to read") from None
+    except Exception as e:   # a hostile pickle can fail in any way the unpickler can: it is not a checkpoint
+        raise NotAModel(f"{path}: its pickle cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def read_keys(path: Path) -> dict:
@@ -511,20 +548,31 @@ def detect_file(path: Path) -> Detected:
     return classify(keys, meta, path.name)
 
 
+def folder_config(path: Path, rel: str) -> dict:
+    """One JSON config of a diffusers folder ({} when it is not there); NotAModel when it is there but
+    is not a small regular JSON file holding an object."""
+    p = path / rel
+    kind = kind_of(p)
+    if kind == "missing":
+        return {}
+    try:
+        data = read_json_file(p)
+    except (OSError, BadJSON) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise NotAModel(f"{path}: its {rel} cannot be read ({why})") from None
+    if not isinstance(data, dict):
+        raise NotAModel(f"{path}: its {rel} is not a JSON object")
+    return data
+
+
 def detect_folder(path: Path) -> Detected:
     """The kind of a diffusers folder, from its JSON configs."""
-    def config(rel):
-        p = path / rel
-        try:
-            return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
-        except (OSError, json.JSONDecodeError):
-            return {}
-    if not (path / "model_index.json").exists():
+    if kind_of(path / "model_index.json") == "missing":
         raise NotAModel(f"{path} is a folder without model_index.json: not a diffusers pipeline folder")
-    index, unet = config("model_index.json"), config("unet/config.json")
+    index, unet = folder_config(path, "model_index.json"), folder_config(path, "unet/config.json")
     pipeline = str(index.get("_class_name", ""))
     if pipeline.startswith("StableDiffusion3"):
-        t = config("transformer/config.json")
+        t = folder_config(path, "transformer/config.json")
         shape = (t.get("caption_projection_dim"), t.get("num_layers"))
         kind = {(1536, 24): "sd35-medium" if t.get("dual_attention_layers") else "sd3-medium",
                 (2432, 38): "sd35-large"}.get(shape)
@@ -532,25 +580,52 @@ def detect_folder(path: Path) -> Detected:
             raise NotAModel(f"{path}: an SD 3-family folder of a shape dreamshell does not know ({shape})")
         return Detected(kind, None, "diffusers folder")
     if pipeline.startswith("Flux"):
-        t = config("transformer/config.json")
+        t = folder_config(path, "transformer/config.json")
         if t.get("in_channels", 64) != 64:
             raise NotAModel(f"{path}: a FLUX.1 Fill/Depth/Canny folder ({t.get('in_channels')} input channels): "
                             "not supported")
         return Detected("flux-dev" if t.get("guidance_embeds") else "flux-schnell", None, "diffusers folder")
-    if (path / "scheduler" / "scheduler_config.json").exists() and \
-            config("scheduler/scheduler_config.json").get("_class_name", "").startswith("EDM"):
+    if kind_of(path / "scheduler" / "scheduler_config.json") == "file" and \
+            str(folder_config(path, "scheduler/scheduler_config.json").get("_class_name", "")).startswith("EDM"):
         return Detected("sdxl-playground", None, "diffusers folder with an EDM scheduler")
     prediction = {"v_prediction": "v", "epsilon": "epsilon"}.get(
-        config("scheduler/scheduler_config.json").get("prediction_type"))
+        folder_config(path, "scheduler/scheduler_config.json").get("prediction_type"))
     inpaint = "-inpaint" if unet.get("in_channels") == 9 else ""
-    if index.get("text_encoder_2") and index.get("text_encoder_2")[0]:
-        refiner = not (index.get("text_encoder") and index["text_encoder"][0])
+    te2, te1 = index.get("text_encoder_2"), index.get("text_encoder")
+    if isinstance(te2, list) and te2 and te2[0]:
+        refiner = not (isinstance(te1, list) and te1 and te1[0])
         return Detected("sdxl-refiner" if refiner else "sdxl" + inpaint, prediction, "diffusers folder")
     if unet.get("cross_attention_dim") == 1024:
         return Detected("sd2" + inpaint, prediction, "diffusers folder")
     return Detected("sd1" + inpaint, prediction, "diffusers folder")
 
 
+def native_size(path: Path) -> tuple[int, int] | None:
+    """A diffusers folder's own image size, as its pipeline computes the default height and width:
+    unet sample_size times the VAE's scale factor (2 ** (len(vae block_out_channels) - 1)); None
+    when the configs do not say."""
+    unet, vae = folder_config(path, "unet/config.json"), folder_config(path, "vae/config.json")
+    size, blocks = unet.get("sample_size"), vae.get("block_out_channels")
+    if isinstance(size, list) and len(size) == 2:
+        height, width = size
+    else:
+        height = width = size
+    if not (isinstance(blocks, list) and 1 <= len(blocks) <= 8):
+        return None
+    factor = 2 ** (len(blocks) - 1)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n * factor <= 1 << 16 for n in (width, height)):
+        return None
+    return width * factor, height * factor
+
+
 def detect(path: Path) -> Detected:
-    """The kind of weights at path (folder or file); NotAModel with one line when it is not a model."""
-    return detect_folder(path) if path.is_dir() else detect_file(path)
+    """The kind of weights at path (folder or file); NotAModel with one line when it is not a model
+    (a FIFO, a device or a socket is refused before anything is opened)."""
+    kind = kind_of(path)
+    if kind == "folder":
+        return detect_folder(path)
+    if kind == "file":
+        return detect_file(path)
+    if kind == "missing":
+        raise NotAModel(f"{path}: no such file or folder")
+    raise NotAModel(f"{path} is {describe_kind(kind)}; give a weights file or a diffusers folder")

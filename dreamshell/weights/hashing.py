@@ -9,14 +9,19 @@ folder (platformdirs; `~/.cache/dreamshell` on Linux).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 
+from .files import BadJSON, NotRegular, open_regular, read_json_file
+
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".gguf")
 CACHE_NAME = "hashes.json"
+MAX_CACHE_BYTES = 64 * 1024 * 1024   # a cache file larger than this is not read (it is rebuilt)
 
 _memory: dict[tuple, str] = {}
 _lock = threading.Lock()
@@ -36,8 +41,8 @@ def _disk_key(path: Path, kind: str) -> str:
 
 def _load_disk() -> dict:
     try:
-        data = json.loads((cache_dir() / CACHE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = read_json_file(cache_dir() / CACHE_NAME, MAX_CACHE_BYTES)
+    except (OSError, BadJSON):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -62,6 +67,8 @@ def sha256_of(path: Path, skip_header: bool = False) -> str:
     and JSON header (A1111's `addnet_hash_safetensors`). Cached; only regular files are read."""
     path = Path(path).resolve()
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegular(errno.EINVAL, f"{path} is not a regular file")
     kind = "addnet" if skip_header else "sha256"
     key = (str(path), st.st_size, st.st_mtime_ns, kind)
     with _lock:
@@ -72,10 +79,8 @@ def sha256_of(path: Path, skip_header: bool = False) -> str:
             and isinstance(disk.get("hash"), str) and len(disk["hash"]) == 64:
         digest = disk["hash"]
     else:
-        if not path.is_file():
-            raise OSError(f"{path} is not a regular file")
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with open_regular(path) as f:   # a FIFO or a device is refused (NotRegular, an OSError)
             if skip_header:
                 from .safetensors import read_header
                 f.seek(8 + read_header(path).length)

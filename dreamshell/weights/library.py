@@ -28,6 +28,7 @@ from ..line.errors import UserError
 from ..line.prompt import PromptError, split_prompt
 from ..line.safetext import quoted, shorten
 from .errors import NotAModel
+from .files import kind_of
 from .hashing import sha256_of
 from .safetensors import read_header
 
@@ -96,7 +97,7 @@ def recorded_lora_hash(path: Path) -> str:
     """The `sshs_model_hash` a .safetensors file's `__metadata__` records, "" when none (or not hex)."""
     try:
         recorded = read_header(path).metadata.get("sshs_model_hash", "")
-    except NotAModel:
+    except (NotAModel, OSError):
         return ""
     return recorded.strip() if _HEX.fullmatch(recorded.strip()) else ""
 
@@ -129,7 +130,7 @@ def _scan(folder: Path, suffixes: tuple[str, ...], folder_marker: str | None = N
     """stem -> path for the regular files in folder and its subfolders (the first in sorted order wins).
     FIFOs, devices and links to them are left out: reading one would block or never end."""
     found: dict[str, Path] = {}
-    if not folder.is_dir():
+    if kind_of(folder) != "folder":
         return found
     seen = 0
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -164,7 +165,7 @@ def _missing(what: str, name: str, folder: Path, names, how: str) -> ExtraError:
     elif names:
         hint = f"; it has {shorten(', '.join(sorted(names)), 120)}"
     else:
-        hint = " (it is empty or missing)" if not folder.is_dir() or not any(folder.iterdir()) else \
+        hint = " (it is empty or missing)" if kind_of(folder) != "folder" or not any(folder.iterdir()) else \
             " (no files it can use)"
     return ExtraError(f"no {what} {quoted(name)} in {shorten(str(folder), 120)}{hint} ({how})")
 
@@ -262,11 +263,12 @@ class Library:
     def find_vae(self, name: str) -> Path:
         """A VAE by path, by file name in the VAE folder, or by stem there (a regular file or a folder)."""
         path = Path(name).expanduser()
-        if path.exists():
-            if not (path.is_file() or path.is_dir()):
-                raise ExtraError(f"--vae {quoted(name)} is not a regular file or a folder (a FIFO or a device "
-                                 "cannot be read as weights)")
+        kind = kind_of(path)
+        if kind in ("file", "folder"):
             return path
+        if kind == "other":
+            raise ExtraError(f"--vae {quoted(name)} is not a regular file or a folder (a FIFO or a device "
+                             "cannot be read as weights)")
         found = self.vaes()
         for p in found.values():
             if p.name == name:

@@ -4,12 +4,13 @@ NotAModel line, whatever is wrong with it (too short, an absurd length, not JSON
 
 from __future__ import annotations
 
-import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NotAModel
+from .files import BadJSON, NotRegular, load_json, open_regular
 
 MAX_HEADER = 100_000_000        # bytes of JSON header a file may have (the format's own bound)
 
@@ -24,22 +25,30 @@ class Header:
 def read_header(path: Path) -> Header:
     """The header of the .safetensors file at path; NotAModel when it is not one."""
     path = Path(path)
-    if not path.is_file():
-        raise NotAModel(f"{path} is not a regular file")
-    with open(path, "rb") as f:
+    try:
+        f = open_regular(path)
+    except NotRegular as e:
+        raise NotAModel(e.strerror) from None
+    except OSError as e:
+        raise NotAModel(f"{path} cannot be read ({e.strerror or e})") from None
+    with f:
         head = f.read(8)
         if len(head) < 8:
             raise NotAModel(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
         (length,) = struct.unpack("<Q", head)
         if not 2 <= length <= MAX_HEADER:
             raise NotAModel(f"{path} is not a safetensors file (header length {length} makes no sense)")
+        if length > os.fstat(f.fileno()).st_size - 8:
+            raise NotAModel(f"{path} is not a safetensors file (it ends inside its header)")
         raw = f.read(length)
     if len(raw) < length:
         raise NotAModel(f"{path} is not a safetensors file (it ends inside its header)")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise NotAModel(f"{path} is not a safetensors file (its header is not JSON)") from None
+        header = load_json(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise NotAModel(f"{path} is not a safetensors file (its header is not UTF-8 JSON)") from None
+    except BadJSON as e:
+        raise NotAModel(f"{path} is not a safetensors file (its header is {e})") from None
     if not isinstance(header, dict):
         raise NotAModel(f"{path} is not a safetensors file (its header is not a JSON object)")
     shapes: dict[str, tuple[int, ...]] = {}

@@ -8,7 +8,6 @@ session's folders (`extras.Library`): one missing, or with another hash than the
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ...line.prompt import PromptError, split_prompt
 from ...line.samplers import cannot_run
 from .a1111 import a1111_parameters, parse_a1111, read_a1111
 from .comfyui import read_comfyui
-from .common import MAX_COMMAND, ImageMeta, MetadataError, Recipe, short
+from .common import MAX_COMMAND, ImageMeta, MetadataError, Recipe, load_json, short
 from .container import read_texts
 from .invokeai import (
     dream_text,
@@ -37,9 +36,9 @@ def _with_model(recipe: Recipe, texts: dict[str, str]) -> Recipe:
         return recipe
     model = None
     try:
-        data = json.loads(texts.get("sd-metadata", "{}"))
+        data = load_json(texts.get("sd-metadata", "{}"), "sd-metadata")
         model = data.get("model_id") if isinstance(data, dict) else None
-    except ValueError:
+    except MetadataError:
         pass
     if not model and "parameters" in texts:
         model = parse_a1111(texts["parameters"])[2].get("Model")
@@ -51,8 +50,8 @@ def _with_model(recipe: Recipe, texts: dict[str, str]) -> Recipe:
 def _app(texts: dict[str, str]) -> tuple[str, str]:
     """(app_id, app_version) of the file's sd-metadata, or empty strings."""
     try:
-        data = json.loads(texts.get("sd-metadata", "{}"))
-    except ValueError:
+        data = load_json(texts.get("sd-metadata", "{}"), "sd-metadata")
+    except MetadataError:
         return "", ""
     if not isinstance(data, dict):
         return "", ""
@@ -87,8 +86,9 @@ def fetch_recipe(path, library=None) -> Recipe:
             continue
         try:
             recipe = reader(texts[key])
-        except (MetadataError, ValueError, TypeError, KeyError, AttributeError) as e:
-            errors.append(f"{key}: {short(e, 300)}")
+        except (MetadataError, ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+                RecursionError) as e:   # a hostile chunk may break a reader in any of these ways
+            errors.append(f"{key}: {short(e, 300) or type(e).__name__}")
             continue
         return _checked(path, recipe, skipped, library)
     why = "; ".join(errors + skipped)

@@ -5,13 +5,12 @@ names: ComfyUI `nodes.py`."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
 from ...line.prompt import PromptError, split_prompt
 from ...line.switches import format_number
-from .common import Builder, MetadataError, Recipe, short
+from .common import Builder, MetadataError, Recipe, load_json, short
 from .prompts import a1111_to_dreamshell
 
 _CHECKPOINTS = ("CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "UnetLoaderGGUF", "UnetLoaderGGUFAdvanced")
@@ -292,10 +291,7 @@ def read_comfyui(text: str) -> Recipe:
     """The recipe of a plain ComfyUI text-to-image graph: SD 1.x/XL's KSampler graph, and FLUX.1's and SD 3's
     (UNETLoader / UnetLoaderGGUF, DualCLIPLoader / TripleCLIPLoader, FluxGuidance, ModelSamplingSD3 / Flux,
     EmptySD3LatentImage, SamplerCustomAdvanced with BasicGuider or CFGGuider)."""
-    try:
-        graph = json.loads(text)
-    except ValueError as e:
-        raise MetadataError(f"ComfyUI prompt is not JSON ({e})") from None
+    graph = load_json(text, "ComfyUI prompt")
     if not isinstance(graph, dict):
         raise MetadataError("ComfyUI prompt is not a JSON object")
     samplers = [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") in _SAMPLERS]

@@ -15,6 +15,8 @@ from ...line.limits import MAX_SIZE, MIN_SIZE, LimitError, check_request
 from ...line.prompt import PromptError, split_prompt
 from ...line.request import DreamRequest
 from ...line.switches import BY_SPELLING, SwitchError, format_number
+from ...weights.files import BadJSON
+from ...weights.files import load_json as _load_json
 from ...weights.library import RecipeExtras
 
 APP_ID = "dreamshell"
@@ -25,6 +27,14 @@ MAX_COMMAND = 16384          # characters of a recovered command line
 
 class MetadataError(UserError):
     """An image whose recipe cannot be read; str() is the one line for the user."""
+
+
+def load_json(text: str, what: str):
+    """A chunk's JSON, any failure (not JSON, nested too deep) one MetadataError naming the chunk."""
+    try:
+        return _load_json(text)
+    except BadJSON as e:
+        raise MetadataError(f"{what} is {e}") from None
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,13 @@ EXIF parser (`Image.Exif`, which needs no image) only.
 
 from __future__ import annotations
 
+import errno
 import struct
 import zlib
 from pathlib import Path
 
+from ...line.safetext import shorten
+from ...weights.files import NotRegular, open_regular
 from .common import MAX_CHUNK, MAX_TEXT_TOTAL, MetadataError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,46 +64,47 @@ def _ended_early(head: bytes, text_key: str | None) -> str:
     return f"the file ends early ({where}; the text chunks before the cut are whole)"
 
 
-def png_text(path: Path) -> tuple[dict[str, str], list[str]]:
-    """The PNG's text chunks and the lines saying which were skipped (too large); pixels are skipped."""
+def png_text(path: Path, f) -> tuple[dict[str, str], list[str]]:
+    """The PNG's text chunks (f: the open file) and the lines saying which were skipped (too large, or cut
+    off by the end of the file); pixels are skipped."""
     chunks: dict[str, str] = {}
     skipped: list[str] = []
     total = 0
-    with open(path, "rb") as f:
-        if f.read(8) != PNG_MAGIC:
-            raise MetadataError(f"{path}: not a readable image (not a PNG, JPEG or WebP file)")
-        size = f.seek(0, 2)
-        f.seek(8)
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                skipped.append(_ended_early(head, None))
-                break
-            length, ctype = struct.unpack(">I4s", head)
-            if ctype == b"IEND":
-                break
-            if f.tell() + length + 4 > size:    # the chunk (or its CRC) runs past the end of the file
-                key = f.read(min(length, 80)).partition(b"\0")[0].decode("latin-1", "replace") \
-                    if ctype in (b"tEXt", b"zTXt", b"iTXt") else None
-                skipped.append(_ended_early(head, key))
-                break
-            if ctype not in (b"tEXt", b"zTXt", b"iTXt"):
-                f.seek(length + 4, 1)
-                continue
-            if length > MAX_CHUNK or total + length > MAX_TEXT_TOTAL:
-                key = f.read(min(length, 80)).partition(b"\0")[0].decode("latin-1", "replace")
-                f.seek(length - min(length, 80) + 4, 1)
-                skipped.append(f"the '{key}' text chunk ({_mb(length)}, over the {_mb(MAX_CHUNK)} limit)")
-                continue
-            body = f.read(length)
-            f.seek(4, 1)
-            total += length
-            try:
-                key, text = _decode_text(ctype, body)
-            except MetadataError as e:
-                skipped.append(str(e))
-                continue
-            chunks.setdefault(key, text)
+    f.seek(0)
+    if f.read(8) != PNG_MAGIC:
+        raise MetadataError(f"{path}: not a readable image (not a PNG, JPEG or WebP file)")
+    size = f.seek(0, 2)
+    f.seek(8)
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            skipped.append(_ended_early(head, None))
+            break
+        length, ctype = struct.unpack(">I4s", head)
+        if ctype == b"IEND":
+            break
+        if f.tell() + length + 4 > size:    # the chunk (or its CRC) runs past the end of the file
+            key = f.read(min(length, 80)).partition(b"\0")[0].decode("latin-1", "replace") \
+                if ctype in (b"tEXt", b"zTXt", b"iTXt") else None
+            skipped.append(_ended_early(head, key))
+            break
+        if ctype not in (b"tEXt", b"zTXt", b"iTXt"):
+            f.seek(length + 4, 1)
+            continue
+        if length > MAX_CHUNK or total + length > MAX_TEXT_TOTAL:
+            key = f.read(min(length, 80)).partition(b"\0")[0].decode("latin-1", "replace")
+            f.seek(length - min(length, 80) + 4, 1)
+            skipped.append(f"the '{key}' text chunk ({_mb(length)}, over the {_mb(MAX_CHUNK)} limit)")
+            continue
+        body = f.read(length)
+        f.seek(4, 1)
+        total += length
+        try:
+            key, text = _decode_text(ctype, body)
+        except MetadataError as e:
+            skipped.append(str(e))
+            continue
+        chunks.setdefault(key, text)
     return chunks, skipped
 
 
@@ -129,68 +133,73 @@ def _exif_text(tiff: bytes) -> str | None:
     return _user_comment(comment) if isinstance(comment, bytes) else None
 
 
-def jpeg_text(path: Path) -> dict[str, str]:
-    """{'exif': UserComment, 'comment': COM} of a JPEG, reading segment headers only."""
+def jpeg_text(f) -> dict[str, str]:
+    """{'exif': UserComment, 'comment': COM} of a JPEG (f: the open file), reading segment headers only."""
     out: dict[str, str] = {}
-    with open(path, "rb") as f:
-        f.read(2)
-        while True:
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0xFF or head[1] in (0xD9, 0xDA):   # EOI, or the scan starts
-                break
-            marker, length = head[1], struct.unpack(">H", head[2:])[0]
-            data = f.read(max(length - 2, 0))
-            if marker == 0xE1 and data.startswith(b"Exif\0\0") and "exif" not in out:
-                text = _exif_text(data)
-                if text:
-                    out["exif"] = text
-            elif marker == 0xFE and "comment" not in out:
-                out["comment"] = data.decode("utf-8", "replace")
+    f.seek(0)
+    f.read(2)
+    while True:
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0xFF or head[1] in (0xD9, 0xDA):   # EOI, or the scan starts
+            break
+        marker, length = head[1], struct.unpack(">H", head[2:])[0]
+        data = f.read(max(length - 2, 0))
+        if marker == 0xE1 and data.startswith(b"Exif\0\0") and "exif" not in out:
+            text = _exif_text(data)
+            if text:
+                out["exif"] = text
+        elif marker == 0xFE and "comment" not in out:
+            out["comment"] = data.decode("utf-8", "replace")
     return out
 
 
-def webp_text(path: Path) -> tuple[dict[str, str], list[str]]:
-    """{'exif': UserComment} of a WebP (its RIFF `EXIF` chunk)."""
+def webp_text(f) -> tuple[dict[str, str], list[str]]:
+    """{'exif': UserComment} of a WebP (its RIFF `EXIF` chunk; f: the open file)."""
     out: dict[str, str] = {}
     skipped: list[str] = []
-    with open(path, "rb") as f:
-        f.read(12)
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                break
-            ctype, length = head[:4], struct.unpack("<I", head[4:])[0]
-            if ctype == b"EXIF":
-                if length > MAX_CHUNK:
-                    skipped.append(f"the EXIF chunk ({_mb(length)}, over the {_mb(MAX_CHUNK)} limit)")
-                else:
-                    data = f.read(length)
-                    text = _exif_text(data[6:] if data.startswith(b"Exif\0\0") else data)
-                    if text:
-                        out["exif"] = text
-                    f.seek(length % 2, 1)
-                    continue
-            f.seek(length + length % 2, 1)
+    f.seek(0)
+    f.read(12)
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            break
+        ctype, length = head[:4], struct.unpack("<I", head[4:])[0]
+        if ctype == b"EXIF":
+            if length > MAX_CHUNK:
+                skipped.append(f"the EXIF chunk ({_mb(length)}, over the {_mb(MAX_CHUNK)} limit)")
+            else:
+                data = f.read(length)
+                text = _exif_text(data[6:] if data.startswith(b"Exif\0\0") else data)
+                if text:
+                    out["exif"] = text
+                f.seek(length % 2, 1)
+                continue
+        f.seek(length + length % 2, 1)
     return out, skipped
 
 
 def read_texts(path: Path) -> tuple[str, dict[str, str], list[str]]:
-    """(kind, {name: text}, skipped) for a PNG, JPEG or WebP file; MetadataError for others."""
+    """(kind, {name: text}, skipped) for a PNG, JPEG or WebP file; MetadataError for others (a FIFO, a
+    device or a folder is refused before a byte is read: reading one would block or never end)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             magic = f.read(12)
-        if magic.startswith(PNG_MAGIC):
-            chunks, skipped = png_text(path)
-            return "PNG", chunks, skipped
-        if magic.startswith(b"\xff\xd8"):
-            return "JPEG", jpeg_text(path), []
-        if magic[:4] == b"RIFF" and magic[8:12] == b"WEBP":
-            texts, skipped = webp_text(path)
-            return "WebP", texts, skipped
+            if magic.startswith(PNG_MAGIC):
+                chunks, skipped = png_text(path, f)
+                return "PNG", chunks, skipped
+            if magic.startswith(b"\xff\xd8"):
+                return "JPEG", jpeg_text(f), []
+            if magic[:4] == b"RIFF" and magic[8:12] == b"WEBP":
+                texts, skipped = webp_text(f)
+                return "WebP", texts, skipped
     except FileNotFoundError:
         raise MetadataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MetadataError(f"{path}: is a folder, not an image") from None
+    except NotRegular as e:
+        raise MetadataError(f"{e.strerror}, not an image") from None
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise MetadataError(f"{shorten(str(path), 80)}: the name is too long for a file path") from None
         raise MetadataError(f"{path}: not a readable image ({e.strerror or e})") from None
+    except ValueError as e:   # a NUL in the name
+        raise MetadataError(f"{shorten(str(path), 80)}: not a file name ({e})") from None
     raise MetadataError(f"{path}: not a readable image (not a PNG, JPEG or WebP file)")

@@ -20,7 +20,16 @@ from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
 from ...line.samplers import find_sampler
 from ...line.switches import SWITCHES, UNSUPPORTED, format_number
 from ...weights.library import RecipeExtras
-from .common import APP_ID, Builder, ImageMeta, MetadataError, Recipe, one_line, short
+from .common import (
+    APP_ID,
+    Builder,
+    ImageMeta,
+    MetadataError,
+    Recipe,
+    load_json,
+    one_line,
+    short,
+)
 
 # ----- writing
 
@@ -269,10 +278,7 @@ def _sd_image(data) -> tuple[dict, list[dict]]:
 
 def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
     """InvokeAI's (or our) sd-metadata JSON, `image` or a grid's `images`."""
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise MetadataError(f"sd-metadata is not JSON ({e})") from None
+    data = load_json(text, "sd-metadata")
     image, images = _sd_image(data)
     app = str(data.get("app_id") or "")
     b = Builder(f"{source} ({short(app, 40)} {short(data.get('app_version') or '', 20)})".replace(" )", ")")
@@ -394,10 +400,7 @@ def read_invokeai_metadata(text: str) -> Recipe:
     """InvokeAI 3.x-6.x `invokeai_metadata`: prompts, seed, steps, cfg, size, scheduler, model, LoRAs (as
     `<lora:NAME:W>` tags), clip skip, VAE and the high-resolution fix; the rest (refiner, control adapters,
     init image) named in the note."""
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise MetadataError(f"invokeai_metadata is not JSON ({e})") from None
+    data = load_json(text, "invokeai_metadata")
     if not isinstance(data, dict):
         raise MetadataError("invokeai_metadata is not a JSON object")
     version = data.pop("app_version", "")
