@@ -298,11 +298,13 @@ def _schedule_name(kind: str, schedule: str | None) -> str:
 
 
 def scheduler_for(kind: str, sampler: str, base_config, zero_snr: bool = False, plan_scheduler: str = "",
-                  schedule: str | None = None):
+                  schedule: str | None = None, plan_options: dict | None = None):
     """The scheduler a sampler name becomes for the families with their own schedules (flow matching,
     EDM), from the model's scheduler config (shift, dynamic shift, sigma_data...) with the schedule's
-    sigmas. For a zero-SNR model, a sampler whose diffusers scheduler cannot rescale its betas is refused
-    (it would run the wrong schedule). Returns None where the ordinary table applies."""
+    sigmas; for a zero-SNR model, the sampler's own scheduler with its betas rescaled and trailing timesteps
+    (the config of a scheduler that takes no such option, PNDM's, does not keep them), and a sampler whose
+    diffusers scheduler cannot rescale is refused (it would run the wrong schedule). Returns None where the
+    ordinary table applies."""
     import diffusers
     why = rules.sampler_refusal(kind, sampler, schedule, zero_snr)
     if why is None and zero_snr and plan_scheduler and plan_scheduler not in ZERO_SNR_SAMPLERS:
@@ -312,7 +314,10 @@ def scheduler_for(kind: str, sampler: str, base_config, zero_snr: bool = False, 
         raise GenerationError(why)
     where = rules.schedule_family(kind)
     if where == "ddpm":
-        return None
+        if not (zero_snr and plan_scheduler):
+            return None
+        options = {"timestep_spacing": "trailing", **(plan_options or {}), "rescale_betas_zero_snr": True}
+        return getattr(diffusers, plan_scheduler).from_config(base_config, **options)
     base = find_sampler(sampler)
     base = find_sampler(base.a1111 or base.name) if base.schedule else base
     name, options = (FLOW_SAMPLERS if where == "flow" else EDM_SAMPLERS)[base.name]

@@ -216,7 +216,7 @@ class DiffusersGenerator:
                                       f"pip install {plan.needs}") from None
         # issue 21: flow-matching and EDM models have schedulers of their own; zero-SNR ones refuse some
         own = families.scheduler_for(getattr(self, "kind", ""), name, self._scheduler_config,
-                                     getattr(self, "zero_snr", False), plan.scheduler, schedule)
+                                     getattr(self, "zero_snr", False), plan.scheduler, schedule, plan.options)
         if own is not None:
             return own
         cls = getattr(diffusers, plan.scheduler)

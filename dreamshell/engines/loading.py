@@ -214,10 +214,12 @@ def keep_vae_float32(vae, dtype, torch) -> None:
     """Run the VAE in float32 beside a bfloat16 UNet: inputs are upcast, encoded latents go back."""
     vae.to(torch.float32)
     vae.encoder.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
-    vae.post_quant_conv.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
     vae.decoder.register_forward_pre_hook(lambda m, args, kwargs: (tuple(a.float() for a in args), kwargs),
                                           with_kwargs=True)
-    vae.quant_conv.register_forward_hook(lambda m, args, out: out.to(dtype))
+    if getattr(vae, "post_quant_conv", None) is not None:   # SD 3's and FLUX.1's VAEs have no quant convs
+        vae.post_quant_conv.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+    last = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder
+    last.register_forward_hook(lambda m, args, out: out.to(dtype))
 
 
 def memory_modes(pipe, device: str, lowvram: bool) -> None:

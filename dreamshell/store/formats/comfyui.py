@@ -39,7 +39,7 @@ def _other(why: str) -> MetadataError:
 def _file_stem(name: str) -> str:
     """A model file's name without its folders and extension ('style/detail.safetensors' -> 'detail')."""
     base = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
-    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".bin")) else base
+    return base.rsplit(".", 1)[0] if base.lower().endswith((".safetensors", ".ckpt", ".pt", ".bin", ".gguf")) else base
 
 
 def _number(value):
@@ -122,14 +122,16 @@ def _model_node(b: Builder, kind: str, inputs: dict) -> None:
     elif kind == "ModelSamplingSD3":
         shift = _number(inputs.get("shift"))
         if shift is None or not math.isclose(shift, 3.0, rel_tol=1e-6):
-            b.drop(f"ModelSamplingSD3 shift {short(inputs.get('shift'), 10)} (dreamshell runs the model's own shift, 3 "
-                   "for SD 3 / 3.5)")
+            shown = format_number(round(shift, 6)) if shift is not None else short(inputs.get("shift"), 10)
+            b.drop(f"ModelSamplingSD3 shift {shown} (dreamshell runs the model's own shift, 3 for SD 3 / 3.5)")
     elif kind == "ModelSamplingFlux":
         # ComfyUI writes 1.1500000000000001 and 0.5000000000000001
         shifts = (_number(inputs.get("max_shift")), _number(inputs.get("base_shift")))
         if None in shifts or not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(shifts, (1.15, 0.5))):
-            b.drop(f"ModelSamplingFlux max_shift {short(inputs.get('max_shift'), 10)} base_shift "
-                   f"{short(inputs.get('base_shift'), 10)} (dreamshell runs FLUX.1's own: 1.15 and 0.5)")
+            shown = [format_number(round(x, 6)) if x is not None else short(inputs.get(k), 10)
+                     for x, k in zip(shifts, ("max_shift", "base_shift"))]
+            b.drop(f"ModelSamplingFlux max_shift {shown[0]} base_shift {shown[1]} (dreamshell runs FLUX.1's own: "
+                   "1.15 and 0.5)")
     elif kind == "ModelSamplingDiscrete":
         sampling, zsnr = str(inputs.get("sampling", "eps")), inputs.get("zsnr") is True
         if sampling != "eps" or zsnr:
