@@ -508,7 +508,6 @@ def encode(gen, pipe, request, negative_too: bool) -> dict:
     key = (tuple(texts), request.clip_skip, lora_key, negative_too)
     if key in state.cache:
         return state.cache[key]
-    slot = T5_SLOT[family_of(kind)]
     if _lowvram_cpu(gen):
         _restore_t5(gen, state)
     base = gen._pipes["txt2img"]
@@ -528,7 +527,7 @@ def encode(gen, pipe, request, negative_too: bool) -> dict:
     if negative_too:
         out.update(negative_prompt_embeds=embeds[n:n + 1], negative_pooled_prompt_embeds=pooled[n:n + 1])
     state.remember(key, out)
-    if _lowvram_cpu(gen) and slot:
+    if _lowvram_cpu(gen) and state.spec.t5xxl:   # a T5 of its own file can be read again; one inside stays
         _release_t5(gen)
     return out
 
