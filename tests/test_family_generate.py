@@ -264,3 +264,12 @@ def test_sequential_offload_when_the_largest_part_would_not_fit():
     assert offload_mode(int(6.7 * gb), 16 * gb) == "model"     # its GGUF Q4_0 transformer
     assert offload_mode(24 * gb, 80 * gb) == "model"
     assert offload_mode(24 * gb, 0) == "model"                 # MPS: size unknown
+
+
+def test_flux_hires_fix_with_an_image_upscaler_and_variations(tiny, tmp_path):
+    s = session(tiny, tmp_path / "out")
+    hires = run(s, "a red circle -S 1 --model schnell --hires_fix --hires_upscaler lanczos --hires_scale 1.5").records[0]
+    assert Image.open(hires.path).size == (96, 96)
+    first, second = run(s, "a red circle -S 1 -v 0.3 -n 2 --model schnell").records
+    assert "-V " in first.command and pixels(first) != pixels(second)
+    assert pixels(run(s, first.command).records[0]) == pixels(first)   # a variation replays from its line
