@@ -6,6 +6,11 @@ Reports load time, seconds per step and peak memory (RSS), one JSON line per cas
 process of its own so memory starts clean.
 
     /work/tools/quiet python bench/bench_families.py --dir /work/scratch/families sd35m flux-schnell-q4
+
+Cases named ds-NAME run the same file through dreamshell itself (a models file, a Session, a dream> line:
+the planner, the model host, the generator, the output folder); ds-NAME-lowvram with --lowvram:
+
+    /work/tools/quiet python bench/bench_families.py --dir /work/scratch/families ds-sd35m ds-flux-schnell-q4
 """
 
 from __future__ import annotations
@@ -167,10 +172,70 @@ def case_sdxl_vpred(path: Path, folder: Path, size: int, steps: int) -> dict:
     return out
 
 
+# the same files through dreamshell itself: a models file, a Session, a dream> line (models-file entries)
+MODELS_YAML = """\
+sdxl-vpred:
+  weights: sdxl-vpred-ztsnr-random.safetensors
+sd35m:
+  weights: sd3.5_medium-random.safetensors
+  clip_l: clip_l.safetensors
+  clip_g: clip_g.safetensors
+sd35m-clips:
+  weights: sd3.5_medium_incl_clips-random.safetensors
+flux-schnell-q4:
+  weights: flux1-schnell-Q4_0-random.gguf
+  clip_l: clip_l.safetensors
+  t5xxl: t5xxl_fp16.safetensors
+  vae: ae.safetensors
+"""
+
+
+def case_dreamshell(name: str, folder: Path, size: int, steps: int, lowvram: bool) -> dict:
+    """One dream> line on a models-file entry through dreamshell's own Session (planner, model host, generator,
+    output folder): load time, seconds per step as the line's progress reports them, the whole line, peak RSS."""
+    import tempfile
+    from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.line.parser import parse_request
+    from dreamshell.run.model_host import ModelHost
+    from dreamshell.run.session import Session
+    from dreamshell.run.types import Listener
+    from dreamshell.weights.models import listing, load_registry
+    models = folder / "dreamshell-models.yaml"
+    models.write_text(MODELS_YAML)
+    registry = load_registry(models)
+    spec = registry.models[name]
+    gen = DiffusersGenerator(device="cpu", precision="float32", lowvram=lowvram)
+    out = {"listing": listing(spec), "lowvram": lowvram}
+    marks: list[float] = []
+
+    class Steps(Listener):
+        def step(self, done, total):
+            marks.append(time.time())
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Session(registry, ModelHost(lambda: gen), Path(tmp))
+        t = time.time()
+        session.host.ensure(spec)
+        out.update(load_s=round(time.time() - t, 1), rss_after_load_gb=_rss_gb())
+        line = f"a red circle on a blue square -S 1 -s {steps} -W {size} -H {size} --model {name}"
+        t = time.time()
+        result = session.run(parse_request(line), Steps())
+        total = time.time() - t
+        record = result.records[0]
+    starts = [t] + marks
+    out.update(line=record.command, s_per_step=[round(b - a, 1) for a, b in zip(starts[:-1], starts[1:])],
+               line_s=round(total, 1), peak_rss_gb=_rss_gb())
+    return out
+
+
 def run_case(name: str, folder: Path, size: int, steps: int) -> dict:
     files = {"sdxl-vpred": "sdxl-vpred-ztsnr-random.safetensors", "sd35m": "sd3.5_medium-random.safetensors",
              "sd35m-clips": "sd3.5_medium_incl_clips-random.safetensors",
              "flux-schnell-q4": "flux1-schnell-Q4_0-random.gguf"}
+    if name.startswith("ds-"):   # ds-NAME: through dreamshell; ds-NAME-lowvram: with --lowvram
+        base = name[3:].removesuffix("-lowvram")
+        result = case_dreamshell(base, folder, size, steps, name.endswith("-lowvram"))
+        return {"case": name, "file": files[base], "gb": round((folder / files[base]).stat().st_size / 1e9, 2),
+                **result}
     path = folder / files[name]
     if name.startswith("sd35m"):
         result = case_sd35m(path, folder, size, steps)
@@ -196,7 +261,7 @@ def main() -> int:
         return 0
     failed = 0
     for name in args.cases:
-        steps = 1 if name.startswith("flux") else args.steps
+        steps = 1 if name.startswith(("flux", "ds-flux")) else args.steps
         run = subprocess.run([sys.executable, __file__, name, "--one", "--dir", str(args.dir), "--size", str(args.size),
                               "--steps", str(steps)], capture_output=True, text=True)
         if run.returncode != 0:

@@ -108,6 +108,8 @@ FIELD_STRATEGIES = {
                         max_size=4, unique_by=lambda p: p[0]).map(tuple),
     "inpaint_area": st.just("masked"),
     "inpaint_padding": st.integers(0, 1024),
+    "guidance": st.floats(0, 100, allow_nan=False).map(abs),
+    "cfg_rescale": unit,
 }
 
 

@@ -61,16 +61,17 @@ class Adapters:
                 raise GenerationError(f"cannot weight the LoRAs {', '.join(u.name for u in used)}: {first_line(e)}") \
                     from e
             self.lora_active = True
-        elif self.lora_active and hasattr(pipe.unet, "_orig_mod"):
+        elif self.lora_active and hasattr(getattr(pipe, _denoiser(pipe)), "_orig_mod"):
             # --compile: a graph traced with LoRA layers in it (even disabled ones) computes the plain
             # image with other kernels, so its bytes differ (seen on an H100); taking the LoRAs out gives
             # back the model the first graph was traced from. They load again when a line tags them.
-            compiled = pipe.unet
-            pipe.unet = compiled._orig_mod
+            name = _denoiser(pipe)
+            compiled = getattr(pipe, name)
+            setattr(pipe, name, compiled._orig_mod)
             try:
                 pipe.unload_lora_weights()
             finally:
-                pipe.unet = compiled
+                setattr(pipe, name, compiled)
             self.loras.clear()
             self.lora_active = False
         elif self.lora_active:
@@ -82,10 +83,11 @@ class Adapters:
         adapter = f"lora{self.made}"   # never reused: peft keeps a name until the adapter is deleted
         path = used.path
         folder, weight_name = (path, DIFFUSERS_LORA_FILE) if path.is_dir() else (path.parent, path.name)
-        compiled = pipe.unet if hasattr(pipe.unet, "_orig_mod") else None   # --compile: load into the module
+        denoiser = _denoiser(pipe)
+        compiled = getattr(pipe, denoiser) if hasattr(getattr(pipe, denoiser), "_orig_mod") else None  # --compile
         try:
             if compiled is not None:
-                pipe.unet = compiled._orig_mod
+                setattr(pipe, denoiser, compiled._orig_mod)
             with _warnings_of("diffusers", "peft") as warned:
                 pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter,
                                        local_files_only=True)
@@ -97,7 +99,7 @@ class Adapters:
                                   f"'{model_name}': {first_line(e)}") from e
         finally:
             if compiled is not None:
-                pipe.unet = compiled   # the compiled wrapper of the same module: it recompiles on its next call
+                setattr(pipe, denoiser, compiled)   # the compiled wrapper of the same module: recompiles on its next call
         present = {a for names in pipe.get_list_adapters().values() for a in names}
         if adapter not in present:
             raise GenerationError(f"LoRA {quoted(used.name)} ({shorten(str(path), 120)}) has no weights for model "
@@ -191,6 +193,11 @@ class Adapters:
             p.vae = vae
         self.vae_key = key
         after_swap(vae)
+
+
+def _denoiser(pipe) -> str:
+    """The attribute holding the pipeline's denoiser: `unet`, or `transformer` for SD 3 and FLUX.1."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
 @contextlib.contextmanager

@@ -28,4 +28,6 @@ def generate_together(gen, group: list[DreamRequest], on_step, should_stop) -> l
                 latents=torch.cat([gen.initial_latents(r) for r in group]))
     if gen.kind.endswith("-inpaint"):
         gen._whole_image_mask(args, first)
+    from . import families
+    args.update(families.rescale_args(gen, pipe, first))   # --cfg_rescale
     return gen._run(pipe, args, first)

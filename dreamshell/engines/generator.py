@@ -20,7 +20,7 @@ from ..line.samplers import plan as scheduler_plan
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
 from ..weights.models import ModelSpec, default_folders
-from . import control, loading
+from . import control, families, loading
 from .adapters import Adapters
 from .batching import generate_together
 from .conditioning import Conditioner
@@ -46,6 +46,7 @@ class DiffusersGenerator:
         self.lowvram, self.compile, self.batch_size = lowvram, compile, max(1, batch_size)
         self.spec: ModelSpec | None = None
         self.kind = ""
+        self.zero_snr = False   # the resident model runs a zero-terminal-SNR schedule
         self.model_hash = ""
         self._pipes: dict = {}
         self._scheduler_config = None
@@ -83,7 +84,7 @@ class DiffusersGenerator:
         previous = self.spec
         self.unload()
         try:
-            self._load(spec, kind, spec.prediction or found.prediction)
+            self._load(spec, kind, spec.prediction or found.prediction, found)
         except GenerationError as e:
             raise GenerationError(str(e) + self._restore(previous)) from None
 
@@ -105,13 +106,15 @@ class DiffusersGenerator:
         """bfloat16 on a CPU: the UNet and text encoders run in bfloat16, the VAE in float32."""
         return self.dtype == self.torch.bfloat16 and self.device == "cpu"
 
-    def _load(self, spec: ModelSpec, kind: str, prediction: str | None) -> None:
+    def _load(self, spec: ModelSpec, kind: str, prediction: str | None, found=None) -> None:
         cls = loading.pipeline_class(kind, "txt2img")
         # with a float32 VAE the weights load in float32 and the rest is cast: a VAE loaded in bfloat16 and
         # cast back would carry bfloat16-rounded weights (not the file's: a VAE file then differed)
         load_dtype = self.torch.float32 if self.vae_float32 else self.dtype
         try:
-            if spec.is_single_file:
+            if families.is_new_family(kind):   # issue 21: SD 3 / FLUX.1 from their files (engines/families.py)
+                pipe = families.load(self, spec, kind, found)
+            elif spec.is_single_file:
                 config = spec.config or loading.single_file_config(loading.config_folder(kind, prediction))
                 pipe = cls.from_single_file(str(spec.weights), config=str(config), local_files_only=True,
                                             torch_dtype=load_dtype)
@@ -126,13 +129,19 @@ class DiffusersGenerator:
         pipe.set_progress_bar_config(disable=True)
         if hasattr(pipe, "safety_checker"):
             pipe.safety_checker = None
-        loading.set_prediction(pipe, prediction)
+        self.zero_snr = bool(spec.zero_snr or (found is not None and found.zero_snr))   # issue 21
+        families.apply_schedule(pipe, prediction, self.zero_snr)
         if self.vae_float32:
-            loading.cast_all_but_vae(pipe, self.dtype)
+            if not families.is_new_family(kind):   # issue 21: those load in their dtype (T5 alone in bf16)
+                loading.cast_all_but_vae(pipe, self.dtype)
             loading.keep_vae_float32(pipe.vae, self.dtype, self.torch)
-        loading.memory_modes(pipe, self.device, self.lowvram)
+        if families.is_new_family(kind):   # issue 21: sequential offload for FLUX.1 on small GPUs
+            families.memory_modes(self, pipe)
+        else:
+            loading.memory_modes(pipe, self.device, self.lowvram)
         if self.compile:
-            pipe.unet = self.torch.compile(pipe.unet)
+            denoiser = "transformer" if families.is_new_family(kind) else "unet"
+            setattr(pipe, denoiser, self.torch.compile(getattr(pipe, denoiser)))
         self._pipes = {"txt2img": pipe}
         self._scheduler_config = pipe.scheduler.config
         self.spec, self.kind = spec, kind
@@ -208,6 +217,11 @@ class DiffusersGenerator:
             except ImportError:
                 raise GenerationError(f"sampler '{name}' needs the '{plan.needs}' package: "
                                       f"pip install {plan.needs}") from None
+        # issue 21: flow-matching and EDM models have schedulers of their own; zero-SNR ones refuse some
+        own = families.scheduler_for(getattr(self, "kind", ""), name, self._scheduler_config,
+                                     getattr(self, "zero_snr", False), plan.scheduler, schedule, plan.options)
+        if own is not None:
+            return own
         cls = getattr(diffusers, plan.scheduler)
         return cls.from_config(self._scheduler_config, **plan.options)
 
@@ -218,6 +232,8 @@ class DiffusersGenerator:
         return files if files is not None else self.library.files_for(prompt, vae, controls)
 
     def prompt_notes(self, prompt: str, files: LineFiles | None = None) -> list[str]:
+        if families.is_new_family(self.kind):   # issue 21: CLIP + T5, no compel
+            return families.prompt_notes(self, prompt, files)
         return self.text.prompt_notes(prompt, files)
 
     def tokenization(self, prompt: str, files: LineFiles | None = None) -> str:
@@ -266,6 +282,8 @@ class DiffusersGenerator:
         files = self.files(request.prompt, request.vae, files, request.control)
         self._files = files
         base = self._pipes["txt2img"]
+        if families.is_new_family(self.kind):   # issue 21: no textual-inversion embeddings there
+            families.check_files(self, files)
         self.adapters.apply_loras(base, files.loras, self.spec.name)
         self.adapters.ensure_embeddings(base, files.embeddings, self.is_sdxl)
         self.adapters.apply_vae(list(self._pipes.values()), files.vae, None, self._vae_swapped)
@@ -302,12 +320,17 @@ class DiffusersGenerator:
         sampler generator)."""
         self.prepare(requests[0], files)
         self._control_maps = {}
+        if families.is_new_family(self.kind):   # issue 21: one image a call
+            return families.generate_each(self, requests, on_step, should_stop)
         if len(requests) == 1:
             return [self._generate_one(requests[0], None, None, on_step, should_stop, None, 1)]
         return generate_together(self, requests, on_step, should_stop)
 
     def _generate_one(self, request: DreamRequest, init_image, mask, on_step, should_stop, on_preview,
                       preview_every: int, output_type: str = "pil", steps_before: int = 0, steps_all: int | None = None):
+        if families.is_new_family(self.kind):   # issue 21: SD 3 / FLUX.1 (engines/families.py)
+            return families.generate_one(self, request, init_image, mask, on_step, should_stop, on_preview,
+                                         preview_every, output_type, steps_before, steps_all)
         mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
         used = self._files.controls if request.control and self._control_maps else ()
         pipe = self.control.pipeline(self, mode, used) if used else self._pipe(mode)
@@ -340,6 +363,7 @@ class DiffusersGenerator:
             self._whole_image_mask(args, request)
         if used:
             control.arguments(self, pipe, request, used, self._control_maps, args, step_end)
+        args.update(families.rescale_args(self, pipe, request))   # issue 21: --cfg_rescale
         with contextlib.ExitStack() as stack:
             if tap is not None:
                 stack.enter_context(tap.attached(pipe.scheduler))

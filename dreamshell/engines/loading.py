@@ -14,8 +14,10 @@ from ..weights.checkpoint import (
     KIND_NAMES,
     Detected,
     NotAModel,
+    bundled_parts,
     classify,
     detect_folder,
+    family_of,
     same_model,
     weights_header,
 )
@@ -81,7 +83,13 @@ def detect_weights(spec: ModelSpec) -> Detected:
             keys, meta = weights_header(path)
         else:
             keys, meta = ckpt_shapes(path), {}
-        found = classify(keys, meta, path.name)
+        try:
+            found = classify(keys, meta, path.name)
+        except NotAModel as e:
+            found = _own_config(spec, keys, e)   # a network of another size with its own config folder
+            if found is not None:
+                return found
+            raise
     except NotAModel as e:
         text = str(e)
         raise GenerationError(f"model '{spec.name}': " + (text if text.startswith(str(path)) else f"{path} is {text}")) \
@@ -89,9 +97,22 @@ def detect_weights(spec: ModelSpec) -> Detected:
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
     theirs = DIFFUSERS_TYPES.get(infer_diffusers_model_type({k: _Shape(v) for k, v in keys.items()
                                                               if isinstance(v, tuple)}))
+    if theirs == "sd1" and found.family in ("sd3", "flux"):
+        theirs = None   # diffusers' fallback when no rule matched (a diffusers-named FLUX.1 transformer)
     if theirs and not same_model(found.kind or "", theirs):  # diffusers converts by its own reading: follow it
         return replace(found, kind=theirs, note=f"diffusers reads it as {KIND_NAMES[theirs]}")
     return found
+
+
+def _own_config(spec: ModelSpec, keys: dict, error: NotAModel) -> Detected | None:
+    """An SD 3 or FLUX.1 network of a size no release has, which the models file gives a `kind` and a
+    `config` folder for: loaded with that config (diffusers' converters follow the config's sizes)."""
+    text = str(error)
+    if not (spec.config and spec.kind and family_of(spec.kind) in ("sd3", "flux")
+            and ("SD 3-family model of a shape" in text or "FLUX.1-shaped model" in text)):
+        return None
+    return Detected(spec.kind, None, f"a {family_of(spec.kind).upper()} network of its own size, loaded with the "
+                    f"models file's config {spec.config}", bundled=bundled_parts(keys))
 
 
 def settle_kind(spec: ModelSpec, found: Detected) -> str:
@@ -193,10 +214,12 @@ def keep_vae_float32(vae, dtype, torch) -> None:
     """Run the VAE in float32 beside a bfloat16 UNet: inputs are upcast, encoded latents go back."""
     vae.to(torch.float32)
     vae.encoder.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
-    vae.post_quant_conv.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
     vae.decoder.register_forward_pre_hook(lambda m, args, kwargs: (tuple(a.float() for a in args), kwargs),
                                           with_kwargs=True)
-    vae.quant_conv.register_forward_hook(lambda m, args, out: out.to(dtype))
+    if getattr(vae, "post_quant_conv", None) is not None:   # SD 3's and FLUX.1's VAEs have no quant convs
+        vae.post_quant_conv.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+    last = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder
+    last.register_forward_hook(lambda m, args, out: out.to(dtype))
 
 
 def memory_modes(pipe, device: str, lowvram: bool) -> None:

@@ -1,4 +1,5 @@
-"""Live previews: a denoising latent mapped to RGB by a linear 4->3 projection ("approx cheap").
+"""Live previews: a denoising latent mapped to RGB by a linear 4->3 projection ("approx cheap"; 16->3 for
+SD 3 and FLUX.1).
 
 The projection works on the latent the UNet sees (VAE latent times its scaling factor) and gives RGB in
 [-1, 1]: rgb = latent . factors + bias. It costs one 4x3 matrix product on a (h/8 x w/8) latent
@@ -54,12 +55,42 @@ SDXL = LatentRGB(((0.3651, 0.4232, 0.4341),
                  source="ComfyUI comfy/latent_formats.py SDXL")
 
 
+# Playground v2.5 (its own latent statistics), SD 3 and FLUX.1 (16 channels): ComfyUI comfy/latent_formats.py
+# classes SDXL_Playground_2_5, SD3 and Flux.
+PLAYGROUND = LatentRGB(((0.3920, 0.4054, 0.4549),
+                        (-0.2634, -0.0196, 0.0653),
+                        (0.0568, 0.1687, -0.0755),
+                        (-0.3112, -0.2359, -0.2076)),
+                       source="ComfyUI comfy/latent_formats.py SDXL_Playground_2_5")
+SD3 = LatentRGB(((-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458),
+                 (0.0856, 0.0339, 0.0902), (0.0587, 0.0272, -0.0496), (-0.0006, 0.1104, 0.0309),
+                 (0.0978, 0.0306, 0.0427), (-0.0042, 0.1038, 0.1358), (-0.0194, 0.0020, 0.0669),
+                 (-0.0488, 0.0130, -0.0268), (0.0922, 0.0988, 0.0951), (-0.0278, 0.0524, -0.0542),
+                 (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293),
+                 (-0.1448, -0.1463, -0.1189)),
+                bias=(0.2394, 0.2135, 0.1925), source="ComfyUI comfy/latent_formats.py SD3")
+FLUX = LatentRGB(((-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
+                  (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
+                  (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
+                  (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+                  (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
+                  (-0.1262, -0.0982, -0.0778)),
+                 bias=(-0.0329, -0.0718, -0.0851), source="ComfyUI comfy/latent_formats.py Flux")
+
+
 def projection_for(spec) -> LatentRGB:
     """The projection for a model spec: a latent_rgb.json in its folder wins, else by spec.kind."""
     weights = Path(spec.weights)
     if weights.is_dir() and (weights / FILE_NAME).exists():
         return LatentRGB.from_file(weights / FILE_NAME)
-    return SDXL if spec.kind.startswith("sdxl") else SD1
+    kind = spec.kind or ""
+    if kind.startswith(("sd3", "sd35")):
+        return SD3
+    if kind.startswith("flux"):
+        return FLUX
+    if kind == "sdxl-playground":
+        return PLAYGROUND
+    return SDXL if kind.startswith("sdxl") else SD1
 
 
 def latent_to_image(latent, projection: LatentRGB, size: tuple[int, int] | None = None,

@@ -56,6 +56,8 @@ class DreamRequest:
     outcrop: tuple[tuple[str, int], ...] = ()      # --outcrop: (direction, pixels) the init image grows by
     inpaint_area: str | None = None       # "masked": A1111's Only masked (None: the whole picture)
     inpaint_padding: int | None = None    # Only masked padding, pixels (default 32)
+    guidance: float | None = None   # FLUX.1 dev's distilled guidance (Forge's Distilled CFG Scale); None: 3.5
+    cfg_rescale: float | None = None  # CFG rescale phi (Lin et al. 2023; diffusers' guidance_rescale); None: off
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

@@ -347,6 +347,12 @@ SWITCHES: tuple[Switch, ...] = (
            "and pasted back (A1111's Only masked)", "AREA", complete="inpaint_area"),
     Switch("inpaint_padding", "--inpaint_padding", (), _padding,
            f"--inpaint_area masked: pixels around the mask taken with it (default {ctl.DEFAULT_PADDING})", "PX"),
+    Switch("guidance", "--guidance", (), float_range(0, 100, "the distilled guidance goes from 0 to 100"),
+           "FLUX.1 dev's distilled guidance (Forge's Distilled CFG Scale; default 3.5); -C is true CFG", "G"),
+    Switch("cfg_rescale", "--cfg_rescale", (),
+           float_range(0, 1, "the CFG rescale goes from 0 (off) to 1"),
+           "rescale CFG toward the prompt's own scale (A1111's CFG Rescale phi; 0.7 for v-prediction "
+           "zero-SNR models)", "PHI"),
 )
 
 HELP_SPELLINGS = ("-h", "--help")

@@ -22,6 +22,7 @@ from ..line.switches import SWITCHES
 from ..store.dreamlog import read_commands
 from ..store.pngmeta import fetch_recipe
 from ..weights.files import describe_kind, kind_of
+from ..weights.models import listing
 from .report import TextListener, stopped_line
 from .session import Session
 from .types import Control, Listener
@@ -282,7 +283,7 @@ class Dispatcher:
         for spec in self.session.registry.models.values():
             mark = "*" if spec.name == current else " "
             state = "loaded" if mark == "*" else "loading" if loading == spec else "not loaded"
-            self.echo(f"{mark} {spec.name:20} {spec.kind:5} {state:11} {spec.description}")
+            self.echo(f"{mark} {spec.name:20} {state:11} {listing(spec)}")
         return Outcome()
 
     def _switch(self, args: str) -> Work:

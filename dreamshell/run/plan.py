@@ -31,6 +31,7 @@ from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.safetext import shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
+from ..weights import families
 from ..weights.checkpoint import FAMILY_NAMES
 from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
@@ -135,9 +136,11 @@ class Planner:
         check_weights(spec)
         return spec
 
-    def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False) -> CheckedLine:
+    def check(self, request: DreamRequest, files: bool = True, pending=lambda path: False,
+              current: ModelSpec | None = None) -> CheckedLine:
         """Everything the line alone can tell (`files`: also its -I/-M files). A file that is not there
-        yet but that `pending(path)` says a queued line may make is looked for when the line runs."""
+        yet but that `pending(path)` says a queued line may make is looked for when the line runs.
+        `current`: the model the line runs on when it names none (its family's rules are checked too)."""
         # precedence: the line's switches, its --preset, the launch's switches, the launch's --preset, then
         # (when it runs) the model's defaults and its models-file preset
         line_preset = request.preset
@@ -148,6 +151,7 @@ class Planner:
         check_sampler(request.sampler, request.schedule)
         # a model's own VAE: when it runs
         found = self.library.files_for(request.prompt, request.vae, request.control)
+        check_family(request, spec or current, found)
         explicit = bool(request.width or request.height)
         if files:
             images = [(request.init_img, "-I"), (request.init_mask, "-M")]
@@ -174,6 +178,8 @@ class Planner:
                 raise UserError(why)
         check_sampler(resolved.sampler, resolved.schedule)
         check_resolved(resolved)
+        check_family(resolved, spec, checked.files)
+        resolved = families.family_defaults(resolved, spec)   # its schedule and guidance written out
         files = checked.files
         if resolved.vae and files.vae is None:   # the model's own VAE setting (the line named none)
             files = replace(files, vae=self.library.find_vae(resolved.vae))
@@ -293,6 +299,14 @@ def check_weights(spec: ModelSpec) -> None:
                               "file or give --model a path that exists")
 
 
+def check_family(request: DreamRequest, spec: ModelSpec | None, files: LineFiles | None = None) -> None:
+    """The switches the model's family does not take (guidance on SD, clip skip on FLUX.1, a FLUX.1 LoRA on
+    SDXL, ...): one line, the same words the engine would say."""
+    why = families.check_line(request, spec, files)
+    if why:
+        raise UserError(why)
+
+
 def check_sampler(sampler: str | None, schedule: str | None) -> None:
     """A sampler and schedule that can run here (diffusers has them, and the packages they need)."""
     if not sampler:
@@ -352,4 +366,4 @@ def batch_groups(images: tuple[DreamRequest, ...], size: int, together: bool) ->
 
 
 __all__ = ["CheckedLine", "LinePlan", "PENDING", "UNKNOWN_SEEDS", "plan_file_line", "PlanState", "Planner", "batch_groups",
-           "check_image_file", "check_sampler", "check_weights", "size_from_image"]
+           "check_family", "check_image_file", "check_sampler", "check_weights", "size_from_image"]

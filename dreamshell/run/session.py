@@ -71,7 +71,7 @@ class Session:
         """Refuse at once what can be known wrong before the line runs (UserError): its own rules, and
         what the loaded model says (clip skip deeper than its text encoder). A -I/-M file that is not
         there yet but that a queued job may make (`pending`) is looked for when the line runs."""
-        checked = self.planner.check(request, files, pending)
+        checked = self.planner.check(request, files, pending, current=self.model)
         spec = checked.spec or self.model
         if checked.request.clip_skip and self.host.spec == spec and self.host.generator is not None:
             check_clip_skip(checked.request.clip_skip, self.host.generator.text_layers)

@@ -28,6 +28,7 @@ from ..line.limits import check_steps
 from ..line.safetext import quoted, shorten
 from ..line.switches import BY_SPELLING, SwitchError, format_number
 from .checkpoint import (
+    KIND_NAMES,
     KINDS,
     PART_NAMES,
     NotAModel,
@@ -36,6 +37,7 @@ from .checkpoint import (
     family_of,
     native_size,
     part_fits,
+    same_model,
 )
 from .files import (
     BadJSON,
@@ -200,6 +202,26 @@ def spec_for_path(path: Path, name: str | None = None) -> ModelSpec:
                      width=size, height=size, steps=steps, cfg_scale=cfg, sampler=sampler,
                      prediction=found.prediction, zero_snr=found.zero_snr)
     return with_folder_defaults(spec, path, what) if path.is_dir() else spec
+
+
+def _header_says(path: Path):
+    """What a weights file's header says (kind markers, ModelSpec title), or None when it cannot tell (a network
+    of a size no release has, which the models file's kind and config describe)."""
+    try:
+        return detect(path)
+    except (NotAModel, OSError):
+        return None
+
+
+def listing(spec: ModelSpec) -> str:
+    """A model as `!models` shows it: its kind by name, then its description (the models file's, or the
+    ModelSpec title and architecture its header gives)."""
+    label = KIND_NAMES.get(spec.kind, spec.kind or "kind read when loaded")
+    if spec.zero_snr:
+        label += ", zero terminal SNR"
+    if spec.prediction == "v" and spec.kind.startswith(("sd1", "sdxl")):
+        label += ", v-prediction"
+    return f"{label}: {spec.description}" if spec.description else label
 
 
 def describe_found(found, path: Path | None = None) -> str:
@@ -382,6 +404,11 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
         detected = detect_kind(path, where)
         kind, prediction = detected.kind or "", prediction or detected.prediction
         zero_snr = detected.zero_snr if zero_snr is None else zero_snr
+    elif there == "file" and path.suffix.lower() in (".safetensors", ".gguf"):
+        detected = _header_says(path)     # a given kind: the header still tells zero SNR and the ModelSpec title
+        if detected is not None:
+            zero_snr = detected.zero_snr if zero_snr is None else zero_snr
+            prediction = prediction or (detected.prediction if same_model(kind, detected.kind or "") else None)
     size = default_size(kind, prediction)
     steps, cfg, sampler = kind_defaults(kind)
     sampler = "k_euler" if zero_snr else sampler   # LMS cannot rescale to zero terminal SNR in diffusers

@@ -147,8 +147,10 @@ def a1111_parameters(meta: ImageMeta) -> str:
         prompt = dreamshell_to_a1111(positive, r.skip_normalize)
     except (ValueError, IndexError):
         prompt = positive
-    keys = [("Steps", str(r.steps)), *_sampler_keys(r), ("CFG scale", _num(r.cfg_scale)), ("Seed", str(r.seed)),
-            ("Size", f"{r.width}x{r.height}")]
+    keys = [("Steps", str(r.steps)), *_sampler_keys(r), ("CFG scale", _num(r.cfg_scale))]
+    if r.guidance is not None:     # Forge writes it after CFG scale for FLUX.1 dev (processing.create_infotext)
+        keys.append(("Distilled CFG Scale", _num(r.guidance)))
+    keys += [("Seed", str(r.seed)), ("Size", f"{r.width}x{r.height}")]
     if meta.model_hash:
         keys.append(("Model hash", meta.model_hash[:10]))
     if r.model:
@@ -170,6 +172,8 @@ def a1111_parameters(meta: ImageMeta) -> str:
     keys += inpaint_area_keys(r)
     if r.hires_fix:
         keys += _hires_keys(r)
+    if r.cfg_rescale:   # the CFG rescale extensions' key (sd-webui-neutral-prompt, CFG_Rescale_webui read it)
+        keys.append(("CFG Rescale phi", _num(r.cfg_rescale)))
     loras = _hash_list((name, digest) for name, _, digest in meta.extras.loras)
     if loras:
         keys.append(("Lora hashes", loras))
@@ -412,6 +416,7 @@ _SAME_AS_FIRST = {
     "Hires schedule type": ("Schedule type", "Use same scheduler", "schedule"),
     "Hires checkpoint": ("Model", "Use same checkpoint", "model"),
     "Hires CFG Scale": ("CFG scale", "", "CFG scale"),
+    "Hires Distilled CFG Scale": ("Distilled CFG Scale", "", "distilled guidance"),
     "Hires prompt": ("Prompt", "", "prompt"),
     "Hires negative prompt": ("Negative prompt", "", "negative prompt"),
 }
@@ -626,6 +631,36 @@ def _civitai_resources(b: Builder, value: str | None) -> None:
            "prompt's own <lora:...> tags and words, --model and --vae)")
 
 
+_PART_FILE = re.compile(r"(ae|clip_[lg]|t5xxl\w*|t5-?v1_1\w*|flux\w*_?vae\w*)$", re.I)   # ComfyUI/Forge part files
+_RESCALE_KEYS = ("CFG Rescale phi", "CFG Rescale φ", "CFG Rescale")   # the CFG rescale extensions' spellings
+
+
+def _families(b: Builder, params: dict[str, str]) -> None:
+    """What Forge and the extensions write for the newer families: `Distilled CFG Scale` (FLUX.1 dev's guidance),
+    `CFG Rescale phi`, the VAE / text encoder files Forge lists as `Module N`, its `Diffusion in Low Bits`, and
+    A1111's `Noise Schedule: Zero Terminal SNR` (a property of the model here)."""
+    guidance = params.pop("Distilled CFG Scale", None)
+    if guidance is not None:
+        b.set("--guidance", guidance.strip(), "Distilled CFG Scale")
+    for key in _RESCALE_KEYS:
+        value = params.pop(key, None)
+        if value is not None and value.strip() not in ("", "0", "0.0"):
+            b.set("--cfg_rescale", value.strip(), key)
+    parts = [params.pop(k) for k in sorted((k for k in list(params) if re.fullmatch(r"Module \d+", k)
+                                            and _PART_FILE.match(params[k].strip())), key=lambda k: int(k.split()[1]))]
+    if parts:   # FLUX.1's / SD 3's own parts; any other module (an SDXL VAE) is named as not carried over
+        b.note(f"Forge's Module files ({short(', '.join(parts), 80)}: the model's VAE and text encoders) are the "
+               "ones the models file names for the model here")
+    low = params.pop("Diffusion in Low Bits", None)
+    if low is not None and low.strip().lower() not in ("automatic", "automatic (fp16 lora)"):
+        b.drop(f"Diffusion in Low Bits: {short(low, 30)} (Forge's storage precision; dreamshell runs the weights as "
+               "the file holds them)")
+    schedule = params.pop("Noise Schedule", None)
+    if schedule is not None and schedule.strip().lower() not in ("default", ""):
+        b.note(f"Noise Schedule: {short(schedule, 30)}: here a property of the model ('zero_snr: true' in the models "
+               "file, or the weights' ztsnr key)")
+
+
 def _rng(b: Builder, value: str | None) -> None:
     """`RNG: CPU` is dreamshell's own noise (a CPU torch generator per image, bit for bit). The others name
     noise dreamshell does not make yet: the image differs (A1111 writes no key for its default, GPU)."""
@@ -662,7 +697,7 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
             return Recipe(req, (), "dreamshell (parameters)", recorded_extras(params, req.prompt))
     version = params.get("Version")
     b = Builder(source + (f" ({version})" if version else ""))
-    first = {k: params.get(k) for k in ("Sampler", "Schedule type", "CFG scale", "Model")}
+    first = {k: params.get(k) for k in ("Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale", "Model")}
     first.update({"Prompt": prompt, "Negative prompt": negative})
     notes: list[str] = []
     dropped: list[str] = []
@@ -692,6 +727,7 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
     _vae(b, params)
     _variation(b, params)
     _clip_skip(b, params.pop("Clip skip", None))
+    _families(b, params)
     _rng(b, params.pop("RNG", None))
     _civitai_resources(b, params.pop("Civitai resources", None))
     if params.pop("Tiling", "").strip().lower() == "true":

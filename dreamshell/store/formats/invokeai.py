@@ -100,6 +100,10 @@ def _sd_extras(meta: ImageMeta) -> dict:
     out: dict = {}
     if r.clip_skip is not None:
         out["clip_skip"] = r.clip_skip
+    if r.guidance is not None:
+        out["guidance"] = r.guidance            # FLUX.1 dev's distilled guidance (invokeai_metadata's name)
+    if r.cfg_rescale is not None:
+        out["cfg_rescale"] = r.cfg_rescale
     if r.vae:
         out["vae"] = r.vae
     if x.vae and x.vae[1]:
@@ -224,7 +228,7 @@ _SD_KNOWN = {"type", "prompt", "seed", "steps", "cfg_scale", "sampler", "width",
              "postprocessing", "strength", "init_img", "init_mask", "fit", "seamless", "upscale", "schedule",
              "orig_hash", "step_number", "strength_steps", "init_image_path", "init_mask_path", "extra",
              "clip_skip", "vae", "vae_hash", "lora_hashes", "ti_hashes", "hires_fix", "hires_scale", "hires_steps",
-             "hires_strength", "hires_upscaler", "first_pass_width", "first_pass_height"}
+             "hires_strength", "hires_upscaler", "first_pass_width", "first_pass_height", "guidance", "cfg_rescale"}
 
 
 def _sd_prompt(prompt) -> str:
@@ -331,6 +335,9 @@ def _sd_read_extras(b: Builder, image: dict, ours: bool) -> RecipeExtras:
     own `hires_fix` (width/height its final size) is named, not run. Returns the hashes it records."""
     if image.get("clip_skip") is not None:
         b.set("--clip_skip", image["clip_skip"], "clip_skip")
+    for key in ("guidance", "cfg_rescale"):
+        if image.get(key) is not None:
+            b.set("--" + key, image[key], key)
     vae = image.get("vae")
     if vae:
         b.set("--vae", str(vae) if ours else _base_name(str(vae)), "vae")
@@ -506,6 +513,26 @@ def _invoke3_hrf(b: Builder, data: dict, model_data) -> None:
     b.values.update(hires_fix=True, hires_upscaler=upscaler, **values)
 
 
+_ENCODER_KEYS = ("t5_encoder", "clip_embed_model", "clip_l_model", "clip_g_model")   # InvokeAI 5-6 FLUX / SD 3
+
+
+def _invoke_families(b: Builder, data: dict, model_data=None) -> None:
+    """InvokeAI 5-6's FLUX and SD 3 keys (frontend buildFLUXGraph / buildSD3Graph): `guidance` (FLUX.1 dev's
+    distilled guidance), `cfg_rescale_multiplier`, and the text encoder models, which are the models file's here."""
+    if data.get("guidance") is not None:
+        guidance = data.pop("guidance")
+        if "schnell" in str(_model_name(model_data) or "").lower():   # InvokeAI writes it for schnell too
+            b.note(f"guidance {short(guidance, 10)} left out: FLUX.1 schnell has no distilled guidance")
+        else:
+            b.set("--guidance", guidance, "guidance")
+    rescale = data.pop("cfg_rescale_multiplier", None)
+    if rescale:
+        b.set("--cfg_rescale", rescale, "cfg_rescale_multiplier")
+    named = [f"{key} {short(_model_name(data.pop(key)), 40)}" for key in _ENCODER_KEYS if data.get(key)]
+    if named:
+        b.note(f"InvokeAI's text encoders ({'; '.join(named)}) are the ones the models file names for the model here")
+
+
 def _invoke3_rest(b: Builder, data: dict, model_data=None) -> None:
     sx, sy = data.pop("seamless_x", False), data.pop("seamless_y", False)
     if sx and sy:
@@ -521,6 +548,7 @@ def _invoke3_rest(b: Builder, data: dict, model_data=None) -> None:
         if data.pop("hrf_enabled", None):
             b.drop("high-resolution fix (dreamshell's starts from noise)")
     _invoke3_hrf(b, data, model_data)
+    _invoke_families(b, data, model_data)
     skip = data.pop("clip_skip", None)
     if isinstance(skip, int) and not isinstance(skip, bool) and skip > 0:
         if b.set("--clip_skip", skip + 1, "clip_skip"):
