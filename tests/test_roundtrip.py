@@ -86,6 +86,8 @@ FIELD_STRATEGIES = {
     "hires_steps": st.integers(1, 999),
     "hires_strength": unit.filter(lambda x: x > 0),
     "hires_upscaler": st.sampled_from(["latent", "lanczos", "esrgan"]),
+    "rng": st.sampled_from(["cpu", "gpu", "nv"]),
+    "ensd": st.integers(0, 2**32 - 1),
 }
 
 

@@ -47,6 +47,8 @@ class DreamRequest:
     hires_steps: int | None = None        # steps of the second pass (default: -s)
     hires_strength: float | None = None   # denoising strength of the second pass (default 0.7, A1111's)
     hires_upscaler: str | None = None     # latent | lanczos | esrgan (default latent)
+    rng: str | None = None          # noise source: cpu | gpu | nv (line/rng.py); None: the model's own (cpu)
+    ensd: int = 0                   # eta noise seed delta: later draws (step noise) from seed + ensd
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..line.errors import UserError
 from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
 from ..line.parser import parse_line
+from ..line.rng import resolved_rng
 from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.safetext import first_line, shorten
 from ..line.samplers import SamplerError, find_sampler
@@ -147,7 +148,7 @@ class Planner:
         """The line after the lines before it: model, seeds, -I -1, sizes, one request per image."""
         request, spec = checked.request, checked.spec or state.model
         check_weights(spec)
-        resolved = resolve_request(request, spec, state.seeds, state.rng).with_(model=spec.name)
+        resolved = resolve_request(request, spec, state.seeds, state.rng).with_(model=spec.name, rng=resolved_rng(request.rng, spec.rng))
         check_sampler(resolved.sampler, resolved.schedule)
         check_resolved(resolved)
         files = checked.files

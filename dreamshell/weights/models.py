@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..line.errors import UserError
+from ..line.rng import DEFAULT_RNG, find_rng, rng_names
 from ..line.safetext import quoted, shorten
 from .checkpoint import KINDS, NotAModel, detect
 from .library import Folders
@@ -45,6 +46,7 @@ class ModelSpec:
     prediction: str | None = None  # "v" or "epsilon" where the weights cannot tell (SD 2.x)
     vae: str | None = None       # a VAE to use instead of the weights' own (a path, or a name in the VAE folder)
     clip_skip: int = 1           # A1111's numbering: 1 = off
+    rng: str = DEFAULT_RNG       # noise source of its lines (line/rng.py): cpu, gpu or nv
 
     @property
     def is_single_file(self) -> bool:
@@ -148,7 +150,7 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
         kind, prediction = found.kind or "", prediction or found.prediction
     size = default_size(kind, prediction)
     known = {"weights", "kind", "description", "width", "height", "steps", "cfg", "cfg_scale", "sampler",
-             "default", "config", "prediction", "vae", "clip_skip"}
+             "default", "config", "prediction", "vae", "clip_skip", "rng"}
     unknown = set(entry) - known
     if unknown:
         raise ModelsFileError(f"{src}: model {shown} has unknown keys {shorten(str(sorted(unknown)), 100)}; "
@@ -163,6 +165,10 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
     if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
         raise ModelsFileError(f"{src}: model {shown} has clip_skip {quoted(str(clip_skip))}; it is a whole number "
                               "from 1 (off) to 12, A1111's numbering")
+    rng = find_rng(str(entry.get("rng", DEFAULT_RNG)))
+    if rng is None:
+        raise ModelsFileError(f"{src}: model {shown} has rng {quoted(str(entry.get('rng')))}; use one of "
+                              f"{', '.join(rng_names())} (the noise source of its lines)")
     try:
         return ModelSpec(name, path, kind, str(entry.get("description", "")),
                          width=int(entry.get("width", size)), height=int(entry.get("height", size)),
@@ -170,7 +176,7 @@ def _spec_from_entry(name: str, entry: dict, base: Path, source: Path) -> ModelS
                          cfg_scale=float(entry.get("cfg_scale", entry.get("cfg", 7.5))),
                          sampler=str(entry.get("sampler", "k_lms")), default=bool(entry.get("default", False)),
                          config=(base / str(entry["config"])) if entry.get("config") else None,
-                         prediction=prediction, vae=vae, clip_skip=clip_skip)
+                         prediction=prediction, vae=vae, clip_skip=clip_skip, rng=rng)
     except (TypeError, ValueError) as e:
         raise ModelsFileError(f"{src}: model {shown}: {shorten(str(e), 100)}") from None
 

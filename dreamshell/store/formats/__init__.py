@@ -17,7 +17,7 @@ from ...line.prompt import PromptError, split_prompt
 from ...line.samplers import cannot_run
 from .a1111 import a1111_parameters, parse_a1111, read_a1111
 from .comfyui import read_comfyui
-from .common import MAX_COMMAND, ImageMeta, MetadataError, Recipe, short
+from .common import APP_ID, MAX_COMMAND, ImageMeta, MetadataError, Recipe, short
 from .container import read_texts
 from .invokeai import (
     dream_text,
@@ -69,8 +69,10 @@ def _readers(kind: str, texts: dict[str, str]):
     pairs = [("parameters", read_a1111)] if own else []
     app = _app(texts)
     source = f"Dream ({app[0]} {app[1]})" if app[0] else "Dream (InvokeAI 1.x/2.x or dreamshell)"
-    pairs += [("Dream", lambda t: _with_model(read_dream(t, source, app), texts)),
-              ("sd-metadata", read_sd_metadata), ("parameters", read_a1111),
+    dream = [("Dream", lambda t: _with_model(read_dream(t, source, app), texts))]
+    sd = [("sd-metadata", read_sd_metadata)]
+    # our own Dream holds only what InvokeAI 2.x reads; our sd-metadata holds the rest
+    pairs += (sd + dream if app[0] == APP_ID else dream + sd) + [("parameters", read_a1111),
               ("invokeai_metadata", read_invokeai_metadata), ("prompt", read_comfyui)]
     return pairs
 
