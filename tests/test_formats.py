@@ -790,3 +790,38 @@ def test_a_file_cut_in_its_pixels_keeps_its_recipe_with_one_note(tmp_path):
                             "are whole)", GPU_NOTE)
     whole = fetch_recipe(tmp_path / "whole.png")
     assert whole.notes == (GPU_NOTE,)
+
+
+def test_civitai_hashes_are_matched_against_the_session_folders(tmp_path):
+    # CivitAI's A1111 extension writes `Hashes: {"model": H, "vae": H, "lora:NAME": H, "embed:NAME": H}`, each H the
+    # start of the file's sha256: a LoRA kept under another name, an embedding that is another file, a VAE found by it
+    folders = Folders.under(tmp_path / "extras")
+    lora = _safetensors(folders.loras / "DoubleExposure_v1.safetensors", b"the double exposure lora")
+    folders.embeddings.mkdir(parents=True)
+    (folders.embeddings / "negativeXL_D.safetensors").write_bytes(b"another embedding")
+    vae = _safetensors(folders.vaes / "sdxl_vae.safetensors", b"the sdxl vae")
+    missing = _safetensors(tmp_path / "elsewhere" / "badhand.pt", b"not in any folder")
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (lora, vae, missing)}
+    other = hashlib.sha256(b"the embedding CivitAI used").hexdigest()[:10]
+    text = ('<lora:double_exposure:0.8> a fox, negativeXL_D\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, '
+            'Size: 512x512, RNG: CPU, Hashes: {"model": "31e35c80fc", "vae": "' + sha[vae][:10] + '", '
+            '"lora:double_exposure": "' + sha[lora][:10] + '", "embed:negativeXL_D": "' + other + '", '
+            '"embed:badhand": "' + sha[missing][:10] + '"}')
+    path = png(tmp_path, {"parameters": text})
+    plain = fetch_recipe(path)
+    assert plain.notes == ()   # the Hashes key is read (not "not carried over"), and used only with the folders
+    assert plain.recorded.sha256 == (("checkpoint", "", "31e35c80fc"), ("vae", "", sha[vae][:10]),
+                                     ("lora", "double_exposure", sha[lora][:10]),
+                                     ("embedding", "negativeXL_D", other), ("embedding", "badhand", sha[missing][:10]))
+    emb = folders.embeddings / "negativeXL_D.safetensors"
+    assert fetch_recipe(path, Library(folders)).notes == (
+        f"LoRA double_exposure is not in the LoRA folder {folders.loras}",
+        f"the VAE: CivitAI records sha256 {sha[vae][:10]}, which is sdxl_vae.safetensors in {folders.vaes} "
+        "(add --vae sdxl_vae.safetensors)",
+        f"LoRA double_exposure: CivitAI records sha256 {sha[lora][:10]}, which is DoubleExposure_v1.safetensors in "
+        f"{folders.loras} (tag it <lora:DoubleExposure_v1>)",
+        f"embedding negativeXL_D: the file here (negativeXL_D.safetensors, hash "
+        f"{hashlib.sha256(emb.read_bytes()).hexdigest()[:10]}) is not the one the image was made with (hash {other}); "
+        "the image may come out different",
+        f"embedding badhand is not in the embeddings folder {folders.embeddings} (CivitAI records sha256 "
+        f"{sha[missing][:10]}): the word is read as plain text")

@@ -411,7 +411,28 @@ def recorded_extras(params: dict[str, str], prompt: str) -> RecipeExtras:
     embeddings = tuple(_hash_pairs(params.get("TI hashes", "")).items())
     vae = params.get("VAE", "").strip()
     vae = re.split(r"[\\/]", vae.rstrip("\\/"))[-1] if vae not in ("", "None", "Automatic") else ""
-    return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None)
+    return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None,
+                        civitai_hashes(params.get("Hashes", "")) or ())
+
+
+_HASHES_KINDS = {"lora": "lora", "lyco": "lora", "embed": "embedding", "model": "checkpoint", "vae": "vae"}
+
+
+def civitai_hashes(value: str) -> tuple[tuple[str, str, str], ...] | None:
+    """CivitAI's `Hashes` JSON (its A1111 extension: `{"model": H, "vae": H, "lora:NAME": H, "embed:NAME": H}`, each
+    H the start of the file's sha256) as (kind, name, H); None when it is not such an object."""
+    try:
+        data = json.loads(value) if value else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    out = []
+    for key, digest in data.items():
+        kind, _, name = str(key).partition(":")
+        if kind.lower() in _HASHES_KINDS and isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{8,64}", digest):
+            out.append((_HASHES_KINDS[kind.lower()], name.strip(), digest.lower()))
+    return tuple(out)
 
 
 _CIVITAI_KINDS = {"checkpoint": "checkpoint", "lora": "LoRA", "locon": "LoRA", "lycoris": "LyCORIS", "dora": "DoRA",
@@ -549,6 +570,8 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
     if params.pop("Tiling", "").strip().lower() == "true":
         b.values["seamless"] = True
     _hires_and_strength(b, params, first)
+    if civitai_hashes(params.get("Hashes", "")) is not None:   # checked against the session's files, as these:
+        params.pop("Hashes")
     for key in ("Version", "Lora hashes", "TI hashes"):   # the hashes are checked against the session's files
         params.pop(key, None)
     for key, value in params.items():
