@@ -307,11 +307,22 @@ def test_a1111_prompt_syntax_is_translated(tmp_path, prompt, ours, note):
 
 
 def test_a1111_sampler_diffusers_cannot_run_is_kept_and_named(tmp_path):
-    text = "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512"
+    text = "a cat\nSteps: 20, Sampler: UniPC, Schedule type: Polyexponential, CFG scale: 7, Seed: 5, Size: 512x512"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
-    assert (recipe.request.sampler, recipe.request.schedule) == ("k_euler_a", "karras")
-    assert recipe.notes == (GPU_NOTE, "cannot run here as it is: sampler 'k_euler_a' cannot run with the 'Karras' schedule: "
-                            "diffusers' EulerAncestralDiscreteScheduler has no use_karras_sigmas",)
+    assert (recipe.request.sampler, recipe.request.schedule) == ("UniPC", None)
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "Schedule type: Polyexponential (A1111 ignores it for UniPC)")
+    text = "a cat\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}, "2.png"))
+    assert (recipe.request.sampler, recipe.request.schedule) == ("k_dpmpp_2_a", "karras")
+    assert recipe.notes[-1].startswith("cannot run here as it is: sampler 'k_dpmpp_2_a' (A1111 'DPM++ 2S a'), "
+                                       "ancestral, has no diffusers scheduler")
+
+
+def test_a1111_euler_a_with_karras_runs_as_a1111_runs_it(tmp_path):
+    # diffusers' Euler a has no Karras schedule; A1111's sigmas are made here (before: refused)
+    text = "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512, RNG: CPU"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert (recipe.request.sampler, recipe.request.schedule, recipe.notes) == ("k_euler_a", "karras", ())
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
@@ -382,9 +393,7 @@ def test_invokeai_2_sd_metadata(tmp_path):
     assert recipe.source == "sd-metadata (invoke-ai/InvokeAI 2.2.5)"
     assert recipe.notes == (
         "--schedule karras: InvokeAI 2.2.5 ran k_euler_a on Karras sigmas at 20 steps (Karras below 30)",
-        NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)',
-        "cannot run here as it is: sampler 'k_euler_a' cannot run with the 'Karras' schedule: diffusers' "
-        "EulerAncestralDiscreteScheduler has no use_karras_sigmas")
+        NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)')
 
 
 def test_invokeai_2_hires_fix_without_an_init_image_is_named(tmp_path):

@@ -203,7 +203,7 @@ def test_a1111_parameters_leave_out_what_a1111_leaves_out():
 
 ROUND_TRIP = [
     (EXTRAS_LINE, EXTRAS),
-    (parse_request('"<lora:style:1> portrait, (soft light)1.2 [blurry]" -s 20 -S 7 -W 512 -H 640 -C 7.5 -A ddim '
+    (parse_request('"<lora:style:1> portrait, (soft light)1.2 [blurry]" -s 20 -S 7 -W 512 -H 640 -C 7.5 -A ddim --schedule ddim '
                    '--model v1-5 --hires_fix --hires_scale 1.5 --hires_steps 20 --hires_strength 0.7 '
                    '--hires_upscaler latent -V 99:0.25 --seamless'),
      RecipeExtras((("style", 1.0, "aaaaaaaaaaaa"),))),
@@ -211,7 +211,7 @@ ROUND_TRIP = [
                    '--clip_skip 3 --vae orangemix.vae.pt --hires_fix --hires_scale 2.5 --hires_steps 12 '
                    '--hires_strength 0.6 --hires_upscaler lanczos'),
      RecipeExtras((), (), ("orangemix.vae.pt", "b4b04361c3"))),
-    (parse_request('"a fox <lora:x:-0.25> [EasyNegative, badhandv4]" -s 25 -S 9 -W 640 -H 384 -C 5 -A ddim --model m '
+    (parse_request('"a fox <lora:x:-0.25> [EasyNegative, badhandv4]" -s 25 -S 9 -W 640 -H 384 -C 5 -A ddim --schedule ddim --model m '
                    '--vae vae-ft-mse.safetensors'),
      RecipeExtras((("x", -0.25, "0123456789ab"),), (("EasyNegative", "c74b4e810b03"), ("badhandv4", "5e40d722fc3d")),
                   ("vae-ft-mse.safetensors", "735e4c3a44"))),

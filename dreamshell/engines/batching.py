@@ -22,10 +22,12 @@ def generate_together(gen, group: list[DreamRequest], on_step, should_stop) -> l
 
     cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None)
             for k, v in gen.text.conditioning(first).items()}
+    noise = gen.latent_noise(group)   # one stream per image (issue 19): image i's noise is its request's alone
     args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
                 callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
-                latents=torch.cat([gen.initial_latents(r) for r in group]))
+                latents=noise.first().to(gen.device, gen.dtype))
     if gen.kind.endswith("-inpaint"):
         gen._whole_image_mask(args, first)
-    return gen._run(pipe, args, first)
+    with gen.noise_steps(pipe, noise):
+        return gen._run(pipe, args, first)

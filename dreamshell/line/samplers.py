@@ -76,24 +76,28 @@ SAMPLERS: tuple[Sampler, ...] = (
 class Schedule:
     name: str                 # canonical name (A1111's internal one)
     a1111: str                # A1111's label, written as `Schedule type:`
-    options: dict | None      # diffusers scheduler options; None: diffusers cannot make it
+    options: dict | None      # for the timesteps samplers (DDIM, PLMS, UniPC, LCM): diffusers scheduler options;
+                              # None: diffusers cannot make it
     aliases: tuple[str, ...] = ()
+    sigmas: bool = False      # for the k-diffusion samplers: A1111's sigmas are made (engines/schedules.py)
 
 
 SCHEDULES: tuple[Schedule, ...] = (
     Schedule("automatic", "Automatic", {}),    # A1111: the sampler's own default (Sampler.auto)
-    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}),
-    Schedule("karras", "Karras", {"use_karras_sigmas": True}),
-    Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}),
-    Schedule("polyexponential", "Polyexponential", None),
-    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, ("SGMUniform",)),
+    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}, sigmas=True),
+    Schedule("karras", "Karras", {"use_karras_sigmas": True}, sigmas=True),
+    Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}, sigmas=True),
+    Schedule("polyexponential", "Polyexponential", None, sigmas=True),
+    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, ("SGMUniform",), sigmas=True),
     Schedule("kl_optimal", "KL Optimal", None),
     Schedule("align_your_steps", "Align Your Steps", None),
-    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}),
-    Schedule("normal", "Normal", {"timestep_spacing": "linspace"}),
-    Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",)),
-    Schedule("beta", "Beta", {"use_beta_sigmas": True}),
+    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}, sigmas=True),
+    Schedule("normal", "Normal", {"timestep_spacing": "linspace"}, sigmas=True),
+    Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",), sigmas=True),
+    Schedule("beta", "Beta", {"use_beta_sigmas": True}, sigmas=True),
 )
+# A1111 drops the next-to-last sigma for these (sd_samplers_kdiffusion.py `discard_next_to_last_sigma`)
+DISCARD_PENULTIMATE = frozenset({"k_dpm_2", "k_dpm_2_a", "DPM++ 3M SDE"})
 
 # the schedule options each diffusers scheduler's __init__ takes (diffusers 0.42; from_config ignores others)
 _SPACING = frozenset({"timestep_spacing", "steps_offset"})
@@ -179,11 +183,16 @@ def effective_schedule(sampler: Sampler, schedule: str | None) -> Schedule | Non
 
 @dataclass(frozen=True)
 class Plan:
-    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`."""
+    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`, then A1111's
+    schedule on it (engines/schedules.install): its `sigmas` (a schedule name), `discard_penultimate`, or for
+    the DDIM sampler on the ddim schedule A1111's DDIM timesteps."""
 
     scheduler: str
     options: dict
     needs: str | None
+    sigmas: str | None = None
+    discard_penultimate: bool = False
+    a1111_ddim: bool = False
 
 
 def plan(sampler_name: str, schedule: str | None = None) -> Plan:
@@ -198,15 +207,29 @@ def plan(sampler_name: str, schedule: str | None = None) -> Plan:
                            f"cannot run it; {sampler.instead}")
     options = dict(sampler.options)
     sched = effective_schedule(sampler, schedule)
-    if sched is not None:
-        if sched.options is None:
+    if sched is None:
+        return Plan(sampler.scheduler, options, sampler.needs)
+    takes = _TAKES.get(sampler.scheduler, frozenset())
+    if not sampler.timesteps:
+        # A1111's sigmas, made here: handed over through use_karras_sigmas' hook where the scheduler has it, from a
+        # first noise of x * sigmas[0] ("linspace" spacing: diffusers' init_noise_sigma is then the largest sigma)
+        if not sched.sigmas:
             raise SamplerError(f"the '{sched.a1111}' schedule has no diffusers equivalent; schedules that run: "
-                               + ", ".join(s.name for s in SCHEDULES if s.options is not None))
-        missing = [k for k in sched.options if k not in _TAKES.get(sampler.scheduler, frozenset())]
-        if missing:
-            raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
-                               f"{sampler.scheduler} has no {missing[0]}")
-        options.update(sched.options)
+                               + ", ".join(s.name for s in SCHEDULES if s.sigmas))
+        options.update({k: v for k, v in (("use_karras_sigmas", True), ("timestep_spacing", "linspace"))
+                        if k in takes})
+        return Plan(sampler.scheduler, options, sampler.needs, sigmas=sched.name,
+                    discard_penultimate=sampler.name in DISCARD_PENULTIMATE)
+    if sampler.name == "ddim" and sched.name == "ddim":   # A1111's DDIM sampler walks the DDIM schedule's timesteps
+        return Plan(sampler.scheduler, {**options, **sched.options}, sampler.needs, a1111_ddim=True)
+    if sched.options is None:
+        raise SamplerError(f"the '{sched.a1111}' schedule has no diffusers equivalent for {sampler.name}; schedules "
+                           "that run: " + ", ".join(s.name for s in SCHEDULES if s.options is not None))
+    missing = [k for k in sched.options if k not in takes]
+    if missing:
+        raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
+                           f"{sampler.scheduler} has no {missing[0]}")
+    options.update(sched.options)
     return Plan(sampler.scheduler, options, sampler.needs)
 
 

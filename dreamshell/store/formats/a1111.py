@@ -236,9 +236,10 @@ def _sampler(b: Builder, params: dict[str, str]) -> None:
         schedule = "uniform" if version and version < (1, 9) else "automatic"
     base = find_sampler(sampler.a1111 or sampler.name) if sampler.schedule else sampler
     if base.timesteps:
-        if label and schedule not in ("automatic", None):
+        if label and schedule not in ("automatic", None) and not (base.name == "ddim" and schedule == "ddim"):
             b.drop(f"Schedule type: {label} (A1111 ignores it for {base.a1111})")
-        schedule = None
+        # A1111's DDIM sampler walks the timesteps of its DDIM schedule type (dreamshell's --schedule ddim)
+        schedule = "ddim" if base.name == "ddim" else None
     else:
         resolved = effective_schedule(base, schedule)
         schedule = resolved.name if resolved else None
