@@ -294,9 +294,9 @@ def test_a1111_lora_tag_in_the_negative_prompt_and_twice(tmp_path):
                                "A1111 uses for 70% of the steps"),
     ("[fire:ice:0.8] storm", "fire storm", "[fire:ice:0.8] (A1111 prompt editing: 'fire' then 'ice' from 0.8) "
                                            "kept as 'fire', the part A1111 uses for 80% of the steps"),
-    ("a cat :1.2 AND a dog :0.8", "a cat:1.2 a dog:0.8",
-     "AND (A1111 composable diffusion: the prompts' guidance is added) read as a dreamshell blend "
-     "'a cat:1.2 a dog:0.8' (the prompts' embeddings are mixed)"),
+    ("a cat :1.2 AND a dog :0.8", "a cat :1.2 AND a dog :0.8", None),   # A1111's AND, as A1111 reads it
+    ("red AND blue", "red AND blue", None),                           # before: a blend normalised to 0.5 each
+    ("(red:1.2) AND style: flat :0.5", "(red)1.2 AND style\\: flat :0.5", None),
     ("unmatched ] and ( open", "unmatched \\) and (open)1.1", None),
 ])
 def test_a1111_prompt_syntax_is_translated(tmp_path, prompt, ours, note):

@@ -21,7 +21,7 @@ from ..line.samplers import plan as scheduler_plan
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
 from ..weights.models import ModelSpec, builtin_models_dir
-from . import loading, schedules
+from . import composable, loading, schedules
 from .adapters import Adapters
 from .batching import generate_together
 from .conditioning import Conditioner
@@ -342,6 +342,7 @@ class DiffusersGenerator:
         args = dict(self.text.conditioning(request), num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type=output_type,
                     generator=self.torch.Generator("cpu").manual_seed(request.seed))
+        and_parts = args.pop(composable.KEY, None)   # issue 19: A1111's AND, combined in the UNet call
         noise = self.latent_noise([request], sized=mode == "txt2img")   # issue 19: one stream for the image
         if mode == "txt2img":
             total = request.steps
@@ -356,6 +357,7 @@ class DiffusersGenerator:
             self._whole_image_mask(args, request)
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.noise_steps(pipe, noise, img2img=mode != "txt2img"))   # issue 19
+            stack.enter_context(composable.and_guidance(pipe.unet, and_parts, request.cfg_scale > 1))   # issue 19
             if tap is not None:
                 stack.enter_context(tap.attached(pipe.scheduler))
             stack.enter_context(loading.stop_checks(pipe.vae, should_stop))   # Ctrl-C inside a long decode

@@ -103,6 +103,8 @@ def _prompt_list(prompt: str) -> list[dict]:
         _, negative = extract_negative(hidden)
     except PromptError:
         return [{"prompt": prompt, "weight": 1.0}]
+    if parts.combine:   # A1111's AND: InvokeAI 2.x has none, so its text as it is
+        return [{"prompt": prompt, "weight": 1.0}]
     neg = f" [{negative}]" if negative else ""
     return [{"prompt": show(_escape_colons(t) + (neg if i == 0 else "")), "weight": w}
             for i, (t, w) in enumerate(parts.positive)]
