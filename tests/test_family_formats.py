@@ -23,6 +23,9 @@ def png(tmp_path, chunks, name="x.png"):
     path = tmp_path / name
     Image.new("RGB", (8, 8)).save(path, "PNG", pnginfo=info)
     return path
+# Forge and A1111 write no RNG key for their default, GPU noise: read as --rng nv (tests/test_formats.py)
+GPU_NOTE = ("no RNG key (A1111's default: GPU) read as --rng nv: CUDA's torch.randn made on any device, equal to "
+            "A1111's GPU noise to within rounding (--rng gpu draws it on a CUDA GPU itself)")
 
 
 # ----- ours, written and read back
@@ -54,8 +57,13 @@ def test_each_chunk_alone_gives_the_family_line_back(tmp_path, line, keep):
     else:
         chunks = {keep: chunks[keep]}
     recipe = fetch_recipe(png(tmp_path, chunks, "one.png"))
-    expected = line.with_(model=None) if keep == "Dream" else line
-    assert recipe.request == expected and recipe.notes == ()
+    if keep == "Dream":   # InvokeAI 2.2.5's switches only (the other chunks carry the rest): its k_ schedule named
+        assert recipe.request == line.with_(model=None, schedule="uniform", guidance=None, clip_skip=None,
+                                            cfg_rescale=None)
+        assert recipe.notes == (f"--schedule uniform: InvokeAI 2.x ran {line.sampler} on the model's own sigmas at "
+                                f"{line.steps} steps (Karras below 0)",)
+    else:
+        assert recipe.request == line and recipe.notes == ()
 
 
 def png_with_meta(tmp_path, line):
@@ -76,9 +84,9 @@ def test_forge_flux_dev_infotext(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"parameters": FORGE_FLUX}))
     assert recipe.request == DreamRequest("a lighthouse at dusk, volumetric light", steps=20, seed=1234, width=896,
                                           height=1152, cfg_scale=1.0, sampler="k_euler", schedule="simple",
-                                          model="flux1-dev-bnb-nf4-v2", guidance=3.5)
+                                          model="flux1-dev-bnb-nf4-v2", guidance=3.5, rng="nv")
     assert recipe.notes == ("Forge's Module files (ae, clip_l, t5xxl_fp16: the model's VAE and text encoders) are the "
-                            "ones the models file names for the model here",)
+                            "ones the models file names for the model here", GPU_NOTE)
 
 
 def test_forge_hires_distilled_cfg_the_same_is_no_drop_and_another_is_named(tmp_path):
@@ -86,7 +94,7 @@ def test_forge_hires_distilled_cfg_the_same_is_no_drop_and_another_is_named(tmp_
         "Version:", "Denoising strength: 0.4, Hires upscale: 1.5, Hires steps: 10, Hires upscaler: Latent, "
                     "Hires Distilled CFG Scale: 3.5, Version:")
     recipe = fetch_recipe(png(tmp_path, {"parameters": hires}))
-    assert recipe.request.guidance == 3.5 and recipe.request.hires_fix and recipe.notes == ()
+    assert recipe.request.guidance == 3.5 and recipe.request.hires_fix and recipe.notes == (GPU_NOTE,)
     recipe = fetch_recipe(png(tmp_path, {"parameters": hires.replace("Hires Distilled CFG Scale: 3.5",
                                                                      "Hires Distilled CFG Scale: 2")}, "b.png"))
     assert recipe.notes[-1] == NOT_CARRIED + ("Hires Distilled CFG Scale: 2 (dreamshell's hires pass uses the first "
@@ -101,12 +109,12 @@ def test_the_cfg_rescale_extensions_keys_and_a1111s_zero_snr_noise_schedule(tmp_
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert (recipe.request.cfg_rescale, recipe.request.schedule) == (0.7, "sgm_uniform")
     assert recipe.notes == ("Noise Schedule: Zero Terminal SNR: here a property of the model ('zero_snr: true' in the "
-                            "models file, or the weights' ztsnr key)",)
+                            "models file, or the weights' ztsnr key)", GPU_NOTE)
 
 
 def test_an_sdxl_vae_module_is_still_named_as_not_carried_over(tmp_path):
     text = FORGE_FLUX.replace("Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16", "Module 1: sdxl_vae")
-    assert fetch_recipe(png(tmp_path, {"parameters": text})).notes == (NOT_CARRIED + "Module 1: sdxl_vae",)
+    assert fetch_recipe(png(tmp_path, {"parameters": text})).notes == (GPU_NOTE, NOT_CARRIED + "Module 1: sdxl_vae")
 
 
 # ----- InvokeAI 5-6

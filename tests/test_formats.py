@@ -17,6 +17,8 @@ from dreamshell.store.pngmeta import MetadataError, fetch_recipe, read_recipe
 from dreamshell.line.request import DreamRequest, UpscaleSpec
 
 NOT_CARRIED = "not carried over: "
+GPU_NOTE = ("no RNG key (A1111's default: GPU) read as --rng nv: CUDA's torch.randn made on any device, equal to "
+            "A1111's GPU noise to within rounding (--rng gpu draws it on a CUDA GPU itself)")
 
 
 def png(tmp_path, chunks: dict[str, str], name="x.png"):
@@ -58,17 +60,17 @@ def test_a1111_1_0_plain_names_and_emphasis(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"parameters": A1111_V1_0}))
     assert recipe.request == DreamRequest(
         "a girl with an artist's beret, (eyeshadow)1.21, (blurry)0.9091 [ugly, (deformed)1.331]", steps=20,
-        seed=965400086, width=512, height=512, cfg_scale=7.0, sampler="k_euler_a", schedule="uniform")
+        seed=965400086, width=512, height=512, cfg_scale=7.0, sampler="k_euler_a", schedule="uniform", rng="nv")
     assert recipe.source == "A1111 parameters"
-    assert recipe.notes == (NOT_CARRIED + "Model hash: 45dee52b (no model name; dreamshell's model is used)",)
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "Model hash: 45dee52b (no model name; dreamshell's model is used)",)
 
 
 def test_a1111_1_6_combined_sampler_name_and_literal_colon(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"parameters": A1111_V1_6}))
     assert recipe.request == DreamRequest("portrait of a knight, style\\: oil painting", steps=30, seed=1234,
                                           width=512, height=768, cfg_scale=6.5, sampler="k_dpmpp_2",
-                                          schedule="karras", model="v1-5-pruned-emaonly")
-    assert recipe.source == "A1111 parameters (v1.6.0)" and recipe.notes == ()
+                                          schedule="karras", model="v1-5-pruned-emaonly", rng="nv")
+    assert recipe.source == "A1111 parameters (v1.6.0)" and recipe.notes == (GPU_NOTE,)
 
 
 @pytest.mark.parametrize("version, schedule", [("v1.6.0", "uniform"), ("v1.10.1", "karras"), (None, "karras"),
@@ -86,7 +88,7 @@ def test_a1111_1_10_lora_vae_clip_skip_and_hires_fix_are_read(tmp_path):
         "masterpiece, (best quality)1.2, <lora:add_detail:0.8> cat, a castle [lowres, (bad anatomy)0.9091]", steps=28,
         width=984, height=1264, cfg_scale=7.0, sampler="k_dpmpp_2", schedule="karras", model="v1-5-pruned-emaonly",
         with_variations=((77, 0.3),), seamless=True, clip_skip=2, vae="vae-ft-mse.safetensors", hires_fix=True,
-        hires_scale=2.0, hires_steps=10, hires_strength=0.7, hires_upscaler="latent")
+        hires_scale=2.0, hires_steps=10, hires_strength=0.7, hires_upscaler="latent", rng="nv")
     assert recipe.request.seed is None      # Seed: -1 is a new random seed, not -S -1 (the last image's)
     assert recipe.source == "A1111 parameters (v1.10.1)"
     assert recipe.notes == (
@@ -94,7 +96,7 @@ def test_a1111_1_10_lora_vae_clip_skip_and_hires_fix_are_read(tmp_path):
         "[dog:cat:0.5] (A1111 prompt editing: 'dog' then 'cat' from 0.5) kept as 'cat', the part A1111 uses for "
         "50% of the steps",
         "seed -1 (random) read as a new random seed; no -S on the line",
-        "size 985x1266 rounded to 984x1264 (dreamshell sizes are multiples of 8 from 64 to 8192)")
+        "size 985x1266 rounded to 984x1264 (dreamshell sizes are multiples of 8 from 64 to 8192)", GPU_NOTE)
     assert recipe.recorded == RecipeExtras((("add_detail", 0.8, "7c6bad76eb54"),), (),
                                            ("vae-ft-mse.safetensors", "735e4c3a44"))
 
@@ -134,11 +136,11 @@ def test_civitai_a1111_1_6_infotext(tmp_path):
         "[EasyNegative, badhandv4, (worst quality)1.4]", steps=25, seed=3450239586, width=512, height=768,
         cfg_scale=7.0, sampler="k_dpmpp_2", schedule="karras", model="anything-v5-PrtRE", clip_skip=2,
         vae="kl-f8-anime2.ckpt", hires_fix=True, hires_scale=2.0, hires_steps=15, hires_strength=0.5,
-        hires_upscaler="esrgan")
+        hires_upscaler="esrgan", rng="nv")
     assert recipe.notes == (
         "<lora:more_details:0.4:0.8> (A1111: text-encoder weight 0.4, UNet weight 0.8) kept as "
         "<lora:more_details:0.8>: dreamshell gives a LoRA one weight for both, and the UNet's is the one that "
-        "shapes the image most",
+        "shapes the image most", GPU_NOTE,
         "Hires upscaler: 4x-UltraSharp (an ESRGAN-family model) read as esrgan (Real-ESRGAN 4x+)",
         NOT_CARRIED + "LyCORIS GoodHands-beta2 (weight 1.0; <lyco:...> tags are not supported by dreamshell)")
     assert recipe.recorded == RecipeExtras(
@@ -152,8 +154,8 @@ def test_forge_infotext(tmp_path):
         "cinematic photo of a red fox in snow <lora:fox_style_xl:0.9> [blurry]", steps=30, seed=123456789,
         width=832, height=1216, cfg_scale=5.0, sampler="DPM++ 2M SDE", schedule="karras", model="sd_xl_base_1.0",
         vae="sdxl_vae.safetensors", hires_fix=True, hires_scale=1.5, hires_steps=12, hires_strength=0.35,
-        hires_upscaler="latent")
-    assert recipe.notes == ("Hires upscaler: Latent (bicubic antialiased) read as latent (A1111's plain Latent: "
+        hires_upscaler="latent", rng="nv")
+    assert recipe.notes == (GPU_NOTE, "Hires upscaler: Latent (bicubic antialiased) read as latent (A1111's plain Latent: "
                             "bilinear)",
                             NOT_CARRIED + "Module 1: sdxl_vae")
 
@@ -163,8 +165,9 @@ def test_a1111_hires_resize_other_sampler_and_prompt_are_named(tmp_path):
     assert recipe.request == DreamRequest(
         "a knight in armor <lora:detail:1.2>", steps=20, seed=5, width=512, height=512, cfg_scale=7.0,
         sampler="k_euler_a", schedule="uniform", model="v1-5-pruned-emaonly", clip_skip=2, hires_fix=True,
-        hires_scale=3.0, hires_steps=20, hires_strength=0.55, hires_upscaler="lanczos")
+        hires_scale=3.0, hires_steps=20, hires_strength=0.55, hires_upscaler="lanczos", rng="nv")
     assert recipe.notes == (
+        GPU_NOTE,
         "Hires resize: 1024x1536 is not 512x512 times one scale (A1111 upscales to cover it and crops the rest): "
         "read as --hires_scale 3, which makes 1536x1536",
         "Hires upscaler: None (A1111 then resizes the image with Lanczos) read as lanczos",
@@ -185,7 +188,7 @@ def test_a1111_hires_scales(tmp_path, keys, scale, note):
             f"Denoising strength: 0.7, {keys}, Hires upscaler: Latent, Version: v1.10.1")
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert (recipe.request.hires_fix, recipe.request.hires_scale, recipe.request.hires_steps) == (True, scale, 20)
-    assert recipe.notes == ((note,) if note else ())
+    assert recipe.notes == (GPU_NOTE,) + ((note,) if note else ())
 
 
 def test_a1111_hires_fix_dreamshell_cannot_run_is_dropped_whole(tmp_path):
@@ -193,7 +196,7 @@ def test_a1111_hires_fix_dreamshell_cannot_run_is_dropped_whole(tmp_path):
             "Hires upscale: 1, Hires upscaler: Latent")
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert not recipe.request.hires_fix and recipe.request.hires_scale is None
-    assert recipe.notes == (NOT_CARRIED + "hires fix (Hires upscale: 1, Hires upscaler: Latent, Denoising strength: "
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "hires fix (Hires upscale: 1, Hires upscaler: Latent, Denoising strength: "
                             "0.4; '1' is out of range; the hires scale goes from 1 to 8)",)
 
 
@@ -202,8 +205,8 @@ def test_a1111_hires_fix_over_dreamshell_limits_is_dropped_whole(tmp_path):
             "Hires upscale: 4, Hires upscaler: Latent")
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert recipe.request == DreamRequest("a cat", steps=20, seed=1, width=4096, height=4096, cfg_scale=7.0,
-                                          sampler="k_euler", schedule="uniform")
-    assert recipe.notes == (NOT_CARRIED + "hires fix (hires_scale 4, hires_steps 20, hires_strength 0.5, "
+                                          sampler="k_euler", schedule="uniform", rng="nv")
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "hires fix (hires_scale 4, hires_steps 20, hires_strength 0.5, "
                             "hires_upscaler latent; --hires_fix makes 16384x16384 from 4096x4096 at scale 4; sides "
                             "are at most 8192: lower --hires_scale or -W/-H)",)
 
@@ -221,8 +224,10 @@ def test_a1111_old_first_pass_size(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert recipe.request == DreamRequest("a castle on a hill", steps=30, seed=77, width=512, height=512,
                                           cfg_scale=7.0, sampler="k_euler_a", schedule="uniform", hires_fix=True,
-                                          hires_scale=2.0, hires_steps=30, hires_strength=0.7, hires_upscaler="latent")
+                                          hires_scale=2.0, hires_steps=30, hires_strength=0.7, hires_upscaler="latent",
+                                          rng="nv")
     assert recipe.notes == (
+        GPU_NOTE,
         "First pass size: 0x0 (A1111's old hires fix, where Size 1024x1024 is the final size) read as a first pass "
         "of 512x512",
         "A1111's old hires fix did not record its upscaler: latent used",
@@ -267,7 +272,7 @@ def test_a1111_lora_tags(tmp_path, tag, kept, note, dropped):
     text = f"a cat {tag}, sitting\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 512x512, Version: v1.10.1"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert recipe.request.prompt == f"a cat {kept}, sitting".replace("  ", " ").replace(" ,", ",")
-    assert recipe.notes == tuple(([note] if note else []) + ([NOT_CARRIED + dropped] if dropped else []))
+    assert recipe.notes == tuple(([note] if note else []) + [GPU_NOTE] + ([NOT_CARRIED + dropped] if dropped else []))
 
 
 def test_a1111_lora_tag_in_the_negative_prompt_and_twice(tmp_path):
@@ -275,7 +280,7 @@ def test_a1111_lora_tag_in_the_negative_prompt_and_twice(tmp_path):
             "CFG scale: 7, Seed: 5, Size: 512x512")
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert recipe.request.prompt == "<lora:a:0.5> cat [blurry]"
-    assert recipe.notes == (NOT_CARRIED + "<lora:a:1> (LoRA a is tagged again; dreamshell tags each LoRA once and "
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "<lora:a:1> (LoRA a is tagged again; dreamshell tags each LoRA once and "
                             "keeps the first); <lora:b:1> in the negative prompt (A1111 applies no LoRA from the "
                             "negative prompt)",)
 
@@ -289,24 +294,35 @@ def test_a1111_lora_tag_in_the_negative_prompt_and_twice(tmp_path):
                                "A1111 uses for 70% of the steps"),
     ("[fire:ice:0.8] storm", "fire storm", "[fire:ice:0.8] (A1111 prompt editing: 'fire' then 'ice' from 0.8) "
                                            "kept as 'fire', the part A1111 uses for 80% of the steps"),
-    ("a cat :1.2 AND a dog :0.8", "a cat:1.2 a dog:0.8",
-     "AND (A1111 composable diffusion: the prompts' guidance is added) read as a dreamshell blend "
-     "'a cat:1.2 a dog:0.8' (the prompts' embeddings are mixed)"),
+    ("a cat :1.2 AND a dog :0.8", "a cat :1.2 AND a dog :0.8", None),   # A1111's AND, as A1111 reads it
+    ("red AND blue", "red AND blue", None),                           # before: a blend normalised to 0.5 each
+    ("(red:1.2) AND style: flat :0.5", "(red)1.2 AND style\\: flat :0.5", None),
     ("unmatched ] and ( open", "unmatched \\) and (open)1.1", None),
 ])
 def test_a1111_prompt_syntax_is_translated(tmp_path, prompt, ours, note):
     text = f"{prompt}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 512x512, Version: v1.10.1"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert recipe.request.prompt == ours
-    assert recipe.notes == ((note,) if note else ())
+    assert recipe.notes == ((note,) if note else ()) + (GPU_NOTE,)
 
 
 def test_a1111_sampler_diffusers_cannot_run_is_kept_and_named(tmp_path):
-    text = "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512"
+    text = "a cat\nSteps: 20, Sampler: UniPC, Schedule type: Polyexponential, CFG scale: 7, Seed: 5, Size: 512x512"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
-    assert (recipe.request.sampler, recipe.request.schedule) == ("k_euler_a", "karras")
-    assert recipe.notes == ("cannot run here as it is: sampler 'k_euler_a' cannot run with the 'Karras' schedule: "
-                            "diffusers' EulerAncestralDiscreteScheduler has no use_karras_sigmas",)
+    assert (recipe.request.sampler, recipe.request.schedule) == ("UniPC", None)
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "Schedule type: Polyexponential (A1111 ignores it for UniPC)")
+    text = "a cat\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}, "2.png"))
+    assert (recipe.request.sampler, recipe.request.schedule) == ("k_dpmpp_2_a", "karras")
+    assert recipe.notes[-1].startswith("cannot run here as it is: sampler 'k_dpmpp_2_a' (A1111 'DPM++ 2S a'), "
+                                       "ancestral, has no diffusers scheduler")
+
+
+def test_a1111_euler_a_with_karras_runs_as_a1111_runs_it(tmp_path):
+    # diffusers' Euler a has no Karras schedule; A1111's sigmas are made here (before: refused)
+    text = "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512, RNG: CPU"
+    recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
+    assert (recipe.request.sampler, recipe.request.schedule, recipe.notes) == ("k_euler_a", "karras", ())
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
@@ -317,9 +333,9 @@ def test_a1111_infotext_in_jpeg_and_webp_exif(tmp_path, fmt):
     Image.new("RGB", (64, 64)).save(path, fmt, exif=user_comment_exif(text))
     recipe = fetch_recipe(path)
     assert recipe.request == DreamRequest("a cat, 東京 [dog]", steps=20, seed=1, width=512, height=512,
-                                          cfg_scale=7.0, sampler="DPM++ SDE", schedule="karras", model="sd15")
+                                          cfg_scale=7.0, sampler="DPM++ SDE", schedule="karras", model="sd15", rng="nv")
     assert recipe.source == f"A1111 parameters ({'JPEG' if fmt == 'JPEG' else 'WebP'} EXIF UserComment) (v1.10.1)"
-    assert recipe.notes == ()
+    assert recipe.notes == (GPU_NOTE,)
 
 
 # ----- InvokeAI 1.x and 2.x
@@ -347,7 +363,7 @@ def test_invokeai_2_dream_with_switches_we_lack_keeps_the_rest(tmp_path):
     assert recipe.notes == (
         "--schedule uniform: InvokeAI 2.2.4 ran k_dpmpp_2_a on the model's own sigmas at 20 steps (Karras below 10)",
         NOT_CARRIED + "-G 0.8 (face restoration (GFPGAN)); -ft gfpgan (face restoration); --embiggen 2 0.75 "
-        "(embiggen); --karras_max 10 (karras_max); -b 2 (batch size (each image is made on its own; -b1 is "
+        "(embiggen); -b 2 (batch size (each image is made on its own; -b1 is "
         "accepted)); --hires_fix (dreamshell's hires fix starts from noise and cannot take -I; the init image is "
         "kept)",
         "cannot run here as it is: sampler 'k_dpmpp_2_a' (A1111 'DPM++ 2S a'), ancestral, has no diffusers "
@@ -377,9 +393,7 @@ def test_invokeai_2_sd_metadata(tmp_path):
     assert recipe.source == "sd-metadata (invoke-ai/InvokeAI 2.2.5)"
     assert recipe.notes == (
         "--schedule karras: InvokeAI 2.2.5 ran k_euler_a on Karras sigmas at 20 steps (Karras below 30)",
-        NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)',
-        "cannot run here as it is: sampler 'k_euler_a' cannot run with the 'Karras' schedule: diffusers' "
-        "EulerAncestralDiscreteScheduler has no use_karras_sigmas")
+        NOT_CARRIED + 'postprocessing gfpgan {"strength": 0.8} (not supported by dreamshell)')
 
 
 def test_invokeai_2_hires_fix_without_an_init_image_is_named(tmp_path):
@@ -699,8 +713,9 @@ def test_dry_run_fetch_prints_the_notes_and_one_line_for_a_huge_chunk(tmp_path, 
     out = capsys.readouterr().out.splitlines()
     assert out == [
         f'line 1: !fetch {good} -> "portrait of a knight, style\\\\: oil painting" -s 30 -S 1234 -W 512 -H 768 -C 6.5 '
-        '-A k_dpmpp_2 --schedule karras --model v1-5-pruned-emaonly',
+        '-A k_dpmpp_2 --schedule karras --model v1-5-pruned-emaonly --rng nv',
         "line 1:   note: size 510x768 rounded to 512x768 (dreamshell sizes are multiples of 8 from 64 to 8192)",
+        f"line 1:   note: {GPU_NOTE}",
         f"line 2: error: {big}: its recipe cannot be read (the 'parameters' text chunk (4.8 MB, over the 1.0 MB "
         "limit))",
         "1 bad line(s)"]
@@ -716,12 +731,16 @@ def test_a1111_rng_cpu_is_dreamshells_own_noise_and_read_without_a_note(tmp_path
     assert recipe.notes == ()
 
 
-@pytest.mark.parametrize("value", ["NV", "GPU"])
-def test_a1111_other_noise_sources_are_named(tmp_path, value):
-    text = f"a cat\nSteps: 20, Sampler: Euler, Schedule type: Uniform, CFG scale: 7, Seed: 5, Size: 512x512, RNG: {value}"
+@pytest.mark.parametrize("keys, rng, note", [
+    (", RNG: NV", "nv", None), (", RNG: GPU", "nv", GPU_NOTE.replace("no RNG key (A1111's default: GPU)", "RNG: GPU")),
+    ("", "nv", GPU_NOTE), (", RNG: CPU, ENSD: 31337", None, None), (", ENSD: 31337, RNG: nv", "nv", None),
+    (", RNG: TPU", None, NOT_CARRIED + "RNG: TPU (a noise source dreamshell does not make: cpu, gpu, nv)")])
+def test_a1111_noise_sources_and_ensd_are_read(tmp_path, keys, rng, note):
+    # A1111 writes no RNG key for its default, GPU: read as nv, the same noise made without CUDA
+    text = f"a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512{keys}, Version: v1.10.1"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
-    assert recipe.notes == (NOT_CARRIED + f"RNG: {value} (A1111's noise source; dreamshell makes CPU noise, so the "
-                                          "picture differs)",)
+    assert (recipe.request.rng, recipe.request.ensd) == (rng, 31337 if "ENSD" in keys else 0)
+    assert recipe.notes == ((note,) if note else ())
 
 
 CIVITAI_RESOURCES = ('masterpiece, double exposure, negativeXL_D\nNegative prompt: negativeXL_D, greyscale\n'
@@ -738,8 +757,9 @@ def test_civitai_resources_are_read_whole_and_each_named(tmp_path):
     recipe = fetch_recipe(png(tmp_path, {"parameters": CIVITAI_RESOURCES}))
     assert recipe.request == DreamRequest("masterpiece, double exposure, negativeXL_D [negativeXL_D, greyscale]",
                                           steps=22, seed=894409639, width=832, height=1216, cfg_scale=3.8,
-                                          sampler="k_dpmpp_2", schedule="karras", clip_skip=2)
+                                          sampler="k_dpmpp_2", schedule="karras", clip_skip=2, rng="nv")
     assert recipe.notes == (
+        GPU_NOTE,
         NOT_CARRIED + "Civitai resources: checkpoint 'SD XL' (version 'v1.0 VAE fix', version id 128078); "
         "LoRA 'Double Exposure' (version 'Double Exposure', weight 0.85, version id 210432); embedding 'negativeXL' "
         "(version 'D', weight 1, version id 134583); LoRA (no name) (weight 0.8, version id 34) (CivitAI names model "
@@ -776,9 +796,9 @@ def test_a_file_cut_in_its_pixels_keeps_its_recipe_with_one_note(tmp_path):
     recipe = fetch_recipe(path)
     assert recipe.request.seed == 9
     assert recipe.notes == ("skipped: the file ends early (inside its 'IDAT' chunk; the text chunks before the cut "
-                            "are whole)",)
+                            "are whole)", GPU_NOTE)
     whole = fetch_recipe(tmp_path / "whole.png")
-    assert whole.notes == ()
+    assert whole.notes == (GPU_NOTE,)   # the cut file names only what the whole one does, and the cut
 
 
 # ----- few-step recipes: LCM, TCD, Forge's Turbo schedule, explicit timesteps, eta (issue 17)
@@ -805,7 +825,7 @@ def _ours(tmp_path, line):
     ('"a cat" -s 4 -S 1 -W 512 -H 512 -C 1 -A TCD --eta 0.3',
      "Steps: 4, Sampler: TCD, Schedule type: DDIM, CFG scale: 1", '-A TCD --schedule ddim --eta 0.3'),
     ('"a cat" -s 8 -S 1 -W 512 -H 512 -C 1 -A ddim --schedule sgm_uniform --eta 0.5',
-     "Steps: 8, Sampler: DDIM, Schedule type: SGM Uniform, CFG scale: 1", '-A ddim --eta 0.5'),
+     "Steps: 8, Sampler: DDIM, Schedule type: SGM Uniform, CFG scale: 1", '-A ddim --schedule ddim --eta 0.5'),
 ])
 def test_few_step_recipes_written_as_a1111_and_forge_read_them(tmp_path, line, keys, back):
     req, text, recipe = _ours(tmp_path, line)
@@ -827,20 +847,20 @@ def test_forge_turbo_schedule_and_a1111_lcm_infotexts(tmp_path):
     text = ("a cat\nSteps: 4, Sampler: Euler, Schedule type: Turbo, CFG scale: 1, Seed: 5, Size: 1024x1024, "
             "Version: f2.0.1v1.10.1-previous-669-gdfdcbab6")
     assert format_request(fetch_recipe(png(tmp_path, {"parameters": text})).request) == \
-        '"a cat" -s 4 -S 5 -W 1024 -H 1024 -C 1 -A k_euler --schedule turbo'
+        '"a cat" -s 4 -S 5 -W 1024 -H 1024 -C 1 -A k_euler --schedule turbo --rng nv'
     text = "a cat <lora:lcm-lora-sdv1-5:1>\nSteps: 6, Sampler: LCM, Schedule type: SGM Uniform, CFG scale: 1.5, " \
            "Seed: 5, Size: 512x512, Version: v1.10.1"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}, "lcm.png"))
     assert format_request(recipe.request) == \
-        '"a cat <lora:lcm-lora-sdv1-5:1>" -s 6 -S 5 -W 512 -H 512 -C 1.5 -A LCM --schedule sgm_uniform'
-    assert recipe.notes == ()
+        '"a cat <lora:lcm-lora-sdv1-5:1>" -s 6 -S 5 -W 512 -H 512 -C 1.5 -A LCM --schedule sgm_uniform --rng nv'
+    assert recipe.notes == (GPU_NOTE,)
 
 
 def test_a1111_eta_for_a_sampler_without_one_is_named(tmp_path):
     text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Eta: 0.67"
     recipe = fetch_recipe(png(tmp_path, {"parameters": text}))
     assert recipe.request.eta is None
-    assert recipe.notes == (NOT_CARRIED + "Eta: 0.67",)
+    assert recipe.notes == (GPU_NOTE, NOT_CARRIED + "Eta: 0.67")
 
 
 def test_a1111_bad_timesteps_are_named(tmp_path):
@@ -893,3 +913,38 @@ def test_comfyui_ksampler_lcm_and_tcd_names(tmp_path):
         graph["3"]["inputs"].update(sampler_name=name, scheduler="sgm_uniform", steps=4, cfg=1.0)
         recipe = fetch_recipe(png(tmp_path, {"prompt": json.dumps(graph)}, f"{name}.png"))
         assert (recipe.request.sampler, recipe.request.schedule) == (ours, "sgm_uniform")
+
+
+def test_civitai_hashes_are_matched_against_the_session_folders(tmp_path):
+    # CivitAI's A1111 extension writes `Hashes: {"model": H, "vae": H, "lora:NAME": H, "embed:NAME": H}`, each H the
+    # start of the file's sha256: a LoRA kept under another name, an embedding that is another file, a VAE found by it
+    folders = Folders.under(tmp_path / "extras")
+    lora = _safetensors(folders.loras / "DoubleExposure_v1.safetensors", b"the double exposure lora")
+    folders.embeddings.mkdir(parents=True)
+    (folders.embeddings / "negativeXL_D.safetensors").write_bytes(b"another embedding")
+    vae = _safetensors(folders.vaes / "sdxl_vae.safetensors", b"the sdxl vae")
+    missing = _safetensors(tmp_path / "elsewhere" / "badhand.pt", b"not in any folder")
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (lora, vae, missing)}
+    other = hashlib.sha256(b"the embedding CivitAI used").hexdigest()[:10]
+    text = ('<lora:double_exposure:0.8> a fox, negativeXL_D\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, '
+            'Size: 512x512, RNG: CPU, Hashes: {"model": "31e35c80fc", "vae": "' + sha[vae][:10] + '", '
+            '"lora:double_exposure": "' + sha[lora][:10] + '", "embed:negativeXL_D": "' + other + '", '
+            '"embed:badhand": "' + sha[missing][:10] + '"}')
+    path = png(tmp_path, {"parameters": text})
+    plain = fetch_recipe(path)
+    assert plain.notes == ()   # the Hashes key is read (not "not carried over"), and used only with the folders
+    assert plain.recorded.sha256 == (("checkpoint", "", "31e35c80fc"), ("vae", "", sha[vae][:10]),
+                                     ("lora", "double_exposure", sha[lora][:10]),
+                                     ("embedding", "negativeXL_D", other), ("embedding", "badhand", sha[missing][:10]))
+    emb = folders.embeddings / "negativeXL_D.safetensors"
+    assert fetch_recipe(path, Library(folders)).notes == (
+        f"LoRA double_exposure is not in the LoRA folder {folders.loras}",
+        f"the VAE: CivitAI records sha256 {sha[vae][:10]}, which is sdxl_vae.safetensors in {folders.vaes} "
+        "(add --vae sdxl_vae.safetensors)",
+        f"LoRA double_exposure: CivitAI records sha256 {sha[lora][:10]}, which is DoubleExposure_v1.safetensors in "
+        f"{folders.loras} (tag it <lora:DoubleExposure_v1>)",
+        f"embedding negativeXL_D: the file here (negativeXL_D.safetensors, hash "
+        f"{hashlib.sha256(emb.read_bytes()).hexdigest()[:10]}) is not the one the image was made with (hash {other}); "
+        "the image may come out different",
+        f"embedding badhand is not in the embeddings folder {folders.embeddings} (CivitAI records sha256 "
+        f"{sha[missing][:10]}): the word is read as plain text")

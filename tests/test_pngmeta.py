@@ -50,8 +50,9 @@ def test_all_three_chunks_are_written_as_text(tmp_path):
     data = png_bytes(Image.new("RGB", (8, 8)), ImageMeta(RESOLVED, model_hash="ab" * 32, app_version="0.1.0"))
     assert b"tEXtDream" in data and b"tEXtsd-metadata" in data and b"tEXtparameters" in data
     chunks = read_chunks(_write(tmp_path, data))
-    # InvokeAI 2.x's invoke> parser rejects --model: the model is in sd-metadata and Model: instead
-    assert chunks["Dream"] == format_request(RESOLVED.with_(model=None))
+    # InvokeAI 2.x's invoke> parser rejects --model: the model is in sd-metadata and Model: instead; its k_ samplers
+    # take --karras_max (0: the model's own sigmas, the nearest to ours)
+    assert chunks["Dream"] == format_request(RESOLVED.with_(model=None)) + " --karras_max 0"
     meta = json.loads(chunks["sd-metadata"])
     assert meta["model_id"] == "demo" and meta["model_hash"] == "ab" * 32 and meta["app_id"] == "dreamshell"
     image = meta["image"]
@@ -122,8 +123,10 @@ def test_each_chunk_alone_gives_back_the_request(tmp_path, keep, request_):
 
 def test_dream_alone_has_no_model_and_the_file_puts_it_back(tmp_path):
     full = _chunks(tmp_path, FULL)
+    assert full["Dream"] == format_request(FULL.with_(model=None, schedule=None)) + " --karras_max 1000"
     alone = fetch_recipe(_write(tmp_path, png_with({"Dream": full["Dream"]}), "dream.png"))
-    assert alone.request == FULL.with_(model=None) and alone.notes == ()
+    assert alone.request == FULL.with_(model=None) and alone.notes == (
+        "--schedule karras: InvokeAI 2.x ran k_dpmpp_2 on Karras sigmas at 20 steps (Karras below 1000)",)
     both = _write(tmp_path, png_with({"Dream": full["Dream"], "sd-metadata": full["sd-metadata"]}), "two.png")
     assert read_recipe(both) == FULL
 
@@ -200,7 +203,7 @@ def test_a1111_parameters_leave_out_what_a1111_leaves_out():
 
 ROUND_TRIP = [
     (EXTRAS_LINE, EXTRAS),
-    (parse_request('"<lora:style:1> portrait, (soft light)1.2 [blurry]" -s 20 -S 7 -W 512 -H 640 -C 7.5 -A ddim '
+    (parse_request('"<lora:style:1> portrait, (soft light)1.2 [blurry]" -s 20 -S 7 -W 512 -H 640 -C 7.5 -A ddim --schedule ddim '
                    '--model v1-5 --hires_fix --hires_scale 1.5 --hires_steps 20 --hires_strength 0.7 '
                    '--hires_upscaler latent -V 99:0.25 --seamless'),
      RecipeExtras((("style", 1.0, "aaaaaaaaaaaa"),))),
@@ -208,10 +211,12 @@ ROUND_TRIP = [
                    '--clip_skip 3 --vae orangemix.vae.pt --hires_fix --hires_scale 2.5 --hires_steps 12 '
                    '--hires_strength 0.6 --hires_upscaler lanczos'),
      RecipeExtras((), (), ("orangemix.vae.pt", "b4b04361c3"))),
-    (parse_request('"a fox <lora:x:-0.25> [EasyNegative, badhandv4]" -s 25 -S 9 -W 640 -H 384 -C 5 -A ddim --model m '
+    (parse_request('"a fox <lora:x:-0.25> [EasyNegative, badhandv4]" -s 25 -S 9 -W 640 -H 384 -C 5 -A ddim --schedule ddim --model m '
                    '--vae vae-ft-mse.safetensors'),
      RecipeExtras((("x", -0.25, "0123456789ab"),), (("EasyNegative", "c74b4e810b03"), ("badhandv4", "5e40d722fc3d")),
                   ("vae-ft-mse.safetensors", "735e4c3a44"))),
+    (parse_request('"a fox" -s 25 -S 9 -W 640 -H 384 -C 5 -A k_euler_a --schedule uniform --model m --rng nv --ensd 31337'),
+     RecipeExtras()),
 ]
 
 
@@ -236,10 +241,14 @@ def test_each_chunk_alone_gives_back_extras_and_the_hires_fix(tmp_path, keep):
 
 def test_dream_and_sd_metadata_carry_extras_and_the_hires_fix(tmp_path):
     full = _chunks(tmp_path, EXTRAS_LINE, model_hash=MODEL_HASH, extras=EXTRAS)
-    assert full["Dream"] == format_request(EXTRAS_LINE.with_(model=None))
-    assert "--clip_skip 2 --vae vae-ft-mse-840000-ema-pruned.safetensors --hires_fix --hires_scale 2" in full["Dream"]
+    # what InvokeAI 2.2's parser takes: no LoRA tags, no clip skip or VAE, its --hires_fix with the final size
+    assert full["Dream"] == ('"a cat, (red)1.3 fur [lowres, EasyNegative]" -s 28 -S 42 -W 1024 -H 1536 -C 7 '
+                             '-A k_dpmpp_2 --hires_fix --karras_max 1000')
     alone = fetch_recipe(_write(tmp_path, png_with({"Dream": full["Dream"]}), "dream.png"))
-    assert alone.request == EXTRAS_LINE.with_(model=None) and alone.notes == ()
+    assert alone.request == parse_request('"a cat, (red)1.3 fur [lowres, EasyNegative]" -s 28 -S 42 -W 1024 -H 1536 '
+                                          '-C 7 -A k_dpmpp_2 --schedule karras')
+    sd_only = fetch_recipe(_write(tmp_path, png_with({"sd-metadata": full["sd-metadata"]}), "sd.png"))
+    assert sd_only.request == EXTRAS_LINE and sd_only.notes == ()
     image = json.loads(full["sd-metadata"])["image"]
     # InvokeAI 2.x's own hires_fix: its width/height are then the final size, so ours are too
     assert (image["hires_fix"], image["width"], image["height"], image["first_pass_width"],
@@ -250,5 +259,24 @@ def test_dream_and_sd_metadata_carry_extras_and_the_hires_fix(tmp_path):
         "vae": "vae-ft-mse-840000-ema-pruned.safetensors", "vae_hash": "735e4c3a44",
         "lora_hashes": {"add_detail": "7c6bad76eb54", "film_grain": "0123456789ab"},
         "ti_hashes": {"EasyNegative": "c74b4e810b03"}}
-    assert image["prompt"] == [{"prompt": "a cat <lora:add_detail:0.8>, (red)1.3 fur <lora:film_grain:0.5> "
-                                          "[lowres, EasyNegative]", "weight": 1.0}]
+    assert image["prompt"] == [{"prompt": "a cat, (red)1.3 fur [lowres, EasyNegative]", "weight": 1.0}]
+    assert image["loras"] == [{"name": "add_detail", "weight": 0.8}, {"name": "film_grain", "weight": 0.5}]
+
+
+@pytest.mark.parametrize("rng, key", [(None, "RNG: CPU"), ("cpu", "RNG: CPU"), ("nv", "RNG: NV"), ("gpu", None)])
+def test_the_noise_source_and_ensd_are_in_every_chunk(tmp_path, rng, key):
+    req = parse_request(f'"a cat" -s 20 -S 1 -W 64 -H 64 -C 5 -A k_euler_a --model demo --ensd 7'
+                        + (f" --rng {rng}" if rng else ""))
+    chunks = _chunks(tmp_path, req)
+    last = chunks["parameters"].splitlines()[-1]
+    assert ("ENSD: 7, RNG: " + key.split(": ")[1] if key else "ENSD: 7, Dreamshell") in last  # A1111's key order
+    assert "--rng" not in chunks["Dream"] and "--ensd" not in chunks["Dream"]      # InvokeAI 2.2 has neither
+    image = json.loads(chunks["sd-metadata"])["image"]
+    assert (image.get("rng"), image["ensd"]) == (rng, 7)
+    for keep in ("parameters", "sd-metadata"):
+        assert read_recipe(_write(tmp_path, png_with({keep: chunks[keep]}), "one.png")) == req
+    # A1111 alone: no RNG key is its GPU, read as nv (the same noise without CUDA), with a note
+    a1111 = chunks["parameters"][:chunks["parameters"].index(", Dreamshell: ")]
+    recipe = fetch_recipe(_write(tmp_path, png_with({"parameters": a1111}), "a1111.png"))
+    assert (recipe.request.rng, recipe.request.ensd) == ("nv" if rng in ("nv", "gpu") else None, 7)
+    assert len(recipe.notes) == (1 if rng == "gpu" else 0)

@@ -36,11 +36,15 @@ SIGMAS_4 = [14.6146, 4.0817, 1.6129, 0.6932, 0.0]
 
 
 def _scheduler(family: str, request):
-    """The scheduler the generator builds for a resolved request (`plan` -> from_config -> set_timesteps)."""
+    """The scheduler the generator builds for a resolved request (`plan` -> from_config -> A1111's schedule
+    installed -> set_timesteps)."""
     import diffusers
+
+    from dreamshell.engines import schedules
     config = json.loads((CONFIGS / family / "scheduler" / "scheduler_config.json").read_text())
     p = plan(request.sampler, request.schedule, request.timesteps, request.eta)
     sched = getattr(diffusers, p.scheduler).from_config(config, **p.options)
+    schedules.install(sched, p)
     if p.timesteps:
         sched.set_timesteps(timesteps=list(p.timesteps))
     else:
@@ -94,7 +98,7 @@ def test_defaults_and_step_rows():
     assert {n: preset_row(n).steps for n in preset_names()} == {
         "lcm": 4, "turbo": 1, "lightning": 4, "hyper": 8, "tcd": 4, "dmd2": 4}
     assert preset_row("hyper", 1).sampler == "TCD" and preset_row("hyper", 1).eta == 1.0
-    assert preset_row("hyper", 8).sampler == "ddim" and preset_row("hyper", 8).schedule == "sgm_uniform"
+    assert preset_row("hyper", 8).sampler == "ddim" and preset_row("hyper", 8).schedule == "turbo"
     assert preset_row("lightning", 1).prediction == "sample"
     assert preset_row("LIGHTNING", 3).steps == 4   # no 3-step row: the default row
     with pytest.raises(PresetError, match="unknown preset 'fast'; presets: lcm, turbo"):
@@ -103,10 +107,10 @@ def test_defaults_and_step_rows():
 
 
 @pytest.mark.parametrize("line, resolved", [
-    ("a cat --preset lightning", '"a cat" -s 4 -C 1 -A k_euler --schedule sgm_uniform'),
-    ("a cat --preset lightning -s 2", '"a cat" -s 2 -C 1 -A k_euler --schedule sgm_uniform'),
-    ("a cat --preset lightning -s 3", '"a cat" -s 3 -C 1 -A k_euler --schedule sgm_uniform'),
-    ("a cat --preset turbo -W 512", '"a cat" -s 1 -W 512 -C 1 -A k_euler_a --schedule sgm_uniform'),
+    ("a cat --preset lightning", '"a cat" -s 4 -C 1 -A k_euler --schedule turbo'),
+    ("a cat --preset lightning -s 2", '"a cat" -s 2 -C 1 -A k_euler --schedule turbo'),
+    ("a cat --preset lightning -s 3", '"a cat" -s 3 -C 1 -A k_euler --schedule turbo'),
+    ("a cat --preset turbo -W 512", '"a cat" -s 1 -W 512 -C 1 -A k_euler_a --schedule turbo'),
     ("a cat --preset hyper -s 1", '"a cat" -s 1 -C 1 -A TCD --eta 1'),
     ("a cat --preset tcd -C 2 --eta 0.5", '"a cat" -s 4 -C 2 -A TCD --eta 0.5'),
     ("a cat --preset dmd2", '"a cat" -s 4 -C 1 -A LCM --timesteps 999,749,499,249'),
@@ -132,7 +136,7 @@ def test_a_launch_preset_under_the_line():
     line = parse_request("a cat -s 8 -C 2")
     merged = line.with_(**{k: getattr(launch, k) for k in ("sampler", "schedule", "timesteps", "eta")
                            if getattr(line, k) in (None, ())})
-    assert format_request(merged) == '"a cat" -s 8 -C 2 -A k_euler --schedule sgm_uniform'
+    assert format_request(merged) == '"a cat" -s 8 -C 2 -A k_euler --schedule turbo'
 
 
 def test_a_models_file_preset_under_the_model_defaults(tmp_path):
@@ -148,9 +152,9 @@ def test_a_models_file_preset_under_the_model_defaults(tmp_path):
     assert (fast.preset, fast.steps, fast.sampler, fast.cfg_scale) == ("lightning", 4, "k_euler", 1.0)
     assert (two.steps, two.sampler) == (2, "k_euler")
     out = apply_model_preset(parse_request("a cat"), two.preset, two.steps, two.sampler, two.cfg_scale)
-    assert format_request(out) == '"a cat" -s 2 -C 1 -A k_euler --schedule sgm_uniform'
+    assert format_request(out) == '"a cat" -s 2 -C 1 -A k_euler --schedule turbo'
     out = apply_model_preset(parse_request("a cat -C 3 -s 8"), fast.preset, fast.steps, fast.sampler, fast.cfg_scale)
-    assert format_request(out) == '"a cat" -s 8 -C 3 -A k_euler --schedule sgm_uniform'
+    assert format_request(out) == '"a cat" -s 8 -C 3 -A k_euler --schedule turbo'
     x0 = reg.get("x0")
     assert prediction_needed("lightning", 1, x0.prediction) is None
     assert "needs a model that predicts 'sample'" in prediction_needed("lightning", 1, None)

@@ -20,7 +20,7 @@ def test_a_preset_line_is_logged_as_the_values_it_ran_with():
     line = plan("a red circle -S 1 --preset lightning -s 4").line
     text = format_request(line)
     assert "--preset" not in text and " -A k_euler " in text and "-C 1 " in text
-    assert "--schedule sgm_uniform" in text          # trailing spacing: 999, 749, 499, 249 (tests/test_presets.py)
+    assert "--schedule turbo" in text          # trailing spacing: 999, 749, 499, 249 (tests/test_presets.py)
     assert plan(text).line == line              # the log line plans the same request without the preset
 
 

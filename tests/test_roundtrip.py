@@ -110,6 +110,8 @@ FIELD_STRATEGIES = {
     "inpaint_padding": st.integers(0, 1024),
     "guidance": st.floats(0, 100, allow_nan=False).map(abs),
     "cfg_rescale": unit,
+    "rng": st.sampled_from(["cpu", "gpu", "nv"]),
+    "ensd": st.integers(0, 2**32 - 1),
 }
 
 

@@ -49,16 +49,30 @@ def test_anchor_names_keep_their_meaning():
 
 
 @pytest.mark.parametrize("sampler, schedule, why", [
-    ("k_euler_a", "karras", "sampler 'k_euler_a' cannot run with the 'Karras' schedule: diffusers' "
-                            "EulerAncestralDiscreteScheduler has no use_karras_sigmas"),
     ("ddim", "exponential", "sampler 'ddim' cannot run with the 'Exponential' schedule: diffusers' DDIMScheduler "
                             "has no use_exponential_sigmas"),
-    ("k_euler", "polyexponential", "the 'Polyexponential' schedule has no diffusers equivalent"),
+    ("k_euler", "kl_optimal", "the 'KL Optimal' schedule has no diffusers equivalent"),
+    ("UniPC", "polyexponential", "the 'Polyexponential' schedule has no diffusers equivalent for UniPC"),
     ("Restart", None, "sampler 'Restart' has no diffusers scheduler, so dreamshell cannot run it; try k_heun"),
     ("DPM fast", "karras", "sampler 'DPM fast' has no diffusers scheduler"),
 ])
 def test_what_diffusers_cannot_run_is_refused_by_name(sampler, schedule, why):
     assert why in cannot_run(sampler, schedule)
+
+
+def test_every_a1111_k_sampler_runs_every_schedule_a1111_makes_from_the_model():
+    # A1111 runs any schedule type with any k-diffusion sampler (Euler a with Karras too): the sigmas are made
+    # here (engines/schedules.py), so only the two it computes without the model's sigmas are refused
+    for sampler in SAMPLERS:
+        if sampler.scheduler is None or sampler.timesteps or sampler.a1111 is None:
+            continue
+        if sampler.scheduler in ("LCMScheduler", "TCDScheduler"):   # diffusers' own: spacing only, no sigmas
+            assert "LCMScheduler has no use_karras_sigmas" in cannot_run("LCM", "karras")
+            assert cannot_run(sampler.name, "sgm_uniform") is None and cannot_run(sampler.name, "ddim") is None
+            continue
+        for schedule in SCHEDULES[1:]:
+            why = cannot_run(sampler.name, schedule.name)
+            assert (why is None) == (schedule.name not in ("kl_optimal", "align_your_steps")), (sampler.name, why)
 
 
 def _generator_with_demo_config():

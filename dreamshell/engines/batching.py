@@ -4,6 +4,7 @@ sampler generator, so image i is the image its request alone makes (imports torc
 from __future__ import annotations
 
 from ..line.request import DreamRequest
+from . import composable
 from .protocols import Interrupted
 
 
@@ -20,14 +21,17 @@ def generate_together(gen, group: list[DreamRequest], on_step, should_stop) -> l
             on_step(step + 1, first.steps)
         return kwargs
 
-    cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None)
-            for k, v in gen.text.conditioning(first).items()}
+    cond = dict(gen.text.conditioning(first))
+    and_parts = cond.pop(composable.KEY, None)   # A1111's AND: composable.py repeats it over the batch
+    cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None) for k, v in cond.items()}
+    noise = gen.latent_noise(group)   # one stream per image (issue 19): image i's noise is its request's alone
     args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
                 callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
-                latents=torch.cat([gen.initial_latents(r) for r in group]))
+                latents=noise.first().to(gen.device, gen.dtype))
     if gen.kind.endswith("-inpaint"):
         gen._whole_image_mask(args, first)
     from . import families
     args.update(families.rescale_args(gen, pipe, first))   # --cfg_rescale
-    return gen._run(pipe, args, first)
+    with gen.noise_steps(pipe, noise), composable.and_guidance(pipe.unet, and_parts, first.cfg_scale > 1):
+        return gen._run(pipe, args, first)

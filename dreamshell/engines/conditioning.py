@@ -9,6 +9,8 @@ import re
 from ..line.prompt import split_prompt
 from ..line.request import DreamRequest
 from .adapters import clip_skip
+from .composable import KEY as AND_KEY
+from .composable import AndGuidance
 from .protocols import GenerationError
 
 CLIP_CHUNK = 75  # tokens CLIP reads at a time, between its start and end tokens
@@ -140,13 +142,21 @@ class Conditioner:
             return [(pipe.encode_prompt(t, device, 1, False)[0], None) for t in texts]
 
     def conditioning(self, request: DreamRequest) -> dict:
-        """The pipeline's prompt arguments for a request: a weighted blend of its sub-prompts, its negative."""
+        """The pipeline's prompt arguments for a request: a weighted blend of its sub-prompts, its negative; for
+        A1111's AND, the parts' embeddings under composable.KEY (the generator takes them out)."""
         parts = split_prompt(request.prompt)
         positives = parts.normalized(request.skip_normalize)
         pipe, adapters = self.pipe, self.gen.adapters
         texts = [adapters.encoder_text(t) for t, _ in positives] + [adapters.encoder_text(parts.negative)]
         with clip_skip([getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)], request.clip_skip):
             encoded = self._encode(texts)
+        if parts.combine:   # A1111's AND: the parts' guidance is combined in the UNet call (composable.py)
+            guidance = AndGuidance([e for e, _ in encoded[:-1]], [w for _, w in positives], encoded[-1][0],
+                                   [p for _, p in encoded[:-1]] if self.gen.is_sdxl else None, encoded[-1][1])
+            kwargs = {"prompt_embeds": encoded[0][0], "negative_prompt_embeds": encoded[-1][0], AND_KEY: guidance}
+            if self.gen.is_sdxl:
+                kwargs.update(pooled_prompt_embeds=encoded[0][1], negative_pooled_prompt_embeds=encoded[-1][1])
+            return kwargs
         cond = sum(w * e for (_, w), (e, _) in zip(positives, encoded[:-1]))
         kwargs = {"prompt_embeds": cond, "negative_prompt_embeds": encoded[-1][0]}
         if self.gen.is_sdxl:

@@ -14,18 +14,20 @@ import threading
 from dataclasses import replace
 
 from ..line.request import DreamRequest
+from ..line.rng import DEFAULT_RNG
 from ..line.safetext import first_line
 from ..line.samplers import SamplerError
 from ..line.samplers import plan as scheduler_plan
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
-from ..weights.models import ModelSpec, default_folders
-from . import control, families, loading
+from ..weights.models import ModelSpec, builtin_models_dir, default_folders
+from . import composable, control, families, loading, schedules
 from .adapters import Adapters
 from .batching import generate_together
 from .conditioning import Conditioner
 from .device import is_out_of_memory, pick_device, pick_dtype, quiet_libraries
 from .hires_pass import generate_hires
+from .noise import ImageSeeds, LatentNoise, NoiseError, step_noise
 from .preview import LatentRGB, PreviewTap, projection_for
 from .protocols import GenerationError, Interrupted
 
@@ -223,7 +225,9 @@ class DiffusersGenerator:
         if own is not None:
             return own
         cls = getattr(diffusers, plan.scheduler)
-        return cls.from_config(self._scheduler_config, **plan.options)
+        scheduler = cls.from_config(self._scheduler_config, **plan.options)
+        schedules.install(scheduler, plan)   # issue 19: A1111's sigmas for the schedule (engines/schedules.py)
+        return scheduler
 
     # ----- prompts (conditioning.py)
 
@@ -239,22 +243,37 @@ class DiffusersGenerator:
     def tokenization(self, prompt: str, files: LineFiles | None = None) -> str:
         return self.text.tokenization(prompt, files)
 
-    # ----- noise
+    # ----- noise (issue 19: engines/noise.py; the whole block)
 
-    def _noise(self, seed: int, shape) -> "object":
-        gen = self.torch.Generator("cpu").manual_seed(seed)
-        return self.torch.randn(shape, generator=gen, dtype=self.torch.float32)
+    def latent_noise(self, requests: list[DreamRequest], sized: bool = True) -> LatentNoise:
+        """One noise stream per image from the line's --rng source and --ensd, as A1111's ImageRNG: its first
+        draw the seed's noise (variation seeds slerped in), each later draw the step noise of ancestral and
+        SDE samplers. `sized`: at the requests' latent size (else the size the pipeline first asks for)."""
+        first, shape = requests[0], None
+        if sized:
+            pipe = self._pipes["txt2img"]
+            factor = pipe.vae_scale_factor
+            shape = (pipe.vae.config.latent_channels, first.height // factor, first.width // factor)
+        try:
+            return LatentNoise(first.rng or DEFAULT_RNG, [ImageSeeds(r.seed, r.with_variations) for r in requests],
+                               shape, device=self.device, ensd=first.ensd)
+        except NoiseError as e:
+            raise GenerationError(str(e)) from None
 
     def initial_latents(self, request: DreamRequest):
-        """The starting noise: from the seed on the CPU (same on every device), slerped toward each
-        variation seed's noise in turn (`-V seed:weight,...`)."""
-        pipe = self._pipes["txt2img"]
-        factor = pipe.vae_scale_factor
-        shape = (1, pipe.vae.config.latent_channels, request.height // factor, request.width // factor)
-        latents = self._noise(request.seed, shape)
-        for seed, weight in request.with_variations:
-            latents = slerp(weight, latents, self._noise(seed, shape))
-        return latents.to(self.device, self.dtype)
+        """The starting noise of a txt2img request (the first draw of its stream)."""
+        return self.latent_noise([request]).first().to(self.device, self.dtype)
+
+    @contextlib.contextmanager
+    def noise_steps(self, pipe, noise: LatentNoise, img2img: bool = False):
+        """While inside: the pipeline's scheduler (and an img2img pipeline's noising of its init image) draws
+        from `noise` (noise.step_noise); a missing package is one line."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(step_noise(pipe.scheduler, noise, pipe=pipe if img2img else None))
+            except NoiseError as e:
+                raise GenerationError(str(e)) from None
+            yield noise
 
     # ----- generation
 
@@ -351,9 +370,12 @@ class DiffusersGenerator:
         args = dict(self.text.conditioning(request), num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type=output_type,
                     generator=self.torch.Generator("cpu").manual_seed(request.seed))
+        and_parts = args.pop(composable.KEY, None)   # issue 19: A1111's AND, combined in the UNet call
+        noise = self.latent_noise([request], sized=mode == "txt2img")   # issue 19: one stream for the image
         if mode == "txt2img":
             total = request.steps
-            args.update(width=request.width, height=request.height, latents=self.initial_latents(request))
+            args.update(width=request.width, height=request.height,
+                        latents=noise.first().to(self.device, self.dtype))
         else:
             total = max(1, int(request.steps * request.strength))
             args.update(image=init_image, strength=request.strength)
@@ -365,6 +387,8 @@ class DiffusersGenerator:
             control.arguments(self, pipe, request, used, self._control_maps, args, step_end)
         args.update(families.rescale_args(self, pipe, request))   # issue 21: --cfg_rescale
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self.noise_steps(pipe, noise, img2img=mode != "txt2img"))   # issue 19
+            stack.enter_context(composable.and_guidance(pipe.unet, and_parts, request.cfg_scale > 1))   # issue 19
             if tap is not None:
                 stack.enter_context(tap.attached(pipe.scheduler))
             stack.enter_context(loading.stop_checks(pipe.vae, should_stop))   # Ctrl-C inside a long decode
@@ -405,13 +429,3 @@ class DiffusersGenerator:
                     + loading.oom_advice(self.device, self.lowvram)) from None
             raise
 
-
-def slerp(t: float, a, b):
-    """Spherical interpolation between two noise tensors (the original shell's variations)."""
-    import torch
-    af, bf = a.flatten(), b.flatten()
-    dot = torch.clamp((af / af.norm()) @ (bf / bf.norm()), -1.0, 1.0)
-    if abs(float(dot)) > 0.9995:
-        return (1 - t) * a + t * b
-    theta = torch.acos(dot)
-    return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)

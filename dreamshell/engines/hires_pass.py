@@ -24,11 +24,11 @@ def generate_hires(gen, request: DreamRequest, on_step, should_stop, on_preview,
     width, height = hires.target_size(request.width, request.height, scale)
     first = request.with_(hires_fix=False, hires_scale=None, hires_steps=None, hires_strength=None,
                           hires_upscaler=None)
-    # A1111 runs --hires_steps N denoising steps: a schedule of N / strength steps entered at the strength
-    # (its setup_img2img_steps); diffusers runs the last strength x steps of the schedule it is given
-    schedule = max(1, int(steps2 / min(strength, 0.999)))
-    second = first.with_(width=width, height=height, steps=schedule, strength=strength, with_variations=())
-    total = request.steps + schedule - int(schedule - schedule * strength)
+    schedule, entry = hires.second_pass_steps(steps2, strength)
+    # its noise is a new stream at the target size, the seed's first draw with the variations slerped in
+    # (A1111's sample_hr_pass: a new ImageRNG, rng.next()), then the step noise (step_noise in _generate_one)
+    second = first.with_(width=width, height=height, steps=schedule, strength=entry)
+    total = request.steps + steps2
     latent = upscaler == "latent"
     out = gen._generate_one(first, None, None, on_step, should_stop, on_preview, preview_every,
                              output_type="latent" if latent else "pil", steps_all=total)

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RNG_SOURCES = ("cpu", "gpu", "nv")   # A1111's `RNG: CPU | GPU | NV` (store.formats.a1111 writes and reads them)
+from ..line.rng import rng_names
+
+RNG_SOURCES = tuple(rng_names())   # A1111's `RNG: CPU | GPU | NV` (line/rng.py; store.formats.a1111 writes and reads them)
 
 # Philox 4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011), as curand has it
 _MUL_A, _MUL_B = 0xD2511F53, 0xCD9E8D57        # round multipliers
@@ -148,12 +150,14 @@ class ImageSeeds:
 class LatentNoise:
     """A batch's noise, one stream per image (A1111's ImageRNG): `first()` the initial latents,
     `next()` each later draw (the per-step noise of ancestral samplers), shape (batch, C, H, W),
-    float32, on the source's device (the CPU for cpu and nv, the CUDA device for gpu)."""
+    float32, on the source's device (the CPU for cpu and nv, the CUDA device for gpu). With `shape` None the
+    first draw step_noise gives a pipeline sets it (an img2img pipeline's latents are its init image's size)."""
 
-    def __init__(self, rng: str, images: list[ImageSeeds], shape: tuple[int, int, int], *,
+    def __init__(self, rng: str, images: list[ImageSeeds], shape: tuple[int, int, int] | None, *,
                  device: str = "cpu", ensd: int = 0):
         check_source(rng, device)
-        self.rng, self.images, self.shape = rng, list(images), tuple(int(s) for s in shape)
+        self.rng, self.images = rng, list(images)
+        self.shape = tuple(int(s) for s in shape) if shape is not None else None
         self.device, self.ensd = device, int(ensd)
         self._streams = [_Stream(rng, im.seed, device) for im in self.images]
         self._first_done = False
@@ -247,6 +251,8 @@ def step_noise(scheduler, noise: LatentNoise, pipe=None):
     saved: list[tuple[object, str, object]] = []
 
     def draw(shape, generator=None, device=None, dtype=None, layout=None, **_):
+        if noise.shape is None:
+            noise.shape = tuple(int(s) for s in shape[1:])
         x = noise.next()
         if tuple(x.shape) != tuple(shape):
             x = x.reshape(shape)

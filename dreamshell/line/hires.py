@@ -39,3 +39,13 @@ def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The second pass's size: W x H times scale, down to a multiple of 8 (A1111: int(W * scale),
     then its latent is that // 8)."""
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
+def second_pass_steps(steps: int, strength: float) -> tuple[int, float]:
+    """(schedule steps, entry strength) that make diffusers run exactly `steps` second-pass steps, as A1111 does
+    (`sd_samplers_common.setup_img2img_steps` with the hires steps: a schedule of int(N / min(strength, 0.999))
+    steps, entered N steps from its end). diffusers runs int(schedule x strength) steps of the schedule, which
+    rounds N down to N - 1 for many pairs (and to 0 for --hires_steps 1 --hires_strength 0.55); the entry
+    strength (N + 0.5) / schedule rounds to N for every N."""
+    schedule = max(1, int(steps / min(strength, 0.999)))
+    return schedule, min(1.0, (steps + 0.5) / schedule)

@@ -12,6 +12,10 @@ and returns the request with `preset` cleared: the log line records the resolved
 `--preset`, so a replay needs no preset and gives the same bytes. The sampler-specific parts of a row
 (schedule, timesteps, eta) apply only when the sampler that runs is the row's.
 
+Schedule: the rows that the cards give as diffusers' `timestep_spacing="trailing"` run `turbo` (Forge's Turbo
+schedule: exactly the trailing timesteps, 999, 749, 499, 249 at 4 steps), not A1111's `SGM Uniform`, whose
+sigmas fall between those timesteps (998.99, 749.25, ... at 4 steps: engines/schedules.py makes A1111's own).
+
 CFG: the cards write `guidance_scale=0`; diffusers runs guidance only above 1 (`do_classifier_free_guidance
 = guidance_scale > 1`), so 0 and 1 make the same bytes and one UNet call per step. The rows say 1: A1111
 and ComfyUI read CFG 0 as the unconditional prediction alone and CFG 1 as the conditional one (ComfyUI
@@ -69,19 +73,19 @@ PRESETS: tuple[Preset, ...] = (
            note="for LCM-LoRA; a full LCM UNet (LCM_Dreamshaper_v7, lcm-sdxl) takes CFG 8 as an embedding"),
     Preset("lcm", 2, "LCM", 1.0, source=_LCM),
     Preset("lcm", 8, "LCM", 1.0, source=_LCM),
-    Preset("turbo", 1, "k_euler_a", 1.0, "sgm_uniform", default=True, source=_TURBO),
-    Preset("turbo", 2, "k_euler_a", 1.0, "sgm_uniform", source=_TURBO),
-    Preset("turbo", 4, "k_euler_a", 1.0, "sgm_uniform", source=_TURBO),
-    Preset("lightning", 4, "k_euler", 1.0, "sgm_uniform", default=True, source=_LIGHTNING),
-    Preset("lightning", 2, "k_euler", 1.0, "sgm_uniform", source=_LIGHTNING),
-    Preset("lightning", 8, "k_euler", 1.0, "sgm_uniform", source=_LIGHTNING),
-    Preset("lightning", 1, "k_euler", 1.0, "sgm_uniform", prediction="sample", source=_LIGHTNING,
+    Preset("turbo", 1, "k_euler_a", 1.0, "turbo", default=True, source=_TURBO),
+    Preset("turbo", 2, "k_euler_a", 1.0, "turbo", source=_TURBO),
+    Preset("turbo", 4, "k_euler_a", 1.0, "turbo", source=_TURBO),
+    Preset("lightning", 4, "k_euler", 1.0, "turbo", default=True, source=_LIGHTNING),
+    Preset("lightning", 2, "k_euler", 1.0, "turbo", source=_LIGHTNING),
+    Preset("lightning", 8, "k_euler", 1.0, "turbo", source=_LIGHTNING),
+    Preset("lightning", 1, "k_euler", 1.0, "turbo", prediction="sample", source=_LIGHTNING,
            note="the 1-step model (sdxl_lightning_1step_unet_x0) predicts x0: give it `prediction: sample` "
                 "in the models file"),
-    Preset("hyper", 8, "ddim", 1.0, "sgm_uniform", default=True, source=_HYPER,
+    Preset("hyper", 8, "ddim", 1.0, "turbo", default=True, source=_HYPER,
            note="for the Hyper-SD N-steps LoRA of that N; the 8-steps CFG LoRA takes CFG 5-8 instead"),
-    Preset("hyper", 2, "ddim", 1.0, "sgm_uniform", source=_HYPER),
-    Preset("hyper", 4, "ddim", 1.0, "sgm_uniform", source=_HYPER),
+    Preset("hyper", 2, "ddim", 1.0, "turbo", source=_HYPER),
+    Preset("hyper", 4, "ddim", 1.0, "turbo", source=_HYPER),
     Preset("hyper", 1, "TCD", 1.0, eta=1.0, source=_HYPER,
            note="for the 1-step unified LoRA; the SDXL 1-step UNet is `-A LCM --timesteps 800`"),
     Preset("tcd", 4, "TCD", 1.0, eta=0.3, default=True, source=_TCD),

@@ -1,5 +1,6 @@
-"""The prompt's own syntax: `[negative]` groups, weighted sub-prompts `a:0.25 b:0.75` and A1111's
-`<lora:NAME:WEIGHT>` tags (stdlib only).
+"""The prompt's own syntax: `[negative]` groups, weighted sub-prompts `a:0.25 b:0.75` (a blend of their
+conditioning), A1111's `a :1.2 AND b :0.8` (composable diffusion: each part's guidance added, weights as
+written) and `<lora:NAME:WEIGHT>` tags (stdlib only).
 
 A LoRA tag applies to the whole image wherever it stands (as in A1111) and is taken out of the text
 that reaches the text encoder.
@@ -35,10 +36,12 @@ class PromptParts:
     positive: tuple[tuple[str, float], ...]   # (text, weight) sub-prompts, weights as written
     negative: str
     loras: tuple[LoraTag, ...] = ()
+    combine: bool = False   # A1111's AND: each part's noise prediction combined, uncond + sum(w x cfg x (c - u))
 
     def normalized(self, skip_normalize: bool = False) -> tuple[tuple[str, float], ...]:
-        """Weights scaled to sum 1 (the original shell's blend rule) unless skip_normalize (`-x`)."""
-        if skip_normalize or len(self.positive) == 1:
+        """Weights scaled to sum 1 (the original shell's blend rule) unless skip_normalize (`-x`); AND parts keep
+        their weights (A1111 does not normalise them)."""
+        if skip_normalize or self.combine or len(self.positive) == 1:
             return self.positive
         total = sum(w for _, w in self.positive)
         return tuple((t, w / total) for t, w in self.positive)
@@ -98,6 +101,11 @@ def extract_loras(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
         return prompt, ()
     return re.sub(r"\s+", " ", LORA_TAG.sub(" ", prompt)).strip(), tuple(tags)
 
+
+# A1111's AND (prompt_parser.py re_AND, re_weight): parts split on the word AND, each with an optional `:weight`
+_AND = re.compile(r"\bAND\b")
+_AND_PART = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$", re.S)
+MAX_AND_PARTS = 8
 
 # one sub-prompt: text (with `\:` allowed) followed by `:weight` or the end of the line
 _SUBPROMPT = re.compile(r"(?P<text>(?:\\:|[^:])+)(?::(?P<weight>-?\d+(?:\.\d+)?)\s*|:?\s*$)")
@@ -181,6 +189,8 @@ def parse_prompt(prompt: str) -> PromptParts:
     positive, negative = extract_negative(prompt)
     check_parentheses(positive)
     check_parentheses(negative, "the negative prompt")
+    if _AND.search(positive):
+        return PromptParts(_and_parts(positive), negative, loras, combine=True)
     if ":" not in positive.replace("\\:", ""):
         return PromptParts(((positive.replace("\\:", ":"), 1.0),), negative, loras)
     parts: list[tuple[str, float]] = []
@@ -200,3 +210,21 @@ def parse_prompt(prompt: str) -> PromptParts:
     if len(parts) > 1 and abs(sum(w for _, w in parts)) < 1e-9:
         raise PromptError("the sub-prompt weights add up to 0: they cannot be normalized (use -x to skip)")
     return PromptParts(tuple(parts), negative, loras)
+
+
+def _and_parts(positive: str) -> tuple[tuple[str, float], ...]:
+    """`a cat :1.2 AND a dog :0.8` -> (("a cat", 1.2), ("a dog", 0.8)), as A1111 reads it (weight 1 when none)."""
+    rule = "write 'text AND text', each part with an optional ' :weight' (A1111's composable diffusion)"
+    parts = []
+    for piece in _AND.split(positive):
+        m = _AND_PART.match(piece)
+        text = m.group(1).strip()
+        if not text:
+            raise PromptError(f"an AND part of {quoted(positive, 40)} is empty; {rule}")
+        if ":" in text.replace("\\:", ""):
+            raise PromptError(f"{quoted(text, 40)}: an AND part takes one weight, at its end; a blend (a:0.5 b:0.5) "
+                              f"cannot stand in it (write '\\:' for a literal colon); {rule}")
+        parts.append((text.replace("\\:", ":"), float(m.group(2)) if m.group(2) is not None else 1.0))
+    if len(parts) > MAX_AND_PARTS:
+        raise PromptError(f"{len(parts)} AND parts: at most {MAX_AND_PARTS} (each is one more UNet pass a step)")
+    return tuple(parts)

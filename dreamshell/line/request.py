@@ -58,6 +58,8 @@ class DreamRequest:
     inpaint_padding: int | None = None    # Only masked padding, pixels (default 32)
     guidance: float | None = None   # FLUX.1 dev's distilled guidance (Forge's Distilled CFG Scale); None: 3.5
     cfg_rescale: float | None = None  # CFG rescale phi (Lin et al. 2023; diffusers' guidance_rescale); None: off
+    rng: str | None = None          # noise source: cpu | gpu | nv (line/rng.py); None: the model's own (cpu)
+    ensd: int = 0                   # eta noise seed delta: later draws (step noise) from seed + ensd
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

@@ -83,27 +83,31 @@ SAMPLERS: tuple[Sampler, ...] = (
 class Schedule:
     name: str                 # canonical name (A1111's internal one)
     a1111: str                # A1111's label, written as `Schedule type:`
-    options: dict | None      # diffusers scheduler options; None: diffusers cannot make it
+    options: dict | None      # for the timesteps samplers (DDIM, PLMS, UniPC, LCM): diffusers scheduler options;
+                              # None: diffusers cannot make it
     aliases: tuple[str, ...] = ()
+    sigmas: bool = False      # for the k-diffusion samplers: A1111's sigmas are made (engines/schedules.py)
 
 
 SCHEDULES: tuple[Schedule, ...] = (
     Schedule("automatic", "Automatic", {}),    # A1111: the sampler's own default (Sampler.auto)
-    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}),
-    Schedule("karras", "Karras", {"use_karras_sigmas": True}),
-    Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}),
-    Schedule("polyexponential", "Polyexponential", None),
-    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, ("SGMUniform",)),
+    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}, sigmas=True),
+    Schedule("karras", "Karras", {"use_karras_sigmas": True}, sigmas=True),
+    Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}, sigmas=True),
+    Schedule("polyexponential", "Polyexponential", None, sigmas=True),
+    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, ("SGMUniform",), sigmas=True),
     Schedule("kl_optimal", "KL Optimal", None),
     Schedule("align_your_steps", "Align Your Steps", None),
-    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}),
-    Schedule("normal", "Normal", {"timestep_spacing": "linspace"}),
-    Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",)),
-    Schedule("beta", "Beta", {"use_beta_sigmas": True}),
+    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}, sigmas=True),
+    Schedule("normal", "Normal", {"timestep_spacing": "linspace"}, sigmas=True),
+    Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim_uniform",), sigmas=True),
+    Schedule("beta", "Beta", {"use_beta_sigmas": True}, sigmas=True),
     # Forge's `Turbo` (modules/sd_schedulers.py turbo_scheduler): timesteps round(k * 1000/n - 1), k = n..1, at
     # their exact sigmas: diffusers' trailing integers at 1-15 steps (999, 749, 499, 249 at 4), within one above
     Schedule("turbo", "Turbo", {"timestep_spacing": "trailing"}),
 )
+# A1111 drops the next-to-last sigma for these (sd_samplers_kdiffusion.py `discard_next_to_last_sigma`)
+DISCARD_PENULTIMATE = frozenset({"k_dpm_2", "k_dpm_2_a", "DPM++ 3M SDE"})
 
 # the schedule options each diffusers scheduler's __init__ takes (diffusers 0.42; from_config ignores others)
 _SPACING = frozenset({"timestep_spacing", "steps_offset"})
@@ -116,6 +120,10 @@ _TAKES: dict[str, frozenset] = {
                                "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "UniPCMultistepScheduler",
                                "DEISMultistepScheduler")},
 }
+
+# diffusers schedulers that step on timesteps with no sigmas to install (A1111's LCM runs its schedule's sigmas as a
+# k-diffusion sampler; here LCMScheduler and TCDScheduler take the schedule's spacing, as before issue 19)
+_NO_SIGMAS = frozenset({"DDIMScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler"})
 
 # the schedulers whose set_timesteps() takes explicit `timesteps` (diffusers 0.42; tests/test_presets.py checks)
 TAKES_TIMESTEPS = frozenset({"EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -193,15 +201,19 @@ def effective_schedule(sampler: Sampler, schedule: str | None) -> Schedule | Non
 
 @dataclass(frozen=True)
 class Plan:
-    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`, then runs
-    with `pipe(timesteps=list(timesteps))` when `timesteps` is not empty (else `num_inference_steps`) and
-    `pipe(eta=eta)` when `eta` is not None."""
+    """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`, then A1111's
+    schedule on it (engines/schedules.install): its `sigmas` (a schedule name), `discard_penultimate`, or for
+    the DDIM sampler on the ddim schedule A1111's DDIM timesteps; it runs with `pipe(timesteps=list(timesteps))`
+    when `timesteps` is not empty (else `num_inference_steps`) and `pipe(eta=eta)` when `eta` is not None."""
 
     scheduler: str
     options: dict
     needs: str | None
     timesteps: tuple[int, ...] = ()
     eta: float | None = None
+    sigmas: str | None = None
+    discard_penultimate: bool = False
+    a1111_ddim: bool = False
 
 
 def plan(sampler_name: str, schedule: str | None = None, timesteps: tuple[int, ...] = (),
@@ -217,25 +229,39 @@ def plan(sampler_name: str, schedule: str | None = None, timesteps: tuple[int, .
         raise SamplerError(f"sampler '{sampler.name}'{label}{kind} has no diffusers scheduler, so dreamshell "
                            f"cannot run it; {sampler.instead}")
     options = dict(sampler.options)
-    sched = effective_schedule(sampler, schedule)
-    if sched is not None:
-        if sched.options is None:
-            raise SamplerError(f"the '{sched.a1111}' schedule has no diffusers equivalent; schedules that run: "
-                               + ", ".join(s.name for s in SCHEDULES if s.options is not None))
-        missing = [k for k in sched.options if k not in _TAKES.get(sampler.scheduler, frozenset())]
-        if missing:
-            raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
-                               f"{sampler.scheduler} has no {missing[0]}")
-        options.update(sched.options)
-    if timesteps and sampler.scheduler not in TAKES_TIMESTEPS:
-        takes = sorted(s.name for s in SAMPLERS if s.scheduler in TAKES_TIMESTEPS)
-        raise SamplerError(f"sampler '{sampler.name}' cannot run explicit --timesteps (diffusers' {sampler.scheduler} "
-                           f"takes none); samplers that can: {', '.join(takes)}")
     if eta is not None and sampler.eta is None:
         takes = sorted(s.name for s in SAMPLERS if s.eta is not None)
         raise SamplerError(f"sampler '{sampler.name}' takes no --eta; samplers that do: {', '.join(takes)}")
-    return Plan(sampler.scheduler, options, sampler.needs, tuple(timesteps),
-                eta if eta is not None else sampler.eta)
+    eta = eta if eta is not None else sampler.eta
+    if timesteps:   # explicit timesteps: no schedule is made (they are the schedule)
+        if sampler.scheduler not in TAKES_TIMESTEPS:
+            takes = sorted(s.name for s in SAMPLERS if s.scheduler in TAKES_TIMESTEPS)
+            raise SamplerError(f"sampler '{sampler.name}' cannot run explicit --timesteps (diffusers' "
+                               f"{sampler.scheduler} takes none); samplers that can: {', '.join(takes)}")
+        return Plan(sampler.scheduler, options, sampler.needs, tuple(timesteps), eta)
+    sched = effective_schedule(sampler, schedule)
+    if sched is None:
+        return Plan(sampler.scheduler, options, sampler.needs, eta=eta)
+    takes = _TAKES.get(sampler.scheduler, frozenset())
+    if not sampler.timesteps and sched.sigmas and sampler.scheduler not in _NO_SIGMAS:
+        # A1111's sigmas, made here: handed over through use_karras_sigmas' hook where the scheduler has it, from a
+        # first noise of x * sigmas[0] ("linspace" spacing: diffusers' init_noise_sigma is then the largest sigma)
+        options.update({k: v for k, v in (("use_karras_sigmas", True), ("timestep_spacing", "linspace"))
+                        if k in takes})
+        return Plan(sampler.scheduler, options, sampler.needs, eta=eta, sigmas=sched.name,
+                    discard_penultimate=sampler.name in DISCARD_PENULTIMATE)
+    if sampler.name == "ddim" and sched.name == "ddim":   # A1111's DDIM sampler walks the DDIM schedule's timesteps
+        return Plan(sampler.scheduler, {**options, **sched.options}, sampler.needs, eta=eta, a1111_ddim=True)
+    if sched.options is None:
+        runs = [s.name for s in SCHEDULES if (s.sigmas if not sampler.timesteps else s.options is not None)]
+        raise SamplerError(f"the '{sched.a1111}' schedule has no diffusers equivalent for {sampler.name}; schedules "
+                           "that run: " + ", ".join(runs))
+    missing = [k for k in sched.options if k not in takes]
+    if missing:
+        raise SamplerError(f"sampler '{sampler.name}' cannot run with the '{sched.a1111}' schedule: diffusers' "
+                           f"{sampler.scheduler} has no {missing[0]}")
+    options.update(sched.options)
+    return Plan(sampler.scheduler, options, sampler.needs, eta=eta)
 
 
 def cannot_run(sampler_name: str | None, schedule: str | None = None, timesteps: tuple[int, ...] = (),

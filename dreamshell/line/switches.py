@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import control as ctl
-from . import hires
+from . import hires, rng
 from .errors import UserError
 from .limits import MAX_SEED, MAX_SIZE, MIN_SIZE
 from .request import UpscaleSpec
@@ -152,6 +152,22 @@ def hires_upscaler(token: str) -> str:
     if found is None:
         raise SwitchError(f"unknown hires upscaler {quoted(token)}; use one of {', '.join(hires.upscaler_names())}")
     return found
+
+
+def rng_source(token: str) -> str:
+    found = rng.find_rng(token)
+    if found is None:
+        raise SwitchError(f"unknown noise source {quoted(token)}; use one of {', '.join(rng.rng_names())} "
+                          "(A1111's RNG: CPU, GPU, NV)")
+    return found
+
+
+def ensd(token: str) -> int:
+    rule = f"the eta noise seed delta is a whole number from 0 to {rng.MAX_ENSD} (A1111's ENSD; 0 = off)"
+    value = _int(token, rule)
+    if not 0 <= value <= rng.MAX_ENSD:
+        raise SwitchError(f"{quoted(token)} is out of range; {rule}")
+    return value
 
 
 def variations(token: str) -> tuple[tuple[int, float], ...]:
@@ -353,6 +369,11 @@ SWITCHES: tuple[Switch, ...] = (
            float_range(0, 1, "the CFG rescale goes from 0 (off) to 1"),
            "rescale CFG toward the prompt's own scale (A1111's CFG Rescale phi; 0.7 for v-prediction "
            "zero-SNR models)", "PHI"),
+    Switch("rng", "--rng", (), rng_source,
+           "noise source: cpu (default; the same on every device), gpu (torch.randn on CUDA, A1111's default), "
+           "nv (CUDA's noise made on any device, A1111's NV)", "SOURCE"),
+    Switch("ensd", "--ensd", (), ensd,
+           "eta noise seed delta (A1111's ENSD): ancestral samplers' step noise comes from seed + N", "N"),
 )
 
 HELP_SPELLINGS = ("-h", "--help")

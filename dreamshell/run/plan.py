@@ -27,6 +27,7 @@ from ..line.errors import UserError
 from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
 from ..line.parser import parse_line
 from ..line.presets import apply_model_preset, apply_preset, prediction_needed
+from ..line.rng import resolved_rng
 from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.safetext import shorten
 from ..line.samplers import SamplerError, find_sampler
@@ -171,7 +172,8 @@ class Planner:
         check_weights(spec)
         request = apply_model_preset(request, spec.preset, spec.steps, spec.sampler, spec.cfg_scale)
         preset = checked.preset or spec.preset
-        resolved = resolve_request(request, spec, state.seeds, state.rng).with_(model=spec.name)
+        resolved = resolve_request(request, spec, state.seeds, state.rng).with_(
+            model=spec.name, rng=resolved_rng(request.rng, spec.rng))
         if preset:
             why = prediction_needed(preset, resolved.steps, spec.prediction)
             if why:

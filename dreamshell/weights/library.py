@@ -90,6 +90,9 @@ class RecipeExtras:
     embeddings: tuple[tuple[str, str], ...] = ()       # (word, 12-hex hash)
     vae: tuple[str, str] | None = None                 # (file name, 10-hex hash or "" for a folder)
     controls: tuple[tuple[str, str], ...] = ()         # (name, 8-hex A1111 ControlNet hash), one per --control
+    sha256: tuple[tuple[str, str, str], ...] = ()      # (kind, name, start of the file's sha256) CivitAI records:
+                                                       # kind lora, embedding, vae or checkpoint (name "" for the
+                                                       # vae and checkpoint)
 
 
 # ----- hashes (A1111's algorithms; computed once and cached by hashing.py)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..line.errors import LimitError, UserError
 from ..line.limits import check_steps
+from ..line.rng import DEFAULT_RNG, find_rng, rng_names
 from ..line.safetext import quoted, shorten
 from ..line.switches import BY_SPELLING, SwitchError, format_number
 from .checkpoint import (
@@ -93,6 +94,7 @@ class ModelSpec:
     t5xxl: Path | None = None
     t5_tokenizer: Path | None = None   # a T5 tokenizer folder instead of the shipped one
     preset: str | None = None    # a few-step recipe (line/presets.py) under this model's own defaults
+    rng: str = DEFAULT_RNG       # noise source of its lines (line/rng.py): cpu, gpu or nv
 
     @property
     def is_single_file(self) -> bool:
@@ -349,7 +351,7 @@ def with_folder_defaults(spec: ModelSpec, folder: Path, where: str) -> ModelSpec
 
 
 ENTRY_KEYS = {"weights", "kind", "default", "config", "prediction", "vae", "zero_snr", "t5_tokenizer", "preset",
-              *SEPARATE_PARTS, *DEFAULT_KEYS}
+              "rng", *SEPARATE_PARTS, *DEFAULT_KEYS}
 
 
 def _path_value(value, key: str, where: str) -> str:
@@ -447,9 +449,13 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
         vae = str(local) if kind_of(local) in ("file", "folder") else vae   # else a name in the VAE folder
     config = entry.get("config")
     config = base / _path_value(config, "config", where) if config else None
+    rng = find_rng(_token(entry.get("rng", DEFAULT_RNG)))
+    if rng is None:
+        raise ModelsFileError(f"{where} has rng {quoted(_token(entry.get('rng')))}; use one of "
+                              f"{', '.join(rng_names())} (the noise source of its lines)")
     return ModelSpec(name, path, kind, values.pop("description", ""), default=default, config=config,
                      prediction=prediction, vae=vae, zero_snr=bool(zero_snr), t5_tokenizer=t5_tokenizer,
-                     preset=preset, **parts, **values)
+                     preset=preset, rng=rng, **parts, **values)
 
 
 MAX_MODELS_FILE_BYTES = 1024 * 1024

@@ -16,7 +16,7 @@ from ...line.prompt import PromptError, split_prompt
 from ...line.samplers import cannot_run
 from .a1111 import a1111_parameters, parse_a1111, read_a1111
 from .comfyui import read_comfyui
-from .common import MAX_COMMAND, ImageMeta, MetadataError, Recipe, load_json, short
+from .common import APP_ID, MAX_COMMAND, ImageMeta, MetadataError, Recipe, load_json, short
 from .container import read_texts
 from .invokeai import (
     dream_text,
@@ -68,8 +68,10 @@ def _readers(kind: str, texts: dict[str, str]):
     pairs = [("parameters", read_a1111)] if own else []
     app = _app(texts)
     source = f"Dream ({app[0]} {app[1]})" if app[0] else "Dream (InvokeAI 1.x/2.x or dreamshell)"
-    pairs += [("Dream", lambda t: _with_model(read_dream(t, source, app), texts)),
-              ("sd-metadata", read_sd_metadata), ("parameters", read_a1111),
+    dream = [("Dream", lambda t: _with_model(read_dream(t, source, app), texts))]
+    sd = [("sd-metadata", read_sd_metadata)]
+    # our own Dream holds only what InvokeAI 2.x reads; our sd-metadata holds the rest
+    pairs += (sd + dream if app[0] == APP_ID else dream + sd) + [("parameters", read_a1111),
               ("invokeai_metadata", read_invokeai_metadata), ("prompt", read_comfyui)]
     return pairs
 
@@ -186,6 +188,7 @@ def library_notes(recipe: Recipe, library) -> list[str]:
                 if digest and path.is_file() and vae_hash(path).lower() != digest.lower():
                     notes.append(_differs(f"VAE {short(vae, 60)}", path, vae_hash(path), digest))
         notes += control_library_notes(recipe, library)
+        notes += _civitai_notes(recipe, library, {t.name for t in tags})
     except OSError as e:
         notes.append(f"the LoRA, embedding and VAE files could not all be checked ({short(e, 120)})")
     return notes
@@ -207,4 +210,48 @@ def control_library_notes(recipe: Recipe, library) -> list[str]:
         digest = hashes.get(name.lower(), "")
         if digest and control_hash(used.path).lower() != digest.lower()[:8]:
             notes.append(_differs(f"ControlNet {short(name, 60)}", used.path, control_hash(used.path), digest))
+    return notes
+
+
+_FOLDER_OF = {"lora": ("LoRA", "loras"), "embedding": ("embedding", "embeddings"), "vae": ("VAE", "vaes")}
+
+
+def _civitai_notes(recipe: Recipe, library, tagged: set[str]) -> list[str]:
+    """The files CivitAI's `Hashes` names by the start of their sha256, looked up in the session's folders: by
+    name first (a file with another hash is a note), else by hash (a file with the recorded hash under another
+    name is named). LoRAs and embeddings that A1111's own hashes already cover, and checkpoints, are left out."""
+    from ...weights.library import ExtraError, sha256_file
+    rec = recipe.recorded
+    covered = {("lora", n) for n, _, _ in rec.loras} | {("embedding", n) for n, _ in rec.embeddings}
+    if rec.vae and rec.vae[1]:
+        covered.add(("vae", ""))
+    notes: list[str] = []
+    for kind, name, digest in rec.sha256:
+        if kind not in _FOLDER_OF or (kind, name) in covered or (kind == "lora" and name not in tagged):
+            continue
+        what, folder = _FOLDER_OF[kind]
+        files = getattr(library, folder)()
+        label = f"{what} {short(name, 60)}" if name else f"the {what}"
+        path = files.get(name) or {k.lower(): v for k, v in files.items()}.get(name.lower()) if name else None
+        if kind == "vae" and recipe.request.vae:
+            try:
+                path = library.find_vae(recipe.request.vae)
+            except ExtraError:      # already named by library_notes
+                continue
+        if path is not None and path.is_file():
+            have = sha256_file(path)
+            if not have.startswith(digest):
+                notes.append(_differs(label, path, have[:len(digest)], digest))
+            continue
+        match = next((p for p in sorted(set(files.values()), key=str) if p.is_file() and
+                      sha256_file(p).startswith(digest)), None)
+        where = short(str(getattr(library.folders, folder)), 80)
+        if match is not None:
+            use = {"lora": f"tag it <lora:{match.stem}>", "embedding": f"write {match.stem} in the prompt",
+                   "vae": f"add --vae {match.name}"}[kind]
+            notes.append(f"{label}: CivitAI records sha256 {digest}, which is {short(match.name, 60)} in {where} "
+                         f"({use})")
+        elif kind == "embedding":   # a missing LoRA is named by library_notes; a VAE CivitAI names is optional
+            notes.append(f"{label} is not in the embeddings folder {where} (CivitAI records sha256 {digest}): the "
+                         "word is read as plain text")
     return notes

@@ -14,7 +14,7 @@ import json
 import math
 import re
 
-from ...line import hires
+from ...line import hires, rng
 from ...line.parser import ParseError, parse_request
 from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
 from ...line.request import DreamRequest
@@ -112,15 +112,13 @@ def _vae_keys(meta: ImageMeta) -> list[tuple[str, str]]:
     return []
 
 
-# A1111's `RNG` values for dreamshell's noise sources; A1111 writes none for GPU, its default
-RNG_NAMES = {"cpu": "CPU", "gpu": "GPU", "nv": "NV"}
-
-
-def _rng_keys(r: DreamRequest) -> list[tuple[str, str]]:
-    """`RNG: CPU` (or NV): where the noise came from, as A1111 1.10's create_infotext writes it after `Clip
-    skip`; left out for GPU noise, which A1111 assumes when the key is missing."""
-    source = getattr(r, "rng", None) or "cpu"
-    return [] if source == "gpu" else [("RNG", RNG_NAMES.get(source, str(source)))]
+def _noise_keys(r: DreamRequest) -> list[tuple[str, str]]:
+    """`ENSD` and `RNG` where A1111 1.10's create_infotext writes them (after `Clip skip`). `ENSD` whenever it is
+    set (A1111 writes it only for its ancestral samplers, but its seed + ENSD stream feeds every later draw);
+    no `RNG` for GPU noise, which A1111 assumes when the key is missing."""
+    keys = [("ENSD", str(r.ensd))] if r.ensd else []
+    source = r.rng or rng.DEFAULT_RNG
+    return keys + ([] if source == "gpu" else [("RNG", rng.a1111_rng(source))])
 
 
 def _hires_keys(r: DreamRequest) -> list[tuple[str, str]]:
@@ -165,7 +163,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
         keys.append(("Denoising strength", _num(r.hires_strength or hires.DEFAULT_STRENGTH)))
     if r.clip_skip and r.clip_skip > 1:
         keys.append(("Clip skip", str(r.clip_skip)))
-    keys += _rng_keys(r)
+    keys += _noise_keys(r)
     keys += _step_keys(r)
     if r.seamless:
         keys.append(("Tiling", "True"))
@@ -381,9 +379,10 @@ def _sampler(b: Builder, params: dict[str, str]) -> None:
         schedule = "uniform" if version and version < (1, 9) else "automatic"
     base = find_sampler(sampler.a1111 or sampler.name) if sampler.schedule else sampler
     if base.timesteps:
-        if label and schedule not in ("automatic", None):
+        if label and schedule not in ("automatic", None) and not (base.name == "ddim" and schedule == "ddim"):
             b.drop(f"Schedule type: {label} (A1111 ignores it for {base.a1111})")
-        schedule = None
+        # A1111's DDIM sampler walks the timesteps of its DDIM schedule type (dreamshell's --schedule ddim)
+        schedule = "ddim" if base.name == "ddim" else None
     else:
         resolved = effective_schedule(base, schedule)
         schedule = resolved.name if resolved else None
@@ -575,7 +574,27 @@ def recorded_extras(params: dict[str, str], prompt: str) -> RecipeExtras:
     vae = params.get("VAE", "").strip()
     vae = re.split(r"[\\/]", vae.rstrip("\\/"))[-1] if vae not in ("", "None", "Automatic") else ""
     return RecipeExtras(loras, embeddings, (vae, params.get("VAE hash", "").strip()) if vae else None,
-                        recorded_controls(params))
+                        controls=recorded_controls(params), sha256=civitai_hashes(params.get("Hashes", "")) or ())
+
+
+_HASHES_KINDS = {"lora": "lora", "lyco": "lora", "embed": "embedding", "model": "checkpoint", "vae": "vae"}
+
+
+def civitai_hashes(value: str) -> tuple[tuple[str, str, str], ...] | None:
+    """CivitAI's `Hashes` JSON (its A1111 extension: `{"model": H, "vae": H, "lora:NAME": H, "embed:NAME": H}`, each
+    H the start of the file's sha256) as (kind, name, H); None when it is not such an object."""
+    try:
+        data = json.loads(value) if value else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    out = []
+    for key, digest in data.items():
+        kind, _, name = str(key).partition(":")
+        if kind.lower() in _HASHES_KINDS and isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{8,64}", digest):
+            out.append((_HASHES_KINDS[kind.lower()], name.strip(), digest.lower()))
+    return tuple(out)
 
 
 _CIVITAI_KINDS = {"checkpoint": "checkpoint", "lora": "LoRA", "locon": "LoRA", "lycoris": "LyCORIS", "dora": "DoRA",
@@ -661,12 +680,23 @@ def _families(b: Builder, params: dict[str, str]) -> None:
                "file, or the weights' ztsnr key)")
 
 
-def _rng(b: Builder, value: str | None) -> None:
-    """`RNG: CPU` is dreamshell's own noise (a CPU torch generator per image, bit for bit). The others name
-    noise dreamshell does not make yet: the image differs (A1111 writes no key for its default, GPU)."""
-    if value is None or value.strip().upper() == "CPU":
+def _noise(b: Builder, params: dict[str, str]) -> None:
+    """`RNG` (absent: A1111's default, GPU) and `ENSD`. GPU noise is torch.randn on A1111's CUDA device; it is
+    read as --rng nv, the same values made on any device (so the line runs here, with or without CUDA)."""
+    value, ensd = params.pop("RNG", None), params.pop("ENSD", None)
+    if ensd is not None and ensd.strip() not in ("", "0"):
+        b.set("--ensd", ensd.strip(), "ENSD")
+    source = rng.find_rng(value) if value is not None else "gpu"
+    if source is None:
+        b.drop(f"RNG: {short(value, 20)} (a noise source dreamshell does not make: cpu, gpu, nv)")
         return
-    b.drop(f"RNG: {short(value, 20)} (A1111's noise source; dreamshell makes CPU noise, so the picture differs)")
+    if source == "gpu":
+        what = "RNG: GPU" if value is not None else "no RNG key (A1111's default: GPU)"
+        b.note(f"{what} read as --rng nv: CUDA's torch.randn made on any device, equal to A1111's GPU noise to "
+               "within rounding (--rng gpu draws it on a CUDA GPU itself)")
+        source = "nv"
+    if source != rng.DEFAULT_RNG:
+        b.values["rng"] = source
 
 
 def _variation(b: Builder, params: dict[str, str]) -> None:
@@ -728,13 +758,15 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
     _variation(b, params)
     _clip_skip(b, params.pop("Clip skip", None))
     _families(b, params)
-    _rng(b, params.pop("RNG", None))
+    _noise(b, params)
     _civitai_resources(b, params.pop("Civitai resources", None))
     if params.pop("Tiling", "").strip().lower() == "true":
         b.values["seamless"] = True
     _hires_and_strength(b, params, first)
     read_control_units(b, params)
     read_inpaint_area(b, params)
+    if civitai_hashes(params.get("Hashes", "")) is not None:   # checked against the session's files, as these:
+        params.pop("Hashes")
     for key in ("Version", "Lora hashes", "TI hashes"):   # the hashes are checked against the session's files
         params.pop(key, None)
     for key, value in params.items():

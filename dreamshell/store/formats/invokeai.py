@@ -12,12 +12,14 @@ from ...line.formatter import format_request
 from ...line.parser import (
     ParseError,
     _lookup,
+    parse_request,
     parse_switches,
     split_line,
     strip_log_prefix,
 )
 from ...line.prompt import LORA_TAG, PromptError, extract_negative, split_prompt
-from ...line.samplers import find_sampler
+from ...line.request import DreamRequest
+from ...line.samplers import effective_schedule, find_sampler
 from ...line.switches import SWITCHES, UNSUPPORTED, format_number
 from ...weights.library import RecipeExtras
 from .common import (
@@ -34,9 +36,56 @@ from .common import (
 # ----- writing
 
 
+# InvokeAI 2.2's samplers (ldm/invoke/args.py SAMPLER_CHOICES): its name for each of ours
+INVOKEAI2_SAMPLERS = {"ddim": "ddim", "plms": "plms", "k_lms": "k_lms", "k_euler": "k_euler", "k_euler_a": "k_euler_a",
+                      "k_heun": "k_heun", "k_dpm_2": "k_dpm_2", "k_dpm_2_a": "k_dpm_2_a", "k_dpmpp_2": "k_dpmpp_2",
+                      "k_dpmpp_2_a": "k_dpmpp_2_a"}
+# the dream> switches InvokeAI 2.2.5's Args.parse_cmd takes as ours (--model, --schedule, --clip_skip, --vae, the
+# hires values, --rng and --ensd it does not); its --hires_fix means a final size of -W x -H (see dream_text)
+INVOKEAI2_FIELDS = frozenset({"steps", "seed", "width", "height", "cfg_scale", "sampler", "iterations", "init_img",
+                              "strength", "init_mask", "fit", "upscale", "save_original", "grid", "variation_amount",
+                              "with_variations", "skip_normalize", "log_tokenization", "outdir", "seamless",
+                              "hires_fix"})
+KARRAS_ALWAYS = 1000   # --karras_max above every step count: InvokeAI 2.2 runs Karras sigmas below it
+
+
+def invokeai2_sampler(r: DreamRequest) -> tuple[str | None, int | None]:
+    """InvokeAI 2.2's sampler for the request (None: it has none) and the --karras_max that gives its schedule
+    (InvokeAI 2.2's k_ samplers run Karras sigmas below --karras_max steps, the model's own from there, and a
+    value given once sticks for later lines: every k_ line carries one). A schedule that is neither Karras nor
+    uniform gets 0, the model's own (uniform) sigmas, its nearest."""
+    found = find_sampler(r.sampler or "")
+    if found is None:
+        return None, None
+    base = find_sampler(found.a1111 or found.name) if found.schedule else found
+    name = INVOKEAI2_SAMPLERS.get(base.name) if base else None
+    if name is None or not name.startswith("k_"):
+        return name, None
+    schedule = effective_schedule(base, r.schedule or found.schedule)
+    return name, (max(KARRAS_ALWAYS, (r.steps or 0) + 1) if schedule and schedule.name == "karras" else 0)
+
+
 def dream_text(meta: ImageMeta) -> str:
-    """The `Dream` chunk: the canonical command without --model, which InvokeAI 2.x's parser rejects."""
-    return format_request(meta.request.with_(model=None))
+    """The `Dream` chunk as InvokeAI 2.2.5's `Args.parse_cmd` reads it: its samplers and switches only, LoRA tags
+    out of the prompt, a grid's -g, --karras_max on k_ lines; with the hires fix, -W/-H are the final size (its
+    meaning of --hires_fix). The whole line is in `parameters` (Dreamshell) and sd-metadata."""
+    r = meta.request
+    sampler, karras_max = invokeai2_sampler(r)
+    values = {f: getattr(r, f) for f in INVOKEAI2_FIELDS}
+    values.update(sampler=sampler, grid=r.grid or meta.image_type == "grid")
+    if r.hires_fix and r.width and r.height:
+        values["width"], values["height"] = hires.target_size(r.width, r.height, r.hires_scale or hires.DEFAULT_SCALE)
+    text = format_request(DreamRequest(prompt=_without_loras(r.prompt), **values))
+    return text + (f" --karras_max {karras_max}" if karras_max is not None else "")
+
+
+def _without_loras(prompt: str) -> str:
+    """The prompt without its `<lora:...>` tags (InvokeAI 2.x reads `<lora` `:` `>` as a blend); 'a <lora:x>, b'
+    becomes 'a, b'."""
+    if not LORA_TAG.search(prompt):
+        return prompt
+    text = re.sub(r"\s*\0\s*(?=[,.;)\]]|$)", "", LORA_TAG.sub("\0", prompt))
+    return re.sub(r"\s+", " ", text.replace("\0", " ")).strip()
 
 
 def _escape_colons(text: str) -> str:
@@ -63,6 +112,8 @@ def _prompt_list(prompt: str) -> list[dict]:
         _, negative = extract_negative(hidden)
     except PromptError:
         return [{"prompt": prompt, "weight": 1.0}]
+    if parts.combine:   # A1111's AND: InvokeAI 2.x has none, so its text as it is
+        return [{"prompt": prompt, "weight": 1.0}]
     neg = f" [{negative}]" if negative else ""
     return [{"prompt": show(_escape_colons(t) + (neg if i == 0 else "")), "weight": w}
             for i, (t, w) in enumerate(parts.positive)]
@@ -71,19 +122,24 @@ def _prompt_list(prompt: str) -> list[dict]:
 def sd_metadata(meta: ImageMeta) -> dict:
     """InvokeAI's sd-metadata JSON as InvokeAI 2.x's `metadata_loads` reads it; a grid is `images`."""
     r = meta.request
+    sampler, karras_max = invokeai2_sampler(r)
     image = {
-        "type": meta.image_type if meta.image_type != "grid" else "img2img" if r.init_img else "txt2img", "prompt": _prompt_list(r.prompt),
-        "seed": r.seed, "steps": r.steps, "cfg_scale": r.cfg_scale, "sampler": r.sampler, "width": r.width,
+        "type": meta.image_type if meta.image_type != "grid" else "img2img" if r.init_img else "txt2img",
+        "prompt": _prompt_list(_without_loras(r.prompt)),
+        "seed": r.seed, "steps": r.steps, "cfg_scale": r.cfg_scale, "sampler": sampler or r.sampler, "width": r.width,
         "height": r.height, "variations": [{"seed": s, "weight": w} for s, w in r.with_variations],
         "postprocessing": list(meta.postprocessing) or None, "strength": r.strength, "init_img": r.init_img,
         "init_mask": r.init_mask, "fit": r.fit, "seamless": r.seamless,
         "upscale": [r.upscale.factor, r.upscale.strength] if r.upscale else None,
     }
-    if r.schedule:
-        image["schedule"] = r.schedule
+    schedule = r.schedule or (find_sampler(r.sampler).schedule if sampler and find_sampler(r.sampler) else None)
+    if schedule:
+        image["schedule"] = schedule
+    if karras_max is not None:
+        image["karras_max"] = karras_max
     image.update(_sd_extras(meta))
     data = {"model": "stable diffusion", "model_id": r.model, "model_hash": meta.model_hash,
-            "app_id": APP_ID, "app_version": meta.app_version}
+            "app_id": APP_ID, "app_version": meta.app_version, "dreamshell": meta.command}
     if meta.image_type == "grid" and r.seed is not None:
         data["images"] = [dict(image, seed=r.seed + i) for i in range(r.iterations)]
     else:
@@ -98,6 +154,16 @@ def _sd_extras(meta: ImageMeta) -> dict:
     other keys are no InvokeAI 2.x `Args` name: `metadata_loads` keeps them on its Namespace, unread."""
     r, x = meta.request, meta.extras
     out: dict = {}
+    try:
+        tags = split_prompt(r.prompt).loras
+    except PromptError:
+        tags = ()
+    if tags:
+        out["loras"] = [{"name": t.name, "weight": t.weight} for t in tags]
+    if r.rng:
+        out["rng"] = r.rng
+    if r.ensd:
+        out["ensd"] = r.ensd
     if r.clip_skip is not None:
         out["clip_skip"] = r.clip_skip
     if r.guidance is not None:
@@ -152,8 +218,9 @@ def _split_known(tokens: list[str], b: Builder) -> list[str]:
             values.append(tokens[i])
             i += 1
         name = token.split("=", 1)[0]
-        if name == "--karras_max" and values and values[0].isdigit():
-            b.karras_max = int(values[0])
+        if name == "--karras_max" and len(values) == 1 and values[0].isdigit():
+            b.karras_max = int(values[0])    # the schedule of a k_ sampler (invokeai2_karras_schedule)
+            continue
         what = next((w for s, w in UNSUPPORTED.items() if name == s), "not a dreamshell switch")
         b.drop(" ".join([name, *values]) + f" ({what})")
     return kept
@@ -166,16 +233,21 @@ def _version(text) -> tuple[int, int] | None:
 
 def invokeai2_karras_schedule(b: Builder, app_id: str, app_version: str) -> None:
     """InvokeAI 2.1-2.2 ran its k_ samplers on Karras sigmas below `--karras_max` steps (default 30) and
-    on the model's own (uniform) sigmas from there (InvokeAI 2.2 `ldm/models/diffusion/ksampler.py`)."""
+    on the model's own (uniform) sigmas from there (InvokeAI 2.2 `ldm/models/diffusion/ksampler.py`); a
+    --karras_max on the line has that meaning whichever tool wrote it."""
     version = _version(app_version)
     sampler = b.values.get("sampler") or ""
-    if "invoke" not in app_id.lower() or not version or not (2, 1) <= version < (3, 0) \
-            or not sampler.startswith("k_") or b.values.get("schedule"):
+    given = getattr(b, "karras_max", None)
+    invokeai2 = "invoke" in app_id.lower() and bool(version) and (2, 1) <= version < (3, 0)
+    if not sampler.startswith("k_") or b.values.get("schedule") or not (invokeai2 or given is not None):
+        if given is not None:
+            b.drop(f"--karras_max {given} (InvokeAI 2.x's: only for its k_ samplers on their own schedule)")
         return
-    limit = getattr(b, "karras_max", 30)
+    limit = 30 if given is None else given
     steps = b.values.get("steps", 50)
     b.values["schedule"] = "karras" if steps < limit else "uniform"
-    b.note(f"--schedule {b.values['schedule']}: InvokeAI {app_version} ran {sampler} on "
+    by = f"InvokeAI {app_version}" if invokeai2 else "InvokeAI 2.x"
+    b.note(f"--schedule {b.values['schedule']}: {by} ran {sampler} on "
            f"{'Karras' if steps < limit else 'the model' + chr(39) + 's own'} sigmas at {steps} steps "
            f"(Karras below {limit})")
 
@@ -206,7 +278,7 @@ def _dream_hires(b: Builder, values: dict, app_id: str) -> None:
     given = [f for f in _HIRES_FIELDS if f in values]
     if not given:
         return
-    ours = app_id == APP_ID or any(f != "hires_fix" for f in given)
+    ours = any(f != "hires_fix" for f in given)    # a bare --hires_fix is InvokeAI 2.x's (ours write it so too)
     if values.get("init_img"):
         why = "dreamshell's hires fix starts from noise and cannot take -I; the init image is kept"
     elif not ours:
@@ -228,7 +300,8 @@ _SD_KNOWN = {"type", "prompt", "seed", "steps", "cfg_scale", "sampler", "width",
              "postprocessing", "strength", "init_img", "init_mask", "fit", "seamless", "upscale", "schedule",
              "orig_hash", "step_number", "strength_steps", "init_image_path", "init_mask_path", "extra",
              "clip_skip", "vae", "vae_hash", "lora_hashes", "ti_hashes", "hires_fix", "hires_scale", "hires_steps",
-             "hires_strength", "hires_upscaler", "first_pass_width", "first_pass_height", "guidance", "cfg_rescale"}
+             "hires_strength", "hires_upscaler", "first_pass_width", "first_pass_height", "guidance", "cfg_rescale",
+             "karras_max", "loras", "rng", "ensd"}
 
 
 def _sd_prompt(prompt) -> str:
@@ -281,6 +354,13 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
     data = load_json(text, "sd-metadata")
     image, images = _sd_image(data)
     app = str(data.get("app_id") or "")
+    if app == APP_ID and isinstance(data.get("dreamshell"), str):    # ours: the exact line
+        try:
+            request = parse_request(data["dreamshell"])
+        except ParseError as e:
+            raise MetadataError(f"{source}: its dreamshell line cannot be read ({e})") from None
+        if isinstance(request, DreamRequest):
+            return Recipe(request, (), "dreamshell (sd-metadata)", _sd_read_extras(Builder(source), image, True))
     b = Builder(f"{source} ({short(app, 40)} {short(data.get('app_version') or '', 20)})".replace(" )", ")")
                 if app else source)
     for key, switch in (("steps", "-s"), ("cfg_scale", "-C")):
@@ -315,6 +395,8 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
         b.set("-V", pairs, "variations")
     _sd_postprocessing(b, image)
     recorded = _sd_read_extras(b, image, app == APP_ID)
+    if isinstance(image.get("karras_max"), int) and app != APP_ID:   # ours: the schedule key says it exactly
+        b.karras_max = image["karras_max"]
     invokeai2_karras_schedule(b, app, str(data.get("app_version") or ""))
     if len(images) > 1:
         _grid(b, images)
@@ -323,7 +405,19 @@ def read_sd_metadata(text: str, source: str = "sd-metadata") -> Recipe:
     for key in sorted(set(image) - _SD_KNOWN):
         if image[key] not in (None, False, 0, 0.0, "", [], {}):
             b.drop(f"{key}: {short(json.dumps(image[key]), 40)}")
-    return b.build(_sd_prompt(image.get("prompt")), recorded)
+    return b.build(" ".join([_sd_prompt(image.get("prompt")), *_sd_loras(b, image.get("loras"))]).strip(), recorded)
+
+
+def _sd_loras(b: Builder, loras) -> list[str]:
+    """Our `loras` list ([{name, weight}]: the prompt's `<lora:...>` tags, kept out of InvokeAI's prompt text)."""
+    tags = []
+    for lora in loras if isinstance(loras, list) else []:
+        name, weight = (lora.get("name"), lora.get("weight", 1)) if isinstance(lora, dict) else (None, None)
+        if not isinstance(name, str) or not isinstance(weight, (int, float)) or isinstance(weight, bool):
+            b.drop(f"loras: {short(json.dumps(lora), 40)}")
+            continue
+        tags.append(f"<lora:{name}:{format_number(float(weight))}>")
+    return tags
 
 
 def _base_name(name: str) -> str:
@@ -337,6 +431,9 @@ def _sd_read_extras(b: Builder, image: dict, ours: bool) -> RecipeExtras:
         b.set("--clip_skip", image["clip_skip"], "clip_skip")
     for key in ("guidance", "cfg_rescale"):
         if image.get(key) is not None:
+            b.set("--" + key, image[key], key)
+    for key in ("rng", "ensd"):
+        if image.get(key) not in (None, "", 0):
             b.set("--" + key, image[key], key)
     vae = image.get("vae")
     if vae:

@@ -245,15 +245,16 @@ def _translate(prompt: str, notes: list[str], negative: bool, where: str) -> str
             notes.append("AND in the negative prompt kept as the word 'and'")
             prompt = " and ".join(parts)
         return _part(prompt, notes)
-    blend = []
+    ands = []   # dreamshell reads A1111's AND as A1111 does (line/prompt.py, engines/composable.py)
     for part in parts:
         m = _AND_WEIGHT.match(part)
         text = _part(m.group(1), notes)
         if text:
-            blend.append(f"{text}:{m.group(2) or 1}")
-    notes.append("AND (A1111 composable diffusion: the prompts' guidance is added) read as a dreamshell blend "
-                 f"'{' '.join(blend)}' (the prompts' embeddings are mixed)")
-    return " ".join(blend)
+            weight = float(m.group(2)) if m.group(2) else 1.0
+            ands.append(text + (f" :{format_number(weight)}" if weight != 1 else ""))
+    if len(ands) < 2:
+        notes.append("an empty AND part was left out")
+    return " AND ".join(ands)
 
 
 # ----- dreamshell -> A1111
