@@ -81,6 +81,10 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--vae_dir", metavar="DIR", default=None,
                     help="folder --vae NAME looks in (default: 'vaes:' in the models file, else models/vae in the "
                          "working folder if there is one, else the installed demo folder)")
+    ap.add_argument("--decoder_dir", metavar="DIR", default=None,
+                    help="folder of tiny decoders (TAESD files or AutoencoderTiny folders) --decoder looks in "
+                         "(default: 'decoders:' in the models file, else models/taesd in the working folder if there "
+                         "is one, else the installed demo folder)")
     ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "

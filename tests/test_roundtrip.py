@@ -90,6 +90,7 @@ FIELD_STRATEGIES = {
     "timesteps": st.sets(st.integers(0, 999), min_size=1, max_size=8).map(lambda s: tuple(sorted(s, reverse=True))),
     "eta": unit,
     "preset": st.sampled_from(preset_names()),
+    "decoder": st.one_of(st.sampled_from(["taesd", "vae"]), paths.filter(lambda s: s.lower() not in ("taesd", "vae"))),
 }
 
 

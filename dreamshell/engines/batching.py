@@ -4,6 +4,8 @@ sampler generator, so image i is the image its request alone makes (imports torc
 from __future__ import annotations
 
 from ..line.request import DreamRequest
+from ..line.samplers import plan as scheduler_plan
+from .decoders import decode_to_pil
 from .protocols import Interrupted
 
 
@@ -22,10 +24,14 @@ def generate_together(gen, group: list[DreamRequest], on_step, should_stop) -> l
 
     cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None)
             for k, v in gen.text.conditioning(first).items()}
+    tiny = gen._tiny_decoder(gen._files.decoder)   # issue 17: the line's tiny decoder makes the pixels
     args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
-                callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
+                callback_on_step_end=step_end, output_type="latent" if tiny is not None else "pil",
+                width=first.width, height=first.height,
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
                 latents=torch.cat([gen.initial_latents(r) for r in group]))
+    args.update(scheduler_plan(first.sampler, first.schedule, first.timesteps, first.eta).pipeline_args())
     if gen.kind.endswith("-inpaint"):
         gen._whole_image_mask(args, first)
-    return gen._run(pipe, args, first)
+    images = gen._run(pipe, args, first)
+    return decode_to_pil(tiny, images) if tiny is not None else images

@@ -27,7 +27,10 @@ def generate_hires(gen, request: DreamRequest, on_step, should_stop, on_preview,
     # A1111 runs --hires_steps N denoising steps: a schedule of N / strength steps entered at the strength
     # (its setup_img2img_steps); diffusers runs the last strength x steps of the schedule it is given
     schedule = max(1, int(steps2 / min(strength, 0.999)))
-    second = first.with_(width=width, height=height, steps=schedule, strength=strength, with_variations=())
+    # explicit --timesteps are the first pass's (a few-step ladder from pure noise); the second pass runs the
+    # sampler's own spacing at its step count, as A1111's hires pass runs its own schedule (issue 17)
+    second = first.with_(width=width, height=height, steps=schedule, strength=strength, with_variations=(),
+                         timesteps=())
     total = request.steps + schedule - int(schedule - schedule * strength)
     latent = upscaler == "latent"
     out = gen._generate_one(first, None, None, on_step, should_stop, on_preview, preview_every,

@@ -50,6 +50,7 @@ class DreamRequest:
     timesteps: tuple[int, ...] = ()       # explicit timesteps, strictly decreasing (--timesteps 999,749,499,249)
     eta: float | None = None              # the step's eta: TCD's gamma, DDIM's eta; None: the sampler's own
     preset: str | None = None             # a few-step recipe (line/presets.py); resolved before a line runs
+    decoder: str | None = None            # taesd | vae | a TAESD name or path (engines/decoders.py); None: the model's
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

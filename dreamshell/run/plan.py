@@ -30,6 +30,8 @@ from ..line.request import BangCommand, Blank, DreamRequest, HelpRequest
 from ..line.safetext import shorten
 from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
+from ..weights.decoders import WORDS as DECODER_WORDS
+from ..weights.decoders import find_decoder, line_decoders
 from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
@@ -143,6 +145,8 @@ class Planner:
         spec = self.model(request.model) if request.model is not None else None
         check_sampler(request.sampler, request.schedule)
         found = self.library.files_for(request.prompt, request.vae)   # a model's own VAE: when it runs
+        if request.decoder and request.decoder not in DECODER_WORDS:   # issue 17: a name is looked up now
+            find_decoder(request.decoder, self.library.folders)
         explicit = bool(request.width or request.height)
         if files:
             for path, what in ((request.init_img, "-I"), (request.init_mask, "-M")):
@@ -169,6 +173,8 @@ class Planner:
         files = checked.files
         if resolved.vae and files.vae is None:   # the model's own VAE setting (the line named none)
             files = replace(files, vae=self.library.find_vae(resolved.vae))
+        decoders = line_decoders(resolved.decoder, spec, self.library.folders)   # issue 17: tiny decoder, preview
+        files = replace(files, decoder=decoders.decoder, preview=decoders.preview)
         if resolved.init_img == LAST_IMAGE:
             if state.last_image is None:
                 raise UserError("-I -1 means the last image made, but none was made before this line")
