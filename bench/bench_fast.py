@@ -141,27 +141,32 @@ def section_flops(model: Path, taesd: Path, results: dict) -> None:
     out("FLOPs: " + ", ".join(f"{k} {v / 1e12:.4f} T" for k, v in f.items()))
 
 
-def section_layout(model: Path, reps: int, results: dict) -> None:
-    """channels_last against contiguous, interleaved, on both models."""
+def section_layout(model: Path, taesd: Path, reps: int, results: dict) -> None:
+    """channels_last against contiguous, interleaved, on both models (and the TAESD decode at 512)."""
     import torch
+    from dreamshell.engines.decoders import load_tiny_decoder
+    tiny = load_tiny_decoder(taesd)
     rows = {}
     for name, pipe, size, r in (("full-size SD 1.5 at 512", sd15_pipe(model), SIZE, reps),
                                 ("demo at 64", demo_pipe(), 64, reps * 10)):
         lat, t, emb = unet_inputs(pipe, size)
         scaled = lat / pipe.vae.config.scaling_factor
         best = {}
+        parts = [("unet", lambda: pipe.unet(lat, t, emb)), ("vae_decode", lambda: pipe.vae.decode(scaled))]
+        if size == SIZE:
+            parts.append(("taesd_decode", lambda: tiny.decode(lat)))
         with torch.no_grad():
             for _round in range(r):
                 for cl in (False, True):
                     fmt = torch.channels_last if cl else torch.contiguous_format
                     pipe.unet.to(memory_format=fmt)
                     pipe.vae.to(memory_format=fmt)
-                    for part, fn in (("unet", lambda: pipe.unet(lat, t, emb)),
-                                     ("vae_decode", lambda: pipe.vae.decode(scaled))):
+                    tiny.to(memory_format=fmt)
+                    for part, fn in parts:
                         key = (part, cl)
                         s = best_of(fn, 1, warm=1 if _round == 0 else 0)
                         best[key] = min(best.get(key, s), s)
-        for part in ("unet", "vae_decode"):
+        for part, _ in parts:
             rows[f"{name}: {part}"] = {"contiguous_s": best[(part, False)], "channels_last_s": best[(part, True)],
                                        "speedup": best[(part, False)] / best[(part, True)]}
             out(f"layout {name} {part}: contiguous {best[(part, False)]:.3f}s, channels_last "
@@ -439,7 +444,7 @@ def main() -> None:
     if "flops" in sections or "images" in sections or "sdcpp" in sections:
         section_flops(args.model, taesd, results)
     if "layout" in sections:
-        section_layout(args.model, args.reps, results)
+        section_layout(args.model, taesd, args.reps, results)
     if "images" in sections:
         section_images(args.model, taesd, args.reps, results, args.skip20)
     if "sdcpp" in sections and args.sdcpp_python:

@@ -341,3 +341,32 @@ def test_a_taesd_file_given_as_a_model_says_what_it_is(tmp_path):
     save_file({k: v.contiguous() for k, v in _original(tiny_taesd(), "encoder").items()}, str(encoder))
     with pytest.raises(ModelsFileError, match="a TAESD tiny encoder"):
         spec_for_path(encoder)
+
+
+def test_the_demo_models_tiny_decoder_is_found_where_it_is_installed(tmp_path, monkeypatch):
+    """models/taesd/demo-taesd (a factor-4 AutoencoderTiny, the training helper's) is what `--decoder taesd` and
+    the previews use on the demo model when the decoders folder has none for it; SD's taesd is passed over."""
+    from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.weights.models import builtin_models_dir, load_registry
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "demo").symlink_to(builtin_models_dir() / "demo", target_is_directory=True)
+    (installed / "taesd").mkdir()
+    demo_tiny = tiny_taesd(factor=4)
+    demo_tiny.save_pretrained(installed / "taesd" / "demo-taesd", safe_serialization=True)
+    monkeypatch.setenv("DREAMSHELL_BUILTIN_MODELS", str(installed))
+    mine = tmp_path / "my-taesd"
+    mine.mkdir()
+    _write(mine, tiny_taesd(factor=8), "safetensors", "taesd_decoder")   # SD 1.x's: not the demo's
+    registry = load_registry(None)
+    registry = replace(registry, folders=replace(registry.folders, decoders=mine))
+    session = Session(registry, ModelHost(lambda: DiffusersGenerator(device="cpu", precision="float32")),
+                      tmp_path / "out")
+    session.echoed = []
+    record = run(session, "a red circle -s 2 -S 1 --decoder taesd").records[0]
+    assert record.command.endswith("--model demo --decoder taesd")
+    plan = session.planner.plan(parse_request("a red circle -s 2 -S 1"), session.state)
+    assert plan.files.decoder is None and plan.files.preview == installed / "taesd" / "demo-taesd"
+    with pytest.raises(UserError, match="taesd_decoder.safetensors is a tiny decoder for SD 1.x/2.x .* this model "
+                                        "is the demo model: use demo-taesd"):
+        run(session, f"a red circle -s 2 --decoder {mine / 'taesd_decoder.safetensors'}")

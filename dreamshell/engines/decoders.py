@@ -183,5 +183,8 @@ class TinyDecoders:
                 raise DecoderError(f"{Path(path).name} cannot be loaded as a tiny decoder: {first_line(e)}") from None
         return self._loaded[key]
 
+    def loaded(self) -> list:
+        return list(self._loaded.values())
+
     def clear(self) -> None:
         self._loaded.clear()

@@ -17,10 +17,10 @@ from ..line.request import DreamRequest
 from ..line.safetext import first_line
 from ..line.samplers import SamplerError
 from ..line.samplers import plan as scheduler_plan
+from ..weights.checkpoint import few_step_hint, tiny_family
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
 from ..weights.models import ModelSpec, default_folders
-from ..weights.checkpoint import few_step_hint, tiny_family
 from . import decoders, loading
 from .adapters import Adapters
 from .batching import generate_together
@@ -254,8 +254,6 @@ class DiffusersGenerator:
             latents = slerp(weight, latents, self._noise(seed, shape))
         return latents.to(self.device, self.dtype)
 
-    # ----- generation
-
     # ----- decoders (issue 17: engines/decoders.py)
 
     def _tiny_decoder(self, path):
@@ -273,14 +271,15 @@ class DiffusersGenerator:
         tiny = self._tiny_decoder(self._files.preview)
         return decoders.TinyPreview(tiny) if tiny is not None else self.latent_rgb
 
+    # ----- generation
+
     @contextlib.contextmanager
     def _seamless(self, on: bool):
         if not on:
             yield
             return
         pipe = self._pipes["txt2img"]
-        tiny = [t for t in self.tiny._loaded.values()]
-        convs = [m for model in (pipe.unet, pipe.vae, *tiny) for m in model.modules()
+        convs = [m for model in (pipe.unet, pipe.vae, *self.tiny.loaded()) for m in model.modules()
                  if isinstance(m, self.torch.nn.Conv2d)]
         old = [m.padding_mode for m in convs]
         for m in convs:
@@ -295,7 +294,7 @@ class DiffusersGenerator:
         """Make the line's LoRAs, embeddings and VAE the active ones (each loaded once per model)."""
         if self.spec is None:
             raise GenerationError("no model is loaded")
-        if files is None and self.spec is not None:   # issue 17: a caller that planned nothing names its decoder
+        if files is None:   # issue 17: a caller that planned nothing: the request's decoder, found now
             from ..weights.decoders import DecoderNotFound, line_decoders
             try:
                 found = line_decoders(request.decoder, self.spec, self.library.folders)
