@@ -35,9 +35,11 @@ def _upscaler_factory(registry, device: str):
 
 
 def launch_folders(args) -> dict:
-    """--lora_dir, --embedding_dir, --vae_dir and --controlnet_dir as weights.models.with_folders takes them."""
+    """--lora_dir, --embedding_dir, --vae_dir, --controlnet_dir and --decoder_dir as weights.models.with_folders
+    takes them."""
     return {"loras": getattr(args, "lora_dir", None), "embeddings": getattr(args, "embedding_dir", None),
-            "vaes": getattr(args, "vae_dir", None), "controlnets": getattr(args, "controlnet_dir", None)}
+            "vaes": getattr(args, "vae_dir", None), "controlnets": getattr(args, "controlnet_dir", None),
+            "decoders": getattr(args, "decoder_dir", None)}
 
 
 class InterruptibleRun:

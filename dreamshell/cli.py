@@ -86,6 +86,10 @@ def build_argparser() -> argparse.ArgumentParser:
                     help="folder of ControlNet and T2I-Adapter files and folders for --control MODEL:IMAGE (default: "
                          "'controlnets:' in the models file, else models/controlnets in the working folder if there "
                          "is one, else the installed demo folder)")
+    ap.add_argument("--decoder_dir", metavar="DIR", default=None,
+                    help="folder of tiny decoders (TAESD files or AutoencoderTiny folders) --decoder looks in "
+                         "(default: 'decoders:' in the models file, else models/taesd in the working folder if there "
+                         "is one, else the installed demo folder)")
     ap.add_argument("--from_file", metavar="FILE|-", help="run each line of FILE (a dream_log.txt as it is), then exit")
     ap.add_argument("--dry_run", action="store_true",
                     help="with --from_file: print the canonical command of each line (or its error) "

@@ -1,5 +1,5 @@
 """Tab completion, one table of (what is typed, what is offered) (issue 18): switch names, samplers,
-schedules, models, paths, LoRA and VAE names, hires upscalers and `!` commands."""
+schedules, models, paths, LoRA and VAE names, hires upscalers, presets, decoders and `!` commands."""
 
 import pytest
 from prompt_toolkit.document import Document
@@ -17,6 +17,9 @@ def completer(tmp_path):
     (tmp_path / "embeddings").mkdir()
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "demo-vae.safetensors").write_bytes(b"x")
+    (tmp_path / "taesd").mkdir()
+    (tmp_path / "taesd" / "taesd_decoder.safetensors").write_bytes(b"x")
+    (tmp_path / "taesd" / "taesdxl_decoder.pth").write_bytes(b"x")
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "cat.png").write_bytes(b"x")
     (tmp_path / "pics" / "car.png").write_bytes(b"x")
@@ -42,6 +45,10 @@ TABLE = [
     ("a cat <lora:dem", ["demo_cross:1>"]),
     ("a cat <lora:", ["demo_cross:1>", "other:1>"]),
     ("a cat --vae dem", ["demo-vae.safetensors"]),
+    ("a cat --preset l", ["lcm", "lightning"]),
+    ("a cat --preset ", ["lcm", "turbo", "lightning", "hyper", "tcd", "dmd2"]),
+    ("a cat --decoder ", ["taesd", "vae", "taesd_decoder.safetensors", "taesdxl_decoder.pth"]),
+    ("a cat --decoder taesdx", ["taesdxl_decoder.pth"]),
     ("!sw", ["!switch"]),
     ("!switch sd", ["sd15", "sdxl"]),
     ("!help x", []),                    # a command that completes nothing

@@ -265,7 +265,7 @@ def test_dream_and_sd_metadata_carry_extras_and_the_hires_fix(tmp_path):
 
 @pytest.mark.parametrize("rng, key", [(None, "RNG: CPU"), ("cpu", "RNG: CPU"), ("nv", "RNG: NV"), ("gpu", None)])
 def test_the_noise_source_and_ensd_are_in_every_chunk(tmp_path, rng, key):
-    req = parse_request(f'"a cat" -s 20 -S 1 -W 64 -H 64 -C 5 -A k_euler_a --model demo --ensd 7'
+    req = parse_request('"a cat" -s 20 -S 1 -W 64 -H 64 -C 5 -A k_euler_a --model demo --ensd 7'
                         + (f" --rng {rng}" if rng else ""))
     chunks = _chunks(tmp_path, req)
     last = chunks["parameters"].splitlines()[-1]

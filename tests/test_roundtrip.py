@@ -112,6 +112,7 @@ FIELD_STRATEGIES = {
     "cfg_rescale": unit,
     "rng": st.sampled_from(["cpu", "gpu", "nv"]),
     "ensd": st.integers(0, 2**32 - 1),
+    "decoder": st.one_of(st.sampled_from(["taesd", "vae"]), paths.filter(lambda s: s.lower() not in ("taesd", "vae"))),
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ..line.request import DreamRequest
 from . import composable
+from ..line.samplers import plan as scheduler_plan
+from .decoders import decode_to_pil
 from .protocols import Interrupted
 
 
@@ -25,13 +27,17 @@ def generate_together(gen, group: list[DreamRequest], on_step, should_stop) -> l
     and_parts = cond.pop(composable.KEY, None)   # A1111's AND: composable.py repeats it over the batch
     cond = {k: (v.repeat(len(group), *[1] * (v.dim() - 1)) if v is not None else None) for k, v in cond.items()}
     noise = gen.latent_noise(group)   # one stream per image (issue 19): image i's noise is its request's alone
+    tiny = gen._tiny_decoder(gen._files.decoder)   # issue 17: the line's tiny decoder makes the pixels
     args = dict(cond, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
-                callback_on_step_end=step_end, output_type="pil", width=first.width, height=first.height,
+                callback_on_step_end=step_end, output_type="latent" if tiny is not None else "pil",
+                width=first.width, height=first.height,
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in group],
                 latents=noise.first().to(gen.device, gen.dtype))
+    args.update(scheduler_plan(first.sampler, first.schedule, first.timesteps, first.eta).pipeline_args())
     if gen.kind.endswith("-inpaint"):
         gen._whole_image_mask(args, first)
     from . import families
     args.update(families.rescale_args(gen, pipe, first))   # --cfg_rescale
     with gen.noise_steps(pipe, noise), composable.and_guidance(pipe.unet, and_parts, first.cfg_scale > 1):
-        return gen._run(pipe, args, first)
+        images = gen._run(pipe, args, first)
+    return decode_to_pil(tiny, images) if tiny is not None else images

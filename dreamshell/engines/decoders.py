@@ -53,9 +53,33 @@ def _state_dict(found: TinyDecoder) -> dict:
     return out
 
 
-def load_tiny_decoder(path, model_family: str | None = None, dtype=None):
+def decoder_config(state: dict) -> dict:
+    """AutoencoderTiny's decoder settings (width, blocks per stage) read from a decoder's keys (`decoder.layers.N`):
+    after the input convolution and its ReLU, each stage is residual blocks (`N.conv.0.weight`), an upsampling (no
+    weights) unless it is the last, and a convolution (bias-free, but the last one's, to RGB). madebyollin's TAESD
+    gives (3, 3, 3, 1) blocks of 64 channels; a TAESD for a factor-4 VAE (the demo's) one stage fewer."""
+    first = state["decoder.layers.0.weight"]
+    width, channels = int(first.shape[0]), int(first.shape[1])
+    index = max(int(k.split(".")[2]) for k in state if k.split(".")[2].isdigit())
+    blocks, stage, i = [], 0, 2
+    while i <= index:
+        if f"decoder.layers.{i}.conv.0.weight" in state:
+            stage += 1
+        elif f"decoder.layers.{i}.weight" in state:
+            blocks.append(stage)
+            stage = 0
+            if f"decoder.layers.{i}.bias" in state:   # the last convolution, to RGB
+                break
+        i += 1
+    return dict(latent_channels=channels, decoder_block_out_channels=(width,) * len(blocks),
+                num_decoder_blocks=tuple(blocks), encoder_block_out_channels=(width,) * len(blocks),
+                num_encoder_blocks=(1,) + (3,) * (len(blocks) - 1))
+
+
+def load_tiny_decoder(path, model_family: str | None = None, dtype=None, factor: int | None = None):
     """An AutoencoderTiny (eval mode, float32 unless `dtype`) from a TAESD folder or decoder file; DecoderError
-    when the path is not one or is for another family than `model_family` (sd1, sd2, sdxl)."""
+    when the path is not one or is for another family than `model_family` (sd1, sd2, sdxl, demo, ...) or, given
+    `factor` (the model VAE's pixels per latent), makes another number of pixels per latent."""
     import torch
     from diffusers import AutoencoderTiny
     path = Path(path).expanduser()
@@ -70,13 +94,18 @@ def load_tiny_decoder(path, model_family: str | None = None, dtype=None):
         why = tiny_decoder_refusal(found, model_family)
         if why:
             raise DecoderError(why)
+    if factor is not None and found.factor != factor:
+        raise DecoderError(f"{path.name} makes {found.factor} pixels of each latent and this model's VAE {factor}: "
+                           "it is a tiny decoder for another model")
     if found.layout == "diffusers folder":
         model = AutoencoderTiny.from_pretrained(path, local_files_only=True)
     else:
         if found.families in (("sana",), ("flux2",)):   # other layers than AutoencoderTiny's
             raise DecoderError(f"{path.name} is a tiny decoder for {found.label}: not a family dreamshell runs")
-        model = AutoencoderTiny(latent_channels=found.latent_channels)
         state = _state_dict(found)
+        if "decoder.layers.0.weight" not in state:
+            raise DecoderError(f"{path.name}: no decoder input layer among its keys")
+        model = AutoencoderTiny(**decoder_config(state))
         own = {k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or extra:
@@ -130,3 +159,32 @@ class TinyPreview:
         if self.scale != 1:
             x = torch.nn.functional.avg_pool2d(x, int(1 / self.scale))
         return decode_to_pil(self.tiny, x[:1])[0]
+
+
+class TinyDecoders:
+    """The tiny decoders a generator has loaded, one per (model, path): loaded on first use, dropped with the
+    model. `get` raises DecoderError (one line) for a file that is not one or is for another family."""
+
+    def __init__(self):
+        self._loaded: dict = {}
+
+    def get(self, model: str, path, family: str, factor: int | None = None):
+        """The AutoencoderTiny at `path` for `model` (float32, whatever the model's precision), None for no path."""
+        if path is None:
+            return None
+        key = (model, str(path))
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = load_tiny_decoder(path, family, factor=factor)
+            except DecoderError:
+                raise
+            except Exception as e:   # a damaged file: torch, safetensors and diffusers raise many kinds
+                from ..line.safetext import first_line
+                raise DecoderError(f"{Path(path).name} cannot be loaded as a tiny decoder: {first_line(e)}") from None
+        return self._loaded[key]
+
+    def loaded(self) -> list:
+        return list(self._loaded.values())
+
+    def clear(self) -> None:
+        self._loaded.clear()

@@ -18,10 +18,11 @@ from ..line.rng import DEFAULT_RNG
 from ..line.safetext import first_line
 from ..line.samplers import SamplerError
 from ..line.samplers import plan as scheduler_plan
+from ..weights.checkpoint import few_step_hint, tiny_family
 from ..weights.hashing import weights_sha256
 from ..weights.library import Folders, Library, LineFiles
-from ..weights.models import ModelSpec, builtin_models_dir, default_folders
-from . import composable, control, families, loading, schedules
+from ..weights.models import ModelSpec, default_folders
+from . import composable, control, decoders, families, loading, schedules
 from .adapters import Adapters
 from .batching import generate_together
 from .conditioning import Conditioner
@@ -59,8 +60,11 @@ class DiffusersGenerator:
         self.text = Conditioner(self)
         self._files = LineFiles()   # the files of the image being made (named if it goes NaN)
         self.esrgan = None   # (image, factor) -> image: the Real-ESRGAN upscaler for --hires_upscaler esrgan
+        self.tiny = decoders.TinyDecoders()   # issue 17: tiny decoders (TAESD) loaded for the resident model
+        self._hinted: set = set()             # issue 17: model and LoRA files whose few-step hint was given
         if self.device == "cpu":
             loading.set_cpu_threads(torch)
+        self.channels_last = loading.channels_last_default(self.device)   # issue 17
 
     # ----- loading
 
@@ -141,6 +145,8 @@ class DiffusersGenerator:
             families.memory_modes(self, pipe)
         else:
             loading.memory_modes(pipe, self.device, self.lowvram)
+            if self.channels_last:   # issue 17: the CPU's faster layout (bench/bench_fast.py)
+                loading.memory_format((pipe.unet, pipe.vae), self.torch, True)
         if self.compile:
             denoiser = "transformer" if families.is_new_family(kind) else "unet"
             setattr(pipe, denoiser, self.torch.compile(getattr(pipe, denoiser)))
@@ -148,6 +154,7 @@ class DiffusersGenerator:
         self._scheduler_config = pipe.scheduler.config
         self.spec, self.kind = spec, kind
         self.model_hash = weights_sha256(spec.weights)
+        self._hinted.discard(spec.weights)   # issue 17: its few-step hint again after each load
 
     @staticmethod
     def _load_error(spec: ModelSpec, kind: str, e: Exception) -> str:
@@ -160,6 +167,7 @@ class DiffusersGenerator:
 
     def unload(self) -> None:
         self._pipes.clear()
+        self.tiny.clear()
         self.text.reset()
         self.adapters.reset()
         self.control.reset()
@@ -237,8 +245,18 @@ class DiffusersGenerator:
 
     def prompt_notes(self, prompt: str, files: LineFiles | None = None) -> list[str]:
         if families.is_new_family(self.kind):   # issue 21: CLIP + T5, no compel
-            return families.prompt_notes(self, prompt, files)
-        return self.text.prompt_notes(prompt, files)
+            return families.prompt_notes(self, prompt, files) + self._few_step_hints(prompt, files)
+        return self.text.prompt_notes(prompt, files) + self._few_step_hints(prompt, files)   # issue 17
+
+
+    def _few_step_hints(self, prompt: str, files: LineFiles | None) -> list[str]:
+        """Once per loaded model and per LoRA file: a note when it looks like a few-step one (a preset to try)."""
+        if self.spec is None:
+            return []
+        paths = [self.spec.weights] + [u.path for u in self.files(prompt, None, files).loras]
+        notes = [few_step_hint(p) for p in paths if p not in self._hinted]
+        self._hinted.update(paths)
+        return [n for n in notes if n]
 
     def tokenization(self, prompt: str, files: LineFiles | None = None) -> str:
         return self.text.tokenization(prompt, files)
@@ -275,6 +293,23 @@ class DiffusersGenerator:
                 raise GenerationError(str(e)) from None
             yield noise
 
+    # ----- decoders (issue 17: engines/decoders.py)
+
+    def _tiny_decoder(self, path):
+        """The loaded tiny decoder at `path` for the resident model (None for None); GenerationError in one line."""
+        if path is None:
+            return None
+        factor = self._pipes["txt2img"].vae_scale_factor
+        try:
+            return self.tiny.get(self.spec.name, path, tiny_family(self.kind, factor), factor)
+        except decoders.DecoderError as e:
+            raise GenerationError(f"--decoder: {e}") from None
+
+    def _preview_projection(self):
+        """What previews go through: the line's (or the model's) tiny decoder, else the linear projection."""
+        tiny = self._tiny_decoder(self._files.preview)
+        return decoders.TinyPreview(tiny) if tiny is not None else self.latent_rgb
+
     # ----- generation
 
     @contextlib.contextmanager
@@ -283,7 +318,7 @@ class DiffusersGenerator:
             yield
             return
         pipe = self._pipes["txt2img"]
-        convs = [m for model in (pipe.unet, pipe.vae) for m in model.modules()
+        convs = [m for model in (pipe.unet, pipe.vae, *self.tiny.loaded()) for m in model.modules()
                  if isinstance(m, self.torch.nn.Conv2d)]
         old = [m.padding_mode for m in convs]
         for m in convs:
@@ -298,6 +333,14 @@ class DiffusersGenerator:
         """Make the line's LoRAs, embeddings and VAE the active ones (each loaded once per model)."""
         if self.spec is None:
             raise GenerationError("no model is loaded")
+        if files is None:   # issue 17: a caller that planned nothing: the request's decoder, found now
+            from ..weights.decoders import DecoderNotFound, line_decoders
+            try:
+                found = line_decoders(request.decoder, self.spec, self.library.folders)
+            except DecoderNotFound as e:
+                raise GenerationError(str(e)) from None
+            files = replace(self.files(request.prompt, request.vae, None, request.control), decoder=found.decoder,
+                            preview=found.preview)
         files = self.files(request.prompt, request.vae, files, request.control)
         self._files = files
         base = self._pipes["txt2img"]
@@ -315,6 +358,8 @@ class DiffusersGenerator:
             loading.memory_modes(self._pipes["txt2img"], self.device, self.lowvram)
         else:
             vae.to(self.device)
+        if self.channels_last:   # issue 17
+            loading.memory_format((vae,), self.torch, True)
 
     def generate(self, request: DreamRequest, *, files: LineFiles | None = None, init_image=None, mask=None,
                  on_step=None, should_stop=None, on_preview=None, preview_every: int = 1, controls=None):
@@ -354,7 +399,9 @@ class DiffusersGenerator:
         used = self._files.controls if request.control and self._control_maps else ()
         pipe = self.control.pipeline(self, mode, used) if used else self._pipe(mode)
         pipe.scheduler = self._scheduler(request.sampler, request.schedule)
-        tap = PreviewTap(self.latent_rgb, on_preview, preview_every) if on_preview is not None else None
+        # issue 17: a tiny decoder makes the pixels (the pipeline returns latents) and the previews
+        tiny = self._tiny_decoder(self._files.decoder) if output_type == "pil" else None
+        tap = PreviewTap(self._preview_projection(), on_preview, preview_every) if on_preview is not None else None
 
         def step_end(_pipe, step, _timestep, kwargs):
             if should_stop is not None and should_stop():
@@ -368,10 +415,13 @@ class DiffusersGenerator:
             return kwargs
 
         args = dict(self.text.conditioning(request), num_inference_steps=request.steps,
-                    guidance_scale=request.cfg_scale, callback_on_step_end=step_end, output_type=output_type,
+                    guidance_scale=request.cfg_scale, callback_on_step_end=step_end,
+                    output_type="latent" if tiny is not None else output_type,
                     generator=self.torch.Generator("cpu").manual_seed(request.seed))
         and_parts = args.pop(composable.KEY, None)   # issue 19: A1111's AND, combined in the UNet call
         noise = self.latent_noise([request], sized=mode == "txt2img")   # issue 19: one stream for the image
+        # issue 17: explicit timesteps and the step's eta (TCD's gamma) reach the pipeline
+        args.update(scheduler_plan(request.sampler, request.schedule, request.timesteps, request.eta).pipeline_args())
         if mode == "txt2img":
             total = request.steps
             args.update(width=request.width, height=request.height,
@@ -392,7 +442,8 @@ class DiffusersGenerator:
             if tap is not None:
                 stack.enter_context(tap.attached(pipe.scheduler))
             stack.enter_context(loading.stop_checks(pipe.vae, should_stop))   # Ctrl-C inside a long decode
-            return self._run(pipe, args, request)[0]
+            images = self._run(pipe, args, request)
+        return (decoders.decode_to_pil(tiny, images) if tiny is not None else images)[0]
 
     def _nan_message(self, request: DreamRequest) -> str:
         """What to say when the model's output is NaN (the image would be all black)."""

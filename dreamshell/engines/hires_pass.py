@@ -27,7 +27,9 @@ def generate_hires(gen, request: DreamRequest, on_step, should_stop, on_preview,
     schedule, entry = hires.second_pass_steps(steps2, strength)
     # its noise is a new stream at the target size, the seed's first draw with the variations slerped in
     # (A1111's sample_hr_pass: a new ImageRNG, rng.next()), then the step noise (step_noise in _generate_one)
-    second = first.with_(width=width, height=height, steps=schedule, strength=entry)
+    # explicit --timesteps are the first pass's (a few-step ladder from pure noise); the second pass runs the
+    # sampler's own spacing at its step count, as A1111's hires pass runs its own schedule (issue 17)
+    second = first.with_(width=width, height=height, steps=schedule, strength=entry, timesteps=())
     total = request.steps + steps2
     latent = upscaler == "latent"
     out = gen._generate_one(first, None, None, on_step, should_stop, on_preview, preview_every,

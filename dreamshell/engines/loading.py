@@ -203,6 +203,24 @@ def set_cpu_threads(torch) -> None:
         torch.set_num_threads(cores)
 
 
+def channels_last_default(device: str) -> bool:
+    """channels_last for the UNet and VAE: on a CPU (oneDNN's convolutions run NHWC; bench/bench_fast.py measures
+    it against contiguous on the full-size SD 1.5 file and on the demo model, BENCHMARKS.md); elsewhere as loaded.
+    DREAMSHELL_CHANNELS_LAST=0/1 decides instead."""
+    env = os.environ.get("DREAMSHELL_CHANNELS_LAST")
+    if env in ("0", "1"):
+        return env == "1"
+    return device == "cpu"
+
+
+def memory_format(models, torch, channels_last: bool) -> None:
+    """The 4-D weights of `models` (UNet, VAE, tiny decoder) in channels_last or contiguous layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for model in models:
+        if model is not None and hasattr(model, "to"):
+            model.to(memory_format=fmt)
+
+
 def cast_all_but_vae(pipe, dtype) -> None:
     """Every model of a pipeline loaded in float32 but its VAE in `dtype` (bfloat16 on a CPU)."""
     for name, component in pipe.components.items():

@@ -60,6 +60,7 @@ class DreamRequest:
     cfg_rescale: float | None = None  # CFG rescale phi (Lin et al. 2023; diffusers' guidance_rescale); None: off
     rng: str | None = None          # noise source: cpu | gpu | nv (line/rng.py); None: the model's own (cpu)
     ensd: int = 0                   # eta noise seed delta: later draws (step noise) from seed + ensd
+    decoder: str | None = None            # taesd | vae | a TAESD name or path (engines/decoders.py); None: the model's
 
     def with_(self, **changes) -> "DreamRequest":
         return replace(self, **changes)

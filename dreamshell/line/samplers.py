@@ -215,6 +215,16 @@ class Plan:
     discard_penultimate: bool = False
     a1111_ddim: bool = False
 
+    def pipeline_args(self) -> dict:
+        """What the pipeline call takes beside the scheduler: `timesteps` (a list) when explicit, `eta` when the
+        sampler has one (TCD's gamma arrives as eta: without it the pipeline's default eta=0.0 replaces TCD's 0.3)."""
+        args: dict = {}
+        if self.timesteps:
+            args["timesteps"] = list(self.timesteps)
+        if self.eta is not None:
+            args["eta"] = self.eta
+        return args
+
 
 def plan(sampler_name: str, schedule: str | None = None, timesteps: tuple[int, ...] = (),
          eta: float | None = None) -> Plan:

@@ -130,6 +130,15 @@ def format_timesteps(values) -> list[str]:
     return [",".join(str(v) for v in values)]
 
 
+DECODER_WORDS = ("taesd", "vae")   # --decoder taesd: the tiny decoder for the model; vae: the model's full VAE
+
+
+def decoder(token: str) -> str:
+    if not token.strip():
+        raise SwitchError("an empty value; --decoder takes taesd, vae, a file name from the decoders folder, or a path")
+    return token.lower() if token.lower() in DECODER_WORDS else token
+
+
 def preset(token: str) -> str:
     from .presets import find_preset, preset_names
     found = find_preset(token)
@@ -374,6 +383,10 @@ SWITCHES: tuple[Switch, ...] = (
            "nv (CUDA's noise made on any device, A1111's NV)", "SOURCE"),
     Switch("ensd", "--ensd", (), ensd,
            "eta noise seed delta (A1111's ENSD): ancestral samplers' step noise comes from seed + N", "N"),
+    Switch("decoder", "--decoder", (), decoder,
+           "what makes pixels from latents: taesd (the tiny decoder for this model, fast, a little softer), vae "
+           "(the model's full VAE, the default), a TAESD file or folder name from the decoders folder, or a path",
+           "NAME", complete="decoder"),
 )
 
 HELP_SPELLINGS = ("-h", "--help")

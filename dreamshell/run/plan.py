@@ -34,6 +34,8 @@ from ..line.samplers import SamplerError, find_sampler
 from ..line.samplers import plan as scheduler_plan
 from ..weights import families
 from ..weights.checkpoint import FAMILY_NAMES
+from ..weights.decoders import WORDS as DECODER_WORDS
+from ..weights.decoders import find_decoder, line_decoders
 from ..weights.files import describe_kind, kind_of
 from ..weights.library import Library, LineFiles, RecipeExtras
 from ..weights.models import ModelsFileError, ModelSpec, Registry
@@ -153,6 +155,8 @@ class Planner:
         # a model's own VAE: when it runs
         found = self.library.files_for(request.prompt, request.vae, request.control)
         check_family(request, spec or current, found)
+        if request.decoder and request.decoder not in DECODER_WORDS:   # issue 17: a name is looked up now
+            find_decoder(request.decoder, self.library.folders)
         explicit = bool(request.width or request.height)
         if files:
             images = [(request.init_img, "-I"), (request.init_mask, "-M")]
@@ -185,6 +189,8 @@ class Planner:
         files = checked.files
         if resolved.vae and files.vae is None:   # the model's own VAE setting (the line named none)
             files = replace(files, vae=self.library.find_vae(resolved.vae))
+        decoders = line_decoders(resolved.decoder, spec, self.library.folders)   # issue 17: tiny decoder, preview
+        files = replace(files, decoder=decoders.decoder, preview=decoders.preview)
         if resolved.init_img == LAST_IMAGE:
             if state.last_image is None:
                 raise UserError("-I -1 means the last image made, but none was made before this line")

@@ -76,6 +76,9 @@ def resolve_request(request: DreamRequest, spec: ModelSpec, earlier_seeds: list[
         # written when it is not 1, or when the model's own is not 1 (so the line replays on that model)
         clip_skip=clip_skip if (clip_skip != 1 or spec.clip_skip != 1) else None,
         vae=request.vae or spec.vae,
+        # the model's own decoder when the line names none; `vae` is written only over a model's other default
+        decoder=None if (request.decoder or spec.decoder) == "vae" and not spec.decoder
+        else request.decoder or spec.decoder,
         steps=steps,
         seed=resolve_seed(request.seed, earlier_seeds, rng),
         width=request.width or spec.width,

@@ -1,7 +1,7 @@
 """Completion from the switch table: switch names with help, samplers after -A, models after
 --model and !switch, paths after -I, -M, -o and !fetch, !replay, !fix, the LoRA folder after `<lora:`,
 the VAE folder after --vae, the controlnets folder after --control (then the preprocessors after `/` and paths
-after `:`)."""
+after `:`), presets after --preset, taesd / vae / the decoders folder after --decoder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from prompt_toolkit.document import Document
 
 from ..line.control import PREPROCESSORS
 from ..line.hires import upscaler_names
+from ..line.presets import preset_names
 from ..line.samplers import sampler_names, schedule_names
 from ..line.switches import BY_SPELLING, SWITCHES
 
@@ -48,6 +49,22 @@ class DreamCompleter(Completer):
                 if name.startswith(word):
                     yield Completion(name, start_position=-len(word), display_meta="VAE folder")
             if not names or "/" in word:
+                yield from self.paths.get_completions(Document(word, len(word)), None)
+        elif kind == "preset":
+            for name in preset_names():
+                if name.startswith(word.lower()):
+                    yield Completion(name, start_position=-len(word), display_meta="few-step preset")
+        elif kind == "decoder":
+            from ..weights.decoders import decoders_in
+            for name, meta in (("taesd", "the tiny decoder for the model"), ("vae", "the model's full VAE")):
+                if name.startswith(word.lower()):
+                    yield Completion(name, start_position=-len(word), display_meta=meta)
+            folder = self.library.folders.decoders if self.library else None
+            names = sorted(p.name for p in decoders_in(folder).values())
+            for name in names:
+                if name.startswith(word):
+                    yield Completion(name, start_position=-len(word), display_meta="decoders folder")
+            if "/" in word:
                 yield from self.paths.get_completions(Document(word, len(word)), None)
         elif kind == "path":
             sub = Document(word, len(word))

@@ -99,6 +99,14 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
         return {}
 
 
+def few_step_hint(path: Path) -> str | None:
+    """A one-line note when a model or LoRA file looks like a few-step one by its name or header (ModelSpec
+    `modelspec.*`, kohya `ss_*`): the preset to try (line/presets.suggest_preset); None otherwise. Never a switch."""
+    from ..line.presets import suggest_preset
+    hint = suggest_preset(Path(path).name, safetensors_metadata(path))
+    return f"note: {hint}" if hint else None
+
+
 # GGUF (llama.cpp's format, which ComfyUI-GGUF and diffusers use for quantised transformers): a header of
 # typed key/value pairs and tensor infos, then the data. Only the header is read, with the stdlib.
 GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
@@ -513,6 +521,12 @@ def detect_part(path: Path) -> Part:
 def describe_other(keys: dict) -> str:
     """One line saying what a weights file that is not an SD checkpoint is."""
     names = list(keys)
+    tiny = _tiny_shape(keys)
+    if tiny is not None and tiny[0] == "encoder":
+        return "a TAESD tiny encoder, not a model (its decoder file decodes images: --decoder takes that)"
+    if tiny is not None:
+        return (f"a TAESD tiny decoder ({tiny[2]} latent channels), not a model: give it to --decoder "
+                "(or 'decoder:' in the models file)")
     def has(*parts):
         return any(any(p in k for p in parts) for k in names)
     def starts(*prefixes):
@@ -648,7 +662,7 @@ def detect(path: Path) -> Detected:
 # (its tanh clamp is in forward(), not a layer: taesd `N` = diffusers `decoder.layers.N-1`).
 TINY_PREFIXES = ("", "taesd_decoder.", "decoder.")       # the numbered decoder layers, as files carry them
 TINY_NAMES = {"sd1": "SD 1.x/2.x (taesd)", "sdxl": "SDXL (taesdxl)", "sd3": "SD3 (taesd3)", "flux": "FLUX.1 (taef1)",
-              "flux2": "FLUX.2 (taef2)", "sana": "Sana (taesana)"}
+              "flux2": "FLUX.2 (taef2)", "sana": "Sana (taesana)", "demo": "the demo model's (factor 4)"}
 
 
 class NotATinyDecoder(NotAModel):
@@ -669,14 +683,17 @@ class TinyDecoder:
     families: tuple[str, ...]   # of "sd1", "sdxl", "sd3", "flux", "flux2", "sana"
     prefix: str = ""            # the decoder's numbered layers' key prefix in a single file
     has_encoder: bool = False
+    factor: int = 8             # pixels per latent: 2 ** its upsamplings (8 for every TAESD; 4 for the demo's)
 
     @property
     def label(self) -> str:
         return " or ".join(TINY_NAMES[f] for f in self.families)
 
 
-def _tiny_families(name: str, channels: int, arch: str) -> tuple[str, ...]:
+def _tiny_families(name: str, channels: int, arch: str, factor: int = 8) -> tuple[str, ...]:
     name = name.lower()
+    if channels == 4 and factor == 4:
+        return ("demo",)
     if channels == 4:
         if "xl" in name:
             return ("sdxl",)
@@ -690,27 +707,50 @@ def _tiny_families(name: str, channels: int, arch: str) -> tuple[str, ...]:
     raise NotATinyDecoder(f"a tiny autoencoder for {channels}-channel latents: no model family dreamshell knows")
 
 
-def _tiny_keys(keys: dict, path: Path) -> TinyDecoder:
-    """Which TAESD layout a single file's keys are (decoder layers numbered from 1, or diffusers' from 0)."""
+def tiny_upsamplings(keys: dict, prefix: str) -> int:
+    """The upsamplings of a TAESD decoder from its keys: each is followed by a bias-free 3x3 convolution
+    (the last convolution, to RGB, has a bias)."""
+    return sum(1 for k, shape in keys.items()
+               if k.startswith(prefix) and k.endswith(".weight") and k[len(prefix):-len(".weight")].isdigit()
+               and isinstance(shape, tuple) and len(shape) == 4 and k[:-len("weight")] + "bias" not in keys)
+
+
+def _tiny_shape(keys: dict) -> tuple[str, str, int, int, bool] | None:
+    """(layout, prefix, latent channels, factor, has an encoder) of a single file's TAESD decoder keys (decoder
+    layers numbered from 1, or diffusers' from 0), ("encoder", ...) for a TAESD encoder alone, else None."""
     if "decoder.layers.0.weight" in keys:
         shape = keys["decoder.layers.0.weight"]
-        arch = "f32" if shape[0] == 256 else ("gn" if any(".pool." in k for k in keys) else "")
-        return TinyDecoder(path, "diffusers file", shape[1], _tiny_families(path.stem, shape[1], arch),
-                           "decoder.layers.", any(k.startswith("encoder.layers.") for k in keys))
+        if isinstance(shape, tuple) and len(shape) == 4:
+            return ("diffusers file", "decoder.layers.", shape[1], 2 ** tiny_upsamplings(keys, "decoder.layers."),
+                    any(k.startswith("encoder.layers.") for k in keys))
     for prefix in TINY_PREFIXES:
         first = keys.get(prefix + "1.weight")
         if isinstance(first, tuple) and len(first) == 4 and first[2:] == (3, 3) and prefix + "0.weight" not in keys:
             last = max(int(k[len(prefix):].split(".")[0]) for k in keys
                        if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit())
-            if keys.get(f"{prefix}{last}.weight", (0,))[0] != 3:
+            last_shape = keys.get(f"{prefix}{last}.weight", (0,))
+            if not isinstance(last_shape, tuple) or not last_shape or last_shape[0] != 3:
                 break
-            arch = "f32" if first[0] == 256 else ("gn" if any(".pool." in k for k in keys) else "")
-            return TinyDecoder(path, "original file", first[1], _tiny_families(path.stem, first[1], arch), prefix)
+            return "original file", prefix, first[1], 2 ** tiny_upsamplings(keys, prefix), False
     first = keys.get("0.weight")
     if isinstance(first, tuple) and len(first) == 4 and first[1] == 3 and "1.conv.0.weight" in keys:
+        return "encoder", "", 0, 0, False
+    return None
+
+
+def _tiny_keys(keys: dict, path: Path) -> TinyDecoder:
+    """Which TAESD layout a single file's keys are (decoder layers numbered from 1, or diffusers' from 0)."""
+    found = _tiny_shape(keys)
+    if found is None:
+        raise NotATinyDecoder(f"{path.name} is not a TAESD decoder ({describe_other(keys)})")
+    layout, prefix, channels, factor, has_encoder = found
+    if layout == "encoder":
         raise NotATinyDecoder(f"{path.name} is a TAESD encoder (it makes latents from images); the decoder is the "
                               "file named *_decoder")
-    raise NotATinyDecoder(f"{path.name} is not a TAESD decoder ({describe_other(keys)})")
+    first = keys[prefix + ("0.weight" if layout == "diffusers file" else "1.weight")]
+    arch = "f32" if first[0] == 256 else ("gn" if any(".pool." in k for k in keys) else "")
+    return TinyDecoder(path, layout, channels, _tiny_families(path.stem, channels, arch, factor), prefix,
+                       has_encoder, factor)
 
 
 def detect_tiny_decoder(path: Path) -> TinyDecoder:
@@ -733,19 +773,38 @@ def detect_tiny_decoder(path: Path) -> TinyDecoder:
             raise NotATinyDecoder(f"{path} has no diffusion_pytorch_model.safetensors")
         channels = int(config.get("latent_channels", 4))
         arch = "f32" if tuple(config.get("decoder_block_out_channels", (64,)))[:1] == (256,) else ""
-        return TinyDecoder(path, "diffusers folder", channels, _tiny_families(path.name, channels, arch),
-                           "decoder.layers.", True)
+        try:
+            stages = len(config.get("num_decoder_blocks") or (3, 3, 3, 1))
+            factor = int(config.get("upsampling_scaling_factor", 2)) ** (stages - 1)
+        except (TypeError, ValueError):
+            raise NotATinyDecoder(f"{path}/config.json: num_decoder_blocks or upsampling_scaling_factor is not "
+                                  "what an AutoencoderTiny has") from None
+        return TinyDecoder(path, "diffusers folder", channels, _tiny_families(path.name, channels, arch, factor),
+                           "decoder.layers.", True, factor)
     return _tiny_keys(read_keys(path), path)
 
 
+def tiny_family(kind: str, factor: int = 8) -> str:
+    """The tiny-decoder family of a model of `kind` whose VAE has `factor` pixels per latent: sd1 (SD 1.x and
+    2.x share a VAE), sdxl, sd3, flux, or demo (the built-in demo model's factor-4 VAE)."""
+    family = family_of(kind or "sd1")
+    if family in ("sd1", "sd2"):
+        return "demo" if factor == 4 else "sd1"
+    return family
+
+
+TINY_FILES = {"sd1": "taesd", "sdxl": "taesdxl", "sd3": "taesd3", "flux": "taef1", "demo": "demo-taesd"}
+
+
 def tiny_decoder_refusal(found: TinyDecoder, model_family: str) -> str | None:
-    """One line when `found` cannot decode a `model_family` model's latents (sd1, sd2, sdxl), else None."""
+    """One line when `found` cannot decode a `model_family` model's latents (tiny_family's names; sd2 is sd1),
+    else None."""
     family = "sd1" if model_family == "sd2" else model_family
     if family in found.families:
         return None
+    shown = "the demo model" if family == "demo" else FAMILIES.get(model_family, model_family)
     return (f"{found.path.name} is a tiny decoder for {found.label} latents ({found.latent_channels} channels); "
-            f"this model is {FAMILIES.get(model_family, model_family)}: use "
-            f"{'taesdxl' if family == 'sdxl' else 'taesd'} for it")
+            f"this model is {shown}: use {TINY_FILES.get(family, 'a tiny decoder of its family')} for it")
 
 
 # ----- ControlNets and T2I-Adapters (issue 20): what a file or folder in the controlnets folder is

@@ -52,10 +52,11 @@ class Folders:
     embeddings: Path
     vaes: Path
     controlnets: Path | None = None   # ControlNets and T2I-Adapters (None: none)
+    decoders: Path | None = None    # tiny decoders (TAESD) for --decoder; None: none
 
     @staticmethod
     def under(root: Path) -> "Folders":
-        return Folders(root / "loras", root / "embeddings", root / "vae", root / "controlnets")
+        return Folders(root / "loras", root / "embeddings", root / "vae", root / "controlnets", root / "taesd")
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,16 @@ def _missing(what: str, name: str, folder: Path, names, how: str) -> ExtraError:
 @dataclass(frozen=True)
 class LineFiles:
     """The LoRA, embedding and VAE files one line uses, found once when the line is planned; the engine
-    loads these paths and the recipe records their hashes (nothing is looked up again)."""
+    loads these paths and the recipe records their hashes (nothing is looked up again). `decoder` is the tiny
+    decoder the images are decoded with (None: the VAE); `preview` the one live previews go through (the line's,
+    else one for the model in the decoders folder; None: the linear projection). weights/decoders.py finds them."""
 
     loras: tuple[UsedLora, ...] = ()
     embeddings: tuple[UsedEmbedding, ...] = ()
     vae: Path | None = None
     controls: tuple[UsedControl, ...] = ()   # one per --control, in the line's order
+    decoder: Path | None = None
+    preview: Path | None = None
 
     def recipe(self) -> RecipeExtras:
         """The files with A1111's hashes, for the image's metadata (each file hashed once, then cached)."""

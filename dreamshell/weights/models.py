@@ -5,8 +5,10 @@ kind (read from the weights when left out: checkpoint.py), a description, defaul
 `clip_skip`; for SD 3 and FLUX.1 the encoder files kept apart (`clip_l`, `clip_g`, `t5xxl`, and
 `t5_tokenizer` for a T5 tokenizer folder of the user's own), for SDXL finetunes `prediction` and
 `zero_snr`. Reserved keys: `upscalers` maps factors to Real-ESRGAN weight files; `loras`,
-`embeddings`, `vaes` and `controlnets` name those folders (default: `models/loras`, `models/embeddings`,
-`models/vae`, `models/controlnets` in the working folder where they exist, else the installed copies). With no models file, the built-in
+`embeddings`, `vaes`, `controlnets` and `decoders` name those folders (default: `models/loras`,
+`models/embeddings`, `models/vae`, `models/controlnets`, `models/taesd` in the working folder where they exist,
+else the installed copies). A model's `decoder:` (taesd, vae, a TAESD name or path) decodes its images when a line
+names none. With no models file, the built-in
 demo model is the default.
 
 A model's defaults come from its own files wherever it is loaded from (the models file, `--model PATH`,
@@ -95,6 +97,7 @@ class ModelSpec:
     t5_tokenizer: Path | None = None   # a T5 tokenizer folder instead of the shipped one
     preset: str | None = None    # a few-step recipe (line/presets.py) under this model's own defaults
     rng: str = DEFAULT_RNG       # noise source of its lines (line/rng.py): cpu, gpu or nv
+    decoder: str | None = None   # taesd | vae | a TAESD name or path: what decodes this model's images by default
 
     @property
     def is_single_file(self) -> bool:
@@ -152,7 +155,8 @@ def default_folders() -> Folders:
     local = Folders.under(Path.cwd() / "models")
     return Folders(*(mine if mine.is_dir() else theirs for mine, theirs in
                      ((local.loras, builtin.loras), (local.embeddings, builtin.embeddings),
-                      (local.vaes, builtin.vaes), (local.controlnets, builtin.controlnets))))
+                      (local.vaes, builtin.vaes), (local.controlnets, builtin.controlnets),
+                      (local.decoders, builtin.decoders))))
 
 
 def demo_spec() -> ModelSpec:
@@ -271,7 +275,8 @@ def _part_path(where: str, key: str, value, base: Path) -> Path:
 
 DEFAULT_KEYS = ("description", "width", "height", "steps", "cfg", "cfg_scale", "sampler", "clip_skip")
 _SWITCH_OF = {"width": "--width", "height": "--height", "steps": "--steps", "cfg": "--cfg_scale",
-              "cfg_scale": "--cfg_scale", "sampler": "--sampler", "clip_skip": "--clip_skip", "vae": "--vae"}
+              "cfg_scale": "--cfg_scale", "sampler": "--sampler", "clip_skip": "--clip_skip", "vae": "--vae",
+              "decoder": "--decoder"}
 _FIELD_OF = {"cfg": "cfg_scale"}
 
 
@@ -351,7 +356,7 @@ def with_folder_defaults(spec: ModelSpec, folder: Path, where: str) -> ModelSpec
 
 
 ENTRY_KEYS = {"weights", "kind", "default", "config", "prediction", "vae", "zero_snr", "t5_tokenizer", "preset",
-              "rng", *SEPARATE_PARTS, *DEFAULT_KEYS}
+              "rng", "decoder", *SEPARATE_PARTS, *DEFAULT_KEYS}
 
 
 def _path_value(value, key: str, where: str) -> str:
@@ -447,6 +452,13 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
         local = Path(os.path.expanduser(vae))
         local = local if local.is_absolute() else base / local
         vae = str(local) if kind_of(local) in ("file", "folder") else vae   # else a name in the VAE folder
+    decoder = entry.get("decoder")
+    if decoder is not None:
+        decoder = check_value("decoder", decoder, where)
+        local = Path(os.path.expanduser(decoder))
+        local = local if local.is_absolute() else base / local
+        if decoder not in ("taesd", "vae") and kind_of(local) in ("file", "folder"):
+            decoder = str(local)   # else a name in the decoders folder
     config = entry.get("config")
     config = base / _path_value(config, "config", where) if config else None
     rng = find_rng(_token(entry.get("rng", DEFAULT_RNG)))
@@ -455,12 +467,12 @@ def _spec_from_entry(name: str, entry, base: Path, source: Path) -> ModelSpec:
                               f"{', '.join(rng_names())} (the noise source of its lines)")
     return ModelSpec(name, path, kind, values.pop("description", ""), default=default, config=config,
                      prediction=prediction, vae=vae, zero_snr=bool(zero_snr), t5_tokenizer=t5_tokenizer,
-                     preset=preset, rng=rng, **parts, **values)
+                     preset=preset, rng=rng, decoder=decoder, **parts, **values)
 
 
 MAX_MODELS_FILE_BYTES = 1024 * 1024
 FOLDER_KEYS = {"loras": "loras", "embeddings": "embeddings", "vaes": "vaes",   # top-level keys: folders
-               "controlnets": "controlnets"}
+               "controlnets": "controlnets", "decoders": "decoders"}
 
 
 MAX_YAML_DEPTH = 8         # mappings and lists inside each other (a models file needs 3)
@@ -572,9 +584,11 @@ def load_registry(path: Path | None) -> Registry:
     return Registry(models, upscalers, path if there else None, folders)
 
 
-def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None, controlnets=None) -> Registry:
-    """The registry with the LoRA, embedding, VAE and ControlNet folders the launch switches name (over the models
-    file's)."""
+def with_folders(registry: Registry, loras=None, embeddings=None, vaes=None, controlnets=None,
+                 decoders=None) -> Registry:
+    """The registry with the LoRA, embedding, VAE, ControlNet and tiny-decoder folders the launch switches name
+    (over the models file's)."""
     changes = {field: Path(value).expanduser() for field, value in
-               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes), ("controlnets", controlnets)) if value}
+               (("loras", loras), ("embeddings", embeddings), ("vaes", vaes), ("controlnets", controlnets),
+                ("decoders", decoders)) if value}
     return replace(registry, folders=replace(registry.folders, **changes)) if changes else registry

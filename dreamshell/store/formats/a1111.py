@@ -121,6 +121,12 @@ def _noise_keys(r: DreamRequest) -> list[tuple[str, str]]:
     return keys + ([] if source == "gpu" else [("RNG", rng.a1111_rng(source))])
 
 
+def _decoder_keys(r: DreamRequest) -> list[tuple[str, str]]:
+    """`VAE Decoder: TAESD` for a tiny decoder, as A1111 1.6+ writes its `sd_vae_decode_method` setting (processing.py
+    `process_images_inner`; nothing when it is Full). A1111 names no file: `--decoder NAME` is in the Dreamshell key."""
+    return [("VAE Decoder", "TAESD")] if r.decoder and r.decoder != "vae" else []
+
+
 def _hires_keys(r: DreamRequest) -> list[tuple[str, str]]:
     """The second pass as A1111's txt2img writes it (`processing.py` StableDiffusionProcessingTxt2Img.init and
     calculate_target_resolution); `Hires steps` always, though A1111 leaves it out when it is 0 (= Steps)."""
@@ -154,6 +160,7 @@ def a1111_parameters(meta: ImageMeta) -> str:
     if r.model:
         keys.append(("Model", r.model))
     keys += _vae_keys(meta)
+    keys += _decoder_keys(r)
     if r.with_variations:
         seed, weight = r.with_variations[0]
         keys += [("Variation seed", str(seed)), ("Variation seed strength", _num(weight))]
@@ -551,6 +558,18 @@ def _vae(b: Builder, params: dict[str, str]) -> None:
         b.set("--vae", base, "VAE")
 
 
+def _decoder(b: Builder, params: dict[str, str]) -> None:
+    """`VAE Decoder: TAESD` -> --decoder taesd (the tiny decoder of the model's family); `VAE Encoder: TAESD` is named:
+    dreamshell encodes -I images with the model's VAE. `Full` (A1111's default) is the VAE."""
+    decoder, encoder = params.pop("VAE Decoder", "").strip(), params.pop("VAE Encoder", "").strip()
+    if decoder.lower() == "taesd":
+        b.set("--decoder", "taesd", "VAE Decoder")
+    elif decoder and decoder.lower() != "full":
+        b.drop(f"VAE Decoder: {short(decoder, 20)}")
+    if encoder and encoder.lower() != "full":
+        b.drop(f"VAE Encoder: {short(encoder, 20)} (dreamshell encodes -I images with the model's VAE)")
+
+
 def _hash_pairs(text: str) -> dict[str, str]:
     """`name: hash, name2: hash` (A1111 `lora_script.py infotext_pasted`), repeats read once."""
     pairs: dict[str, str] = {}
@@ -755,6 +774,7 @@ def read_a1111(text: str, source: str = "A1111 parameters") -> Recipe:
     elif model_hash:
         b.drop(f"Model hash: {model_hash} (no model name; dreamshell's model is used)")
     _vae(b, params)
+    _decoder(b, params)
     _variation(b, params)
     _clip_skip(b, params.pop("Clip skip", None))
     _families(b, params)

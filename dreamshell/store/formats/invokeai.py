@@ -174,6 +174,8 @@ def _sd_extras(meta: ImageMeta) -> dict:
         out["vae"] = r.vae
     if x.vae and x.vae[1]:
         out["vae_hash"] = x.vae[1]
+    if r.decoder:   # ours (issue 17): the tiny decoder changes pixels; no InvokeAI 2.x key for it
+        out["decoder"] = r.decoder
     if x.loras:
         out["lora_hashes"] = {name: digest for name, _, digest in x.loras}
     if x.embeddings:
@@ -301,7 +303,7 @@ _SD_KNOWN = {"type", "prompt", "seed", "steps", "cfg_scale", "sampler", "width",
              "orig_hash", "step_number", "strength_steps", "init_image_path", "init_mask_path", "extra",
              "clip_skip", "vae", "vae_hash", "lora_hashes", "ti_hashes", "hires_fix", "hires_scale", "hires_steps",
              "hires_strength", "hires_upscaler", "first_pass_width", "first_pass_height", "guidance", "cfg_rescale",
-             "karras_max", "loras", "rng", "ensd"}
+             "karras_max", "loras", "rng", "ensd", "decoder"}
 
 
 def _sd_prompt(prompt) -> str:
@@ -438,6 +440,8 @@ def _sd_read_extras(b: Builder, image: dict, ours: bool) -> RecipeExtras:
     vae = image.get("vae")
     if vae:
         b.set("--vae", str(vae) if ours else _base_name(str(vae)), "vae")
+    if image.get("decoder"):
+        b.set("--decoder", str(image["decoder"]), "decoder")
     if image.get("hires_fix"):
         if image.get("init_img"):
             b.drop("hires_fix (dreamshell's hires fix starts from noise and cannot take an init image)")
