@@ -1,5 +1,6 @@
 """Everything under models/ that a user needs is installed with the package (setup.cfg data_files):
-the demo model, its upscaler, and the demo LoRA, embedding and VAE file that the README uses."""
+the demo model, its upscaler, the demo LoRA, embedding and VAE file that the README uses, and the demo's
+tiny decoder (TAESD)."""
 
 import configparser
 from pathlib import Path
@@ -21,5 +22,6 @@ def test_every_shipped_model_file_is_in_data_files():
     missing = sorted(str(p.relative_to(ROOT)) for p in shipped - installed)
     assert not missing, f"not installed by pip install .: {missing}"
     for name in ("models/loras/demo_cross.safetensors", "models/embeddings/yolk.safetensors",
-                 "models/vae/demo-vae.safetensors"):
+                 "models/vae/demo-vae.safetensors", "models/taesd/taesd_demo_decoder.safetensors",
+                 "models/taesd/demo-taesd/diffusion_pytorch_model.safetensors", "models/taesd/demo-taesd/config.json"):
         assert (ROOT / name).resolve() in installed
