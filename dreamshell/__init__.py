@@ -1,3 +1,3 @@
 """dreamshell: an interactive dream> shell for Stable Diffusion."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -30,9 +30,11 @@ def counted(tmp_path, monkeypatch):
     counts = collections.Counter()
     parsed = collections.Counter()
     real_walk = os.walk
+    walked = []
 
     def walk(top, *a, **k):
         counts["walks"] += 1
+        walked.append(os.path.basename(str(top)))
         return real_walk(top, *a, **k)
     monkeypatch.setattr("dreamshell.weights.library.os.walk", walk)
     real_parse = prompt_module.parse_prompt
@@ -68,6 +70,7 @@ def counted(tmp_path, monkeypatch):
                      default=True)
     gen = FakeGenerator()
     session = Session(Registry({"fake": spec}, folders=Folders.under(root)), ModelHost(lambda: gen), tmp_path / "out")
+    counts.walked = walked   # the folders, by name
     return session, gen, counts, parsed
 
 
@@ -78,7 +81,8 @@ def test_a_line_is_planned_once_and_its_files_found_once(counted):
     assert not outcome.failed, out
     assert len(session.seeds) == 3
     assert counts["apply_defaults"] == 1
-    assert counts["walks"] == 2                       # the LoRA folder and the embeddings folder, once each
+    assert counts["walks"] == 3, counts.walked        # the LoRA, embeddings and tiny-decoder folders, once each
+    assert len(set(counts.walked)) == 3, counts.walked
     assert parsed["a yolk on a blue background <lora:cross:0.5> [blurry]"] == 1
     assert counts["format_request"] == 3 * 2          # per image: the canonical command, and the Dream text
     assert len(gen.files_seen) == 3 and all(f is not None for f in gen.files_seen)

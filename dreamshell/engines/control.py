@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 import os
 from pathlib import Path
 
@@ -136,7 +137,16 @@ class ControlModels:
             extra = {"adapter": models[0] if len(models) == 1 else diffusers.MultiAdapter(models)}
         pipe = loading.derive(getattr(diffusers, name), gen._pipes["txt2img"], **extra)
         pipe.set_progress_bar_config(disable=True)
+        if hasattr(pipe, "decode_latents") and kind != "controlnet":
+            pipe.decode_latents = types.MethodType(_plain_decode, pipe)
         return pipe
+
+
+def _plain_decode(pipe, latents):
+    """The adapter pipelines' decode as StableDiffusionPipeline decodes (`latents / scaling_factor`; theirs multiply by
+    its inverse, an ulp away), so a weight-0 adapter gives the plain line's bytes."""
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
 
 
 def check_fits(gen, used: UsedControl, model) -> None:

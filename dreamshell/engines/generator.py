@@ -228,8 +228,11 @@ class DiffusersGenerator:
                 raise GenerationError(f"sampler '{name}' needs the '{plan.needs}' package: "
                                       f"pip install {plan.needs}") from None
         # issue 21: flow-matching and EDM models have schedulers of their own; zero-SNR ones refuse some
+        options = plan.options   # a family with schedules of its own (zero SNR, flow, EDM) takes no A1111 sigmas
+        if plan.sigmas:
+            options = {k: v for k, v in options.items() if k not in ("use_karras_sigmas", "timestep_spacing")}
         own = families.scheduler_for(getattr(self, "kind", ""), name, self._scheduler_config,
-                                     getattr(self, "zero_snr", False), plan.scheduler, schedule, plan.options)
+                                     getattr(self, "zero_snr", False), plan.scheduler, schedule, options)
         if own is not None:
             return own
         cls = getattr(diffusers, plan.scheduler)
