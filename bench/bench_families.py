@@ -152,7 +152,6 @@ def case_sdxl_vpred(path: Path, folder: Path, size: int, steps: int) -> dict:
     sc = pipe.scheduler.config
     out.update(load_s=round(time.time() - t, 1), rss_after_load_gb=_rss_gb(),
                scheduler=[sc.prediction_type, sc.get("rescale_betas_zero_snr"), sc.timestep_spacing])
-    sys.path.insert(0, str(ROOT / "scripts"))
     from safetensors import safe_open
     from dreamshell.engines.fullsize import loaded_as_ldm
     loaded = loaded_as_ldm(pipe, "sdxl")

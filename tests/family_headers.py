@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import family_layouts as layouts  # noqa: E402,F401  (re-exported for the tests)
+from dreamshell.engines import family_layouts as layouts  # noqa: F401  (re-exported for the tests)
 
 
 def header_only(path: Path, shapes: dict, metadata: dict | None = None, dtype: str = "F16") -> Path:

@@ -5,13 +5,10 @@ schedule against the published values."""
 
 import json
 import socket
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from dreamshell.engines import families, loading  # noqa: E402
 from dreamshell.engines.protocols import GenerationError  # noqa: E402
@@ -23,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "dreamshell" / "configs"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from make_family_checkpoints import tiny_files
+    from dreamshell.engines.family_files import tiny_files
     return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
@@ -102,6 +99,7 @@ def test_flux_from_a_transformer_file_and_comfyui_encoder_and_vae_files(tiny, tm
 def test_playground_v25_loads_from_one_file_with_the_shipped_edm_config(tiny):
     import torch
     from diffusers import StableDiffusionXLPipeline
+
     from dreamshell.weights.checkpoint import detect
     path = tiny["sdxl-playground"]
     found = loading.detect_weights(ModelSpec("pg", path, ""))

@@ -4,14 +4,11 @@ ComfyUI's clip_l / t5xxl / ae files) and dev (guidance, true CFG), SD 3.5 Medium
 skip), Playground v2.5 (EDM) and a zero-SNR v-prediction model; LoRAs in diffusers' and kohya's layouts;
 img2img and inpainting; --lowvram on a CPU; --cfg_rescale; previews."""
 
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import PRECISIONS, run_line
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from dreamshell.line.errors import UserError  # noqa: E402
 from dreamshell.line.parser import parse_request  # noqa: E402
@@ -21,7 +18,7 @@ R = 4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from make_family_checkpoints import tiny_files
+    from dreamshell.engines.family_files import tiny_files
     root = tmp_path_factory.mktemp("families")
     files = tiny_files(root / "tiny")
     _loras(root / "loras")
@@ -130,6 +127,7 @@ def test_flux_dev_guidance_true_cfg_and_what_it_refuses(tiny, tmp_path):
 
 def test_sd35_medium_with_t5_blends_clip_skip_and_schedules(tiny, tmp_path):
     import torch
+
     from dreamshell.engines import families
     s = session(tiny, tmp_path / "out")
     base = run(s, "a red circle [dark] -S 4 -s 3 --model medium").records[0]
@@ -236,6 +234,7 @@ def test_previews_come_from_the_flow_prediction_through_16_channels(tiny, tmp_pa
 
 def test_zero_snr_v_prediction_runs_rescaled_trailing_and_refuses_what_cannot(tmp_path):
     from dataclasses import replace
+
     from dreamshell.engines.generator import DiffusersGenerator
     from dreamshell.run.model_host import ModelHost
     from dreamshell.run.session import Session
