@@ -10,8 +10,9 @@ copied, zero convolutions at zero), with a conditioning embedding of three stage
 demo VAE's factor is 4, so the 64x64 map comes down to the 16x16 latent). The demo UNet, VAE and text encoder
 stay frozen. Data: scenes of the demo's world (dreamshell/demo/shapes.py), each image's canny map made by
 dreamshell's own preprocessor (dreamshell/run/preprocess.py: what `--control demo_canny:IMAGE` makes), and a
-caption that mostly does not say where the shape is or how big (so the map has to): size in 30 %, place in
-20 % of the captions, 10 % empty. Noise as the base training: epsilon, SD 1.x schedule, offset noise 0.1.
+caption that mostly does not say where the shape is or how big (so the map has to): half the captions empty,
+size in 30 %, place in 20 % of the rest; timesteps drawn towards the noisy end (--t_power), where the layout
+is decided, and the loss weighted there (1 + min(1/SNR, --snr_cap)). Noise as the base training: epsilon, SD 1.x schedule, offset noise 0.1.
 
 Output: a single .safetensors file with diffusers' ControlNetModel keys, float16, its diffusers config in the
 file's metadata (`config`) so it loads offline; and beside it a .json of the measured overlap with and without
@@ -42,12 +43,13 @@ from dreamshell.run.preprocess import make_map  # noqa: E402
 CONDITIONING_CHANNELS = (16, 32, 64)
 
 
-def example(rng: random.Random):
-    """(image, canny map, caption) of one random scene."""
+def example(rng: random.Random, empty: float = 0.5):
+    """(image, canny map, caption) of one random scene; the caption is empty with probability `empty` (the
+    ControlNet paper drops half the prompts, so that the map alone has to carry the layout)."""
     scene = shapes.random_scene(rng)
     image = shapes.render(scene, rng)
     control = make_map(image, "canny", (shapes.SIZE, shapes.SIZE))
-    caption = "" if rng.random() < 0.1 else scene.caption(with_size=rng.random() < 0.3,
+    caption = "" if rng.random() < empty else scene.caption(with_size=rng.random() < 0.3,
                                                             with_position=rng.random() < 0.2)
     return image, control, caption
 
@@ -75,7 +77,7 @@ def make_bank(args, rng, tok, text, vae, device) -> dict:
     latents, maps, embeds = [], [], []
     cache: dict[str, torch.Tensor] = {}
     for i in range(0, args.bank, 256):
-        chunk = [example(rng) for _ in range(min(256, args.bank - i))]
+        chunk = [example(rng, args.empty) for _ in range(min(256, args.bank - i))]
         with torch.no_grad():
             x = common.images_to_tensor([b[0] for b in chunk]).to(device)
             latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
@@ -115,13 +117,21 @@ def train(args, device) -> dict:
         enc = bank["embeds"][pick]
         noise = torch.randn(z.shape, generator=gen).to(device) + 0.1 * torch.randn(
             (z.shape[0], z.shape[1], 1, 1), generator=gen).to(device)
-        t = torch.randint(0, 1000, (z.shape[0],), generator=gen).to(device)
+        # timesteps drawn towards the noisy end (t = 999 - 1000 u^p): the layout is decided in the first steps,
+        # where z_t says little about where the shape is and only the map can
+        u = torch.rand((z.shape[0],), generator=gen)
+        t = (999 - (1000 * u.pow(args.t_power)).floor()).clamp(0, 999).long().to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z + (1 - a).sqrt() * noise
         down, mid = controlnet(z_t, t, encoder_hidden_states=enc, controlnet_cond=cond, return_dict=False)
         pred = unet(z_t, t, encoder_hidden_states=enc, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(pred, noise)
+        # epsilon's error weighted towards the noisy end: at t near 999 epsilon is almost z_t, so its plain error
+        # hardly sees where the shape goes (the error of the implied x0 is 1/SNR times larger); weight
+        # 1 + min(1/SNR, cap) puts the layout in the loss without dropping the detail of the quiet steps
+        weight = 1 + ((1 - a) / a).clamp(max=args.snr_cap).view(-1)
+        per_example = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight * per_example).sum() / weight.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
@@ -136,7 +146,10 @@ def train(args, device) -> dict:
             torch.save({"controlnet": controlnet.state_dict(), "opt": opt.state_dict(), "step": done,
                         "losses": losses, "gen": gen.get_state()}, ckpt.with_suffix(".tmp"))
             ckpt.with_suffix(".tmp").replace(ckpt)
+            # the weights so far, where `--eval_only --out WORKDIR/latest/demo_canny.safetensors` can measure them
+            save(controlnet, ckpt.parent / "latest" / args.out.name, {"steps": done})
     settings = {"steps": args.steps, "batch": args.batch, "bank": args.bank, "lr": args.lr, "seed": args.seed,
+                "empty_captions": args.empty, "t_power": args.t_power, "snr_cap": args.snr_cap,
                 "conditioning_channels": list(CONDITIONING_CHANNELS), "parameters": params,
                 "last_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
                 "seconds_this_run": timer(), "device": common.device_label(device)}
@@ -168,6 +181,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bank", type=int, default=8192, help="examples made once and drawn from")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--empty", type=float, default=0.5, help="share of empty captions")
+    ap.add_argument("--snr_cap", type=float, default=100.0, help="loss weight 1 + min(1/SNR, cap)")
+    ap.add_argument("--t_power", type=float, default=1.5,
+                    help="timesteps t = 999 - 1000 u^p: p > 1 trains more at the noisy end (1 = uniform)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--log_every", type=int, default=25)
     ap.add_argument("--save_every", type=int, default=100)
