@@ -68,6 +68,7 @@ def save(controlnet, out: Path, settings: dict) -> None:
     tmp = out.with_suffix(".tmp")
     save_file(dict(sorted(sd.items())), str(tmp), metadata={"config": json.dumps(config, sort_keys=True),
                                                              "dreamshell.training": json.dumps(settings)})
+    tmp.chmod(0o644)   # safetensors writes 0600; the file ships and installs for every user
     tmp.replace(out)
 
 
