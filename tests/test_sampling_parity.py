@@ -140,6 +140,43 @@ def test_the_ddim_sampler_on_the_ddim_schedule_walks_a1111s_timesteps():
     assert scheduler.timesteps.tolist()[:2] == [991, 958] and scheduler.timesteps.tolist()[-1] == 34
 
 
+# A1111's UniPC (sd_samplers_timesteps_impl.unipc over uni_pc.NoiseScheduleVP('discrete'), 1.10's defaults bh1,
+# time_uniform, order 3): the UNet's timesteps (t x 1000 - 1) and the k-diffusion sigmas (marginal_std /
+# marginal_alpha) of its grid, computed once with A1111's uni_pc.py on the SD 1.x alphas_cumprod
+A1111_UNIPC_10 = (
+    (999.0, 899.1, 799.2, 699.3, 599.4, 499.5, 399.6, 299.7, 199.8, 99.9, 0.0),
+    (14.614641, 8.307172, 5.092408, 3.32507, 2.279731, 1.615582, 1.162866, 0.831885, 0.57119, 0.343706, 0.029168))
+A1111_UNIPC_30 = (31, (999.0, 966.7742, 934.5484), (32.2258, 0.0), (14.614641, 12.071775, 10.057762),
+                  (0.176989, 0.029168))   # 31 steps for 30, as its DDIM
+
+
+def test_unipc_runs_a1111s_options_without_a_schedule_or_on_automatic():
+    # before: diffusers' defaults (bh2, order 2) on the model's own spacing
+    from dreamshell.line.samplers import plan
+    for schedule in (None, "automatic", "Automatic"):
+        got = plan("UniPC", schedule)
+        assert got.a1111_unipc and got.sigmas is None
+        assert {k: got.options[k] for k in ("solver_type", "solver_order", "lower_order_final")} == {
+            "solver_type": "bh1", "solver_order": 3, "lower_order_final": True}
+    assert not plan("UniPC", "sgm_uniform").a1111_unipc    # a schedule of its own: its spacing, as before
+
+
+def test_the_unipc_sampler_walks_a1111s_grid():
+    scheduler = demo_scheduler("UniPC", None)
+    assert (scheduler.config.solver_type, scheduler.config.solver_order) == ("bh1", 3)
+    scheduler.set_timesteps(10)
+    timesteps, sigmas = A1111_UNIPC_10
+    assert scheduler.timesteps.tolist() == pytest.approx(timesteps[:-1], abs=1e-3)
+    assert scheduler.sigmas.tolist() == pytest.approx(sigmas, rel=1e-4)     # ends at t = 1/1000, not sigma 0
+    count, first, last, first_sigmas, last_sigmas = A1111_UNIPC_30
+    scheduler.set_timesteps(30)
+    assert len(scheduler.timesteps) == count and len(scheduler.sigmas) == count + 1
+    assert scheduler.timesteps[:3].tolist() == pytest.approx(first, abs=1e-3)
+    assert scheduler.timesteps[-1:].tolist() == pytest.approx(last[:1], abs=1e-3)
+    assert scheduler.sigmas[:3].tolist() == pytest.approx(first_sigmas, rel=1e-4)
+    assert scheduler.sigmas[-2:].tolist() == pytest.approx(last_sigmas, rel=1e-4)
+
+
 # ----- step noise from the image's own stream
 
 

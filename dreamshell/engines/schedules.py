@@ -121,6 +121,8 @@ def install(scheduler, plan: Plan) -> None:
         _install_sigmas(scheduler, plan.sigmas, plan.discard_penultimate)
     elif plan.a1111_ddim:
         _install_ddim(scheduler)
+    elif plan.a1111_unipc:
+        _install_unipc(scheduler)
 
 
 def _install_sigmas(scheduler, schedule: str, discard: bool) -> None:
@@ -182,4 +184,41 @@ def _install_ddim(scheduler) -> None:
         original(num_inference_steps, device=device, **kwargs)
         self.timesteps = torch.from_numpy(ddim_timesteps(num_inference_steps,
                                                          self.config.num_train_timesteps)).to(device or "cpu")
+    scheduler.set_timesteps = types.MethodType(set_timesteps, scheduler)
+
+
+def unipc_grid(steps: int, alphas_cumprod_) -> tuple:
+    """A1111's UniPC grid for `steps` (sd_samplers_timesteps_impl.unipc over uni_pc's NoiseScheduleVP('discrete')):
+    it runs len(range(0, 1000, 1000 // steps)) steps (one more than asked for 133 of 150 counts, as its DDIM), on
+    continuous times uniform from 1 to 1/1000 ("time_uniform"), the UNet at t x 1000 - 1 (fractional: 999 down
+    to 0), each time's noise level with log alpha interpolated linearly. Returns (the timesteps the UNet sees,
+    newest first, N of them; the N + 1 sigmas in k-diffusion's form, the last at t = 0, not 0)."""
+    import torch
+    total = len(alphas_cumprod_)
+    n = len(range(0, total, max(total // steps, 1)))
+    log_alpha = 0.5 * torch.as_tensor(alphas_cumprod_, dtype=torch.float32).log()
+    t = torch.linspace(1.0, 1.0 / total, n + 1)
+    index = ((t - 1.0 / total) * total).clamp(0, total - 1)     # the UNet's timestep, fractional
+    low = index.floor().long().clamp(max=total - 2)
+    w = index - low
+    la = (1 - w) * log_alpha[low] + w * log_alpha[low + 1]
+    sigmas = (1 - torch.exp(2 * la)).sqrt() / torch.exp(la)
+    return index[:-1].to(torch.float32), sigmas.to(torch.float32)
+
+
+def _install_unipc(scheduler) -> None:
+    """diffusers' UniPC (bh1, order 3, set by the plan) walks A1111's UniPC grid: its timesteps and sigmas replaced
+    after set_timesteps (the last sigma is the model's smallest, not 0: A1111 ends at t = 1/1000)."""
+    ac = alphas_cumprod(scheduler)
+    if float(ac[-1]) <= 0:   # zero terminal SNR: no finite sigma at t = 1; the scheduler's own grid
+        return
+    original = scheduler.set_timesteps
+
+    def set_timesteps(self, num_inference_steps, device=None, **kwargs):
+        original(num_inference_steps, device=device, **kwargs)
+        timesteps, sigmas = unipc_grid(num_inference_steps, ac)
+        self.timesteps = timesteps.to(device or "cpu")
+        self.sigmas = sigmas
+        self.num_inference_steps = len(timesteps)
+        self.last_sample = None
     scheduler.set_timesteps = types.MethodType(set_timesteps, scheduler)

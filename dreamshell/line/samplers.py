@@ -199,12 +199,18 @@ def effective_schedule(sampler: Sampler, schedule: str | None) -> Schedule | Non
     return found
 
 
+# A1111 1.10's UniPC settings (modules/shared_options.py: uni_pc_variant bh1, uni_pc_order 3,
+# uni_pc_lower_order_final); diffusers' defaults are bh2 and order 2
+A1111_UNIPC = {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True}
+
+
 @dataclass(frozen=True)
 class Plan:
     """What the generator builds: `getattr(diffusers, scheduler).from_config(config, **options)`, then A1111's
-    schedule on it (engines/schedules.install): its `sigmas` (a schedule name), `discard_penultimate`, or for
-    the DDIM sampler on the ddim schedule A1111's DDIM timesteps; it runs with `pipe(timesteps=list(timesteps))`
-    when `timesteps` is not empty (else `num_inference_steps`) and `pipe(eta=eta)` when `eta` is not None."""
+    schedule on it (engines/schedules.install): its `sigmas` (a schedule name), `discard_penultimate`, for
+    the DDIM sampler on the ddim schedule A1111's DDIM timesteps, for UniPC on no schedule (or automatic)
+    A1111's UniPC grid; it runs with `pipe(timesteps=list(timesteps))` when `timesteps` is not empty (else
+    `num_inference_steps`) and `pipe(eta=eta)` when `eta` is not None."""
 
     scheduler: str
     options: dict
@@ -214,6 +220,7 @@ class Plan:
     sigmas: str | None = None
     discard_penultimate: bool = False
     a1111_ddim: bool = False
+    a1111_unipc: bool = False
 
     def pipeline_args(self) -> dict:
         """What the pipeline call takes beside the scheduler: `timesteps` (a list) when explicit, `eta` when the
@@ -249,6 +256,9 @@ def plan(sampler_name: str, schedule: str | None = None, timesteps: tuple[int, .
             raise SamplerError(f"sampler '{sampler.name}' cannot run explicit --timesteps (diffusers' "
                                f"{sampler.scheduler} takes none); samplers that can: {', '.join(takes)}")
         return Plan(sampler.scheduler, options, sampler.needs, tuple(timesteps), eta)
+    if sampler.name == "UniPC" and (schedule is None or getattr(find_schedule(schedule), "name", "") == "automatic"):
+        # A1111's own UniPC (sd_samplers_timesteps_impl.unipc): its time-uniform grid and its default options
+        return Plan(sampler.scheduler, {**options, **A1111_UNIPC}, sampler.needs, eta=eta, a1111_unipc=True)
     sched = effective_schedule(sampler, schedule)
     if sched is None:
         return Plan(sampler.scheduler, options, sampler.needs, eta=eta)
