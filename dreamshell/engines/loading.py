@@ -231,6 +231,11 @@ def cast_all_but_vae(pipe, dtype) -> None:
 def keep_vae_float32(vae, dtype, torch) -> None:
     """Run the VAE in float32 beside a bfloat16 UNet: inputs are upcast, encoded latents go back."""
     vae.to(torch.float32)
+    if getattr(vae.config, "force_upcast", False):
+        # SDXL-style configs ask the pipelines to upcast a float16 VAE; the SDXL img2img/inpaint pipelines'
+        # `_encode_vae_image` then casts the VAE back to the image's dtype (bfloat16 here), so every later decode
+        # ran in bfloat16 (or failed on float32 latents). This VAE is float32 already: nothing to upcast.
+        vae.register_to_config(force_upcast=False)
     vae.encoder.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
     vae.decoder.register_forward_pre_hook(lambda m, args, kwargs: (tuple(a.float() for a in args), kwargs),
                                           with_kwargs=True)
