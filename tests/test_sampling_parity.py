@@ -177,6 +177,27 @@ def test_the_unipc_sampler_walks_a1111s_grid():
     assert scheduler.sigmas[-2:].tolist() == pytest.approx(last_sigmas, rel=1e-4)
 
 
+def test_the_step_count_shown_is_the_steps_the_grid_runs(demo_generator):
+    # before: UniPC -s 30 runs A1111's 31 steps and the progress said 31/30; -s 10 runs 10, img2img its share
+    from dreamshell.line.request import DreamRequest
+    from PIL import Image
+
+    from dreamshell.weights.models import demo_spec
+    gen, spec = demo_generator, demo_spec()
+    for steps, expected in ((30, 31), (10, 10)):
+        marks = []
+        request = DreamRequest(prompt="a red circle on a blue background", seed=1, steps=steps, width=64, height=64,
+                               cfg_scale=5.0, sampler="UniPC", model=spec.name)
+        gen.generate(request, on_step=lambda done, total: marks.append((done, total)))
+        assert marks == [(i + 1, expected) for i in range(expected)], (steps, marks[-2:])
+    marks = []
+    request = DreamRequest(prompt="a red circle on a blue background", seed=1, steps=20, width=64, height=64,
+                           cfg_scale=5.0, sampler="k_euler", model=spec.name, strength=0.5)
+    gen.generate(request, init_image=Image.new("RGB", (64, 64), (200, 30, 30)),
+                 on_step=lambda done, total: marks.append((done, total)))
+    assert marks[-1] == (10, 10) and len(marks) == 10
+
+
 # ----- step noise from the image's own stream
 
 

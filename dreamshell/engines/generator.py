@@ -410,7 +410,8 @@ class DiffusersGenerator:
             if should_stop is not None and should_stop():
                 raise Interrupted()
             if on_step is not None:
-                on_step(steps_before + step + 1, steps_all or total)
+                # the pipeline's own count: A1111's DDIM and UniPC grids run one step more for most counts
+                on_step(steps_before + step + 1, steps_all or _pipe.num_timesteps)
             if tap is not None:
                 tap(step + 1, _pipe.num_timesteps, kwargs["latents"])
             if step + 1 == _pipe.num_timesteps and self.torch.isnan(kwargs["latents"]).any():
@@ -426,11 +427,9 @@ class DiffusersGenerator:
         # issue 17: explicit timesteps and the step's eta (TCD's gamma) reach the pipeline
         args.update(scheduler_plan(request.sampler, request.schedule, request.timesteps, request.eta).pipeline_args())
         if mode == "txt2img":
-            total = request.steps
             args.update(width=request.width, height=request.height,
                         latents=noise.first().to(self.device, self.dtype))
         else:
-            total = max(1, int(request.steps * request.strength))
             args.update(image=init_image, strength=request.strength)
             if mode == "inpaint":
                 args.update(mask_image=mask, width=request.width, height=request.height)
