@@ -53,3 +53,19 @@ def test_a_preset_for_another_kind_of_model_is_refused_before_it_runs():
         plan("a cat -S 1 --preset lightning -s 1")
     x0 = ModelSpec("x0", demo_spec().weights, "sd1", prediction="sample", width=64, height=64)
     assert plan("a cat -S 1 --preset lightning -s 1", spec=x0).line.steps == 1
+
+
+def test_a_pass_from_an_image_that_runs_no_step_is_one_line(tmp_path):
+    """`-f 0.3` at a few-step preset's 2 steps runs int(2 x 0.3) = 0 steps: diffusers' img2img pipeline failed
+    with a traceback; now the plan answers in one line that names both ways out."""
+    from PIL import Image
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), "red").save(init)
+    with pytest.raises(UserError) as e:
+        plan(f"a red circle -S 1 -I {init} -f 0.3 --preset lcm -s 2")
+    assert str(e.value) == ("-f 0.3 with -s 2 runs no step (a pass from an image runs int(steps x strength) = 0 "
+                            "of its 2): use -f 0.5 or more, or -s 4 or more")
+    assert plan(f"a red circle -S 1 -I {init} -f 0.5 --preset lcm -s 2").line.steps == 2
+    assert plan(f"a red circle -S 1 -I {init} -f 0.3 --preset lcm").line.steps == 4   # 4 x 0.3: one step
+    with pytest.raises(UserError, match="--hires_strength 0.7 with --hires_steps 1 runs no step"):
+        plan("a red circle -S 1 --hires_fix --hires_steps 1")
