@@ -310,3 +310,17 @@ def test_replay_typed_at_the_prompt_runs_as_one_job_with_its_pictures(drive_shel
     assert d.finish() == 0
     assert s.seeds == [11, 12] and made == []
     assert sum(1 for o in d.out if "\u2580" in o) == 2, "a thumbnail after each replayed image"
+
+
+def test_the_toolbar_shows_the_seconds_the_last_image_took(drive_shell, fake_session):
+    """Issue 17: how long an image takes is in the toolbar (from its start to its file), until the next one."""
+    d = drive_shell(fake_session(step_delay=0.1, steps=3))
+    assert "last image" not in d.shell._status(width=200)
+    d.type("a shape -S 3\r")
+    line = d.wait_output(made(1))
+    path, seconds = d.shell.last_image
+    assert line.startswith(f"#1 {path}: ") and 0.3 <= seconds < 10
+    assert f"last image {seconds:.1f}s" in d.shell._status(width=200)
+    narrow = d.shell._status(width=45)     # a narrow terminal drops it after the device, before the seed
+    assert "last image" not in narrow and "last seed: 3" in narrow
+    assert d.finish() == 0

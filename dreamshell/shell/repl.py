@@ -80,6 +80,7 @@ class JobListener(TextListener):
         job = self.job
         job.image, job.images, job.step, job.steps, job.step_times = index, total, 0, steps, []
         self.shell.live_preview = None
+        self._started = time.monotonic()
 
     def step(self, done: int, total: int) -> None:
         self.job.step, self.job.steps = done, total
@@ -92,6 +93,9 @@ class JobListener(TextListener):
 
     def image_saved(self, record: ImageRecord, image) -> None:
         self.shell.live_preview = None
+        started = getattr(self, "_started", None)
+        if started is not None:   # issue 17: the seconds an image took, in the toolbar until the next one
+            self.shell.last_image = (record.path, time.monotonic() - started)
         self.say(record_line(record))
         self.shell.show_thumbnail(image)
 
@@ -111,6 +115,7 @@ class DreamShell:
         self.jobs = JobQueue(on_error=self._job_crashed)
         dispatcher.may_be_made = lambda path: self.jobs.busy() and session.may_make(path)
         self.live_preview = None
+        self.last_image: tuple[str, float] | None = None   # (file, seconds it took) of the last image made
         self.protocol = self._pick_protocol(preview)
         self._leave_asked = False
         self._timer: threading.Timer | None = None
@@ -152,7 +157,7 @@ class DreamShell:
 
     def _status(self, width: int | None = None) -> str:
         """One line: the model, the device, the running job (image, step, ETA; or paused), what waits, the
-        last seed. At a narrow width the least needed parts go first, so `!help` always shows."""
+        last seed, the seconds the last image took. At a narrow width the least needed parts go first, so `!help` always shows."""
         s = self.session
         loading = s.host.loading
         if loading is not None:
@@ -174,8 +179,9 @@ class DreamShell:
                 state += " paused"
         waiting = len(self.jobs.waiting())
         queue = (f"{waiting} waiting" if waiting else "") + (" (paused: !resume)" if self.jobs.paused else "")
+        took = f"last image {self.last_image[1]:.1f}s" if self.last_image else ""
         parts = [(f"model: {model}", 3), (f"device: {s.host.device_label}", 1), (state, 5), (queue.strip(), 4),
-                 (f"last seed: {s.seeds[-1] if s.seeds else '-'}", 2)]
+                 (f"last seed: {s.seeds[-1] if s.seeds else '-'}", 2), (took, 1.5)]
         parts = [(text, rank) for text, rank in parts if text]
         width = width or self._width()
         while len(parts) > 1 and len(" " + " | ".join(t for t, _ in parts) + " | !help ") > width:
