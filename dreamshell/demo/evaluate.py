@@ -95,9 +95,9 @@ def evaluate(generator, spec, small: bool = False, seeds: int = 2, steps: int | 
     keeps = keeps_other = tries = 0
     rng = random.Random(1)
     from ..line.errors import LimitError
-    from ..line.limits import check_resolved
+    from ..line.limits import check_denoised_steps
     try:   # at -s 1 or 2, -f 0.3 runs no step: the part is left out (nan)
-        check_resolved(request("x -S 0 -I init.png -f 0.3"))
+        check_denoised_steps(request("x -S 0 -I init.png -f 0.3"))
         cases_img2img = img2img if img2img is not None else 6 if small else 20
     except LimitError:
         cases_img2img = 0

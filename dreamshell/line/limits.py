@@ -93,10 +93,6 @@ def check_resolved(request: DreamRequest) -> None:
         check_steps(request.steps, request.sampler)
     if request.hires_steps is not None:
         check_steps(request.hires_steps, request.sampler)
-    if request.init_img and request.strength is not None and request.steps:
-        check_denoised_steps(request.steps, request.strength, "-f", "-s")
-    if request.hires_fix and request.hires_steps and request.hires_strength is not None:
-        check_denoised_steps(request.hires_steps, request.hires_strength, "--hires_strength", "--hires_steps")
     if request.hires_fix and request.width and request.height:
         from .hires import DEFAULT_SCALE, target_size
         scale = request.hires_scale or DEFAULT_SCALE
@@ -112,14 +108,17 @@ def check_resolved(request: DreamRequest) -> None:
         check_upscaled(width, height, request.upscale.factor, "-U")
 
 
-def check_denoised_steps(steps: int, strength: float, strength_switch: str, steps_switch: str) -> None:
-    """A pass from an image runs int(steps x strength) of its steps (diffusers' img2img and inpaint pipelines;
-    A1111's count too): none is one line, not a failed image (issue 17: few-step presets make it easy)."""
-    if strength > 0 and int(steps * strength) < 1:
+def check_denoised_steps(request: DreamRequest) -> None:
+    """A line from an image (-I, -f) runs int(steps x strength) of its steps in diffusers' img2img and inpaint
+    pipelines, which fail when that is 0: one line instead (issue 17: few-step presets make it easy; A1111 runs
+    one step there). Checked once the line is resolved (the hires fix's second pass counts its steps A1111's
+    way and is not checked)."""
+    steps, strength = len(request.timesteps) or request.steps, request.strength
+    if request.init_img and steps and strength and int(steps * strength) < 1:
         import math
-        raise LimitError(f"{strength_switch} {strength:g} with {steps_switch} {steps} runs no step (a pass from an "
-                         f"image runs int(steps x strength) = 0 of its {steps}): use {strength_switch} "
-                         f"{math.ceil(100 / steps) / 100:g} or more, or {steps_switch} {math.ceil(1 / strength)} or more")
+        raise LimitError(f"-f {strength:g} with -s {steps} runs no step (a pass from an image runs int(steps x "
+                         f"strength) = 0 of its {steps}): use -f {math.ceil(100 / steps) / 100:g} or more, or -s "
+                         f"{math.ceil(1 / strength)} or more")
 
 
 def check_upscaled(width: int, height: int, factor: float, what: str) -> None:

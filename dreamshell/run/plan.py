@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..line.control import DEFAULT_PADDING, OUTCROP_STRENGTH, default_preprocessor, map_word, outcrop_size
 from ..line.errors import UserError
-from ..line.limits import MAX_SIZE, MIN_SIZE, check_resolved
+from ..line.limits import MAX_SIZE, MIN_SIZE, check_denoised_steps, check_resolved
 from ..line.parser import parse_line
 from ..line.presets import apply_model_preset, apply_preset, prediction_needed
 from ..line.rng import resolved_rng
@@ -184,6 +184,7 @@ class Planner:
                 raise UserError(why)
         check_sampler(resolved.sampler, resolved.schedule)
         check_resolved(resolved)
+        check_denoised_steps(resolved)
         check_family(resolved, spec, checked.files)
         resolved = families.family_defaults(resolved, spec)   # its schedule and guidance written out
         files = checked.files
