@@ -15,6 +15,9 @@ Sections (--sections, default all):
            CFG 7.5, LCM 4 steps CFG 1, 1-step turbo (k_euler_a, trailing) CFG 1; each with the full VAE and
            with TAESD. A 20-step row runs once, with the full VAE; its TAESD figure is its sampling time plus
            the TAESD decode measured in the same run (marked "sampling + decode").
+- oneimage: the 1-step turbo image (k_euler_a, trailing, CFG 1) with TAESD and with the full VAE, dreamshell and
+           plain diffusers interleaved image by image (--reps rounds; best and median), and where each one's time
+           goes (text encoder, UNet call, decode), timed inside the same images.
 - bf16vae: the full VAE's decode in bfloat16 against float32 on the full-size file (random latents) and on the
            demo model (its own latents from 20-step images): PSNR and the largest pixel difference, and speed.
 - compile: torch.compile of the UNet after warm-up against eager (the demo model; --compile_full for the
@@ -270,6 +273,80 @@ def section_images(model: Path, taesd: Path, reps: int, results: dict, skip20: b
     pipe.vae = vae
 
 
+def section_oneimage(model: Path, taesd: Path, reps: int, results: dict) -> None:
+    """The 1-step image, dreamshell and plain diffusers interleaved image by image, with its parts."""
+    import statistics
+
+    import diffusers
+    import torch
+    from diffusers import AutoencoderTiny
+    from dreamshell.engines import decoders
+    from dreamshell.line.request import DreamRequest
+    from dreamshell.line.samplers import plan
+    from dreamshell.weights.library import LineFiles
+    f = results.get("flops") or {}
+    parts: dict = {}
+
+    def timed(obj, name, label):
+        inner = getattr(obj, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            value = inner(*a, **k)
+            parts.setdefault(label, []).append(time.perf_counter() - t)
+            return value
+        setattr(obj, name, wrapper)
+
+    gen, spec = _dreamshell(model)
+    pipe = sd15_pipe(model)
+    full_vae = pipe.vae
+    tiny = decoders.load_tiny_decoder(taesd)
+    plain_tiny = AutoencoderTiny().eval()
+    plain_tiny.load_state_dict(tiny.state_dict(), strict=False)
+    p = plan("k_euler_a", "sgm_uniform")
+    pipe.scheduler = getattr(diffusers, p.scheduler).from_config(pipe.scheduler.config, **p.options)
+    timed(gen.text, "conditioning", "dreamshell text")
+    timed(gen._pipes["txt2img"].unet, "forward", "dreamshell UNet")
+    timed(decoders, "decode", "dreamshell TAESD decode")
+    timed(pipe, "encode_prompt", "diffusers text")
+    timed(pipe.unet, "forward", "diffusers UNet")
+    timed(plain_tiny, "decode", "diffusers TAESD decode")
+    request = DreamRequest(PROMPT, steps=1, seed=1, width=SIZE, height=SIZE, cfg_scale=1.0, sampler="k_euler_a",
+                           schedule="sgm_uniform", model=spec.name)
+    rows = results.setdefault("oneimage", {})
+    for decoder, files, vae in (("TAESD", LineFiles(decoder=taesd), plain_tiny), ("full VAE", LineFiles(), full_vae)):
+        pipe.vae = vae
+
+        def diffusers_image():
+            with torch.inference_mode():
+                return pipe(PROMPT, num_inference_steps=1, guidance_scale=1.0, height=SIZE, width=SIZE,
+                            generator=torch.Generator().manual_seed(1)).images
+        times: dict = {"dreamshell": [], "diffusers": []}
+        gen.generate(request, files=files)     # warm-up, both
+        diffusers_image()
+        for _ in range(reps):
+            for runner, call in (("dreamshell", lambda: gen.generate(request, files=files)),
+                                 ("diffusers", diffusers_image)):
+                t = time.perf_counter()
+                call()
+                times[runner].append(time.perf_counter() - t)
+        flop = f.get("unet", 0) + f.get("vae_decode" if decoder == "full VAE" else "taesd_decode", 0)
+        for runner, ts in times.items():
+            best = min(ts)
+            rows[f"{runner} | {decoder}"] = {"best_s": best, "median_s": statistics.median(ts), "all_s": ts,
+                                             "tflop_s": flop / best / 1e12 if flop else None}
+            out(f"one image {runner} | 1-step turbo | {decoder}: best {best:.2f}s median {statistics.median(ts):.2f}s "
+                f"({tflops(flop, best)} TFLOP/s) all {[round(t, 2) for t in ts]}")
+        ratio = min(times["dreamshell"]) / min(times["diffusers"])
+        rows[f"ratio | {decoder}"] = ratio
+        out(f"one image {decoder}: dreamshell / diffusers = {ratio:.3f} (best), "
+            f"{statistics.median(times['dreamshell']) / statistics.median(times['diffusers']):.3f} (median)")
+    results["oneimage_parts"] = {k: {"median_s": statistics.median(v), "n": len(v)} for k, v in parts.items()}
+    for k, v in parts.items():
+        out(f"  part {k}: median {statistics.median(v):.3f}s over {len(v)}")
+    pipe.vae = full_vae
+
+
 def _pixels(images):
     import numpy as np
     return ((images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -415,7 +492,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="the random-weight full-size SD 1.5 file")
     ap.add_argument("--taesd", type=Path, default=None,
                     help="a TAESD decoder file (default: a random one made beside --model)")
-    ap.add_argument("--sections", default="flops,layout,images,bf16vae,compile,sdcpp")
+    ap.add_argument("--sections", default="flops,layout,images,oneimage,bf16vae,compile,sdcpp")
     ap.add_argument("--reps", type=int, default=2, help="timed runs of each short case (best is kept)")
     ap.add_argument("--bf16_images", type=int, default=8)
     ap.add_argument("--compile_full", action="store_true")
@@ -441,12 +518,14 @@ def main() -> None:
     out(f"{results['cpu']}, {results['threads']} torch threads, torch {torch.__version__}, native bf16: "
         f"{results['native_bf16']}")
     started = time.perf_counter()
-    if "flops" in sections or "images" in sections or "sdcpp" in sections:
+    if {"flops", "images", "oneimage", "sdcpp"} & set(sections):
         section_flops(args.model, taesd, results)
     if "layout" in sections:
         section_layout(args.model, taesd, args.reps, results)
     if "images" in sections:
         section_images(args.model, taesd, args.reps, results, args.skip20)
+    if "oneimage" in sections:
+        section_oneimage(args.model, taesd, max(args.reps, 4), results)
     if "sdcpp" in sections and args.sdcpp_python:
         section_sdcpp(args.model, taesd, args.sdcpp_python, args.sdcpp_modes, results, args.skip20)
     if "bf16vae" in sections:
