@@ -18,6 +18,9 @@ Sections (--sections, default all):
 - oneimage: the 1-step turbo image (k_euler_a, trailing, CFG 1) with TAESD and with the full VAE, dreamshell and
            plain diffusers interleaved image by image (--reps rounds; best and median), and where each one's time
            goes (text encoder, UNet call, decode), timed inside the same images.
+- sdxl:    an SDXL-size 1-step image at 1024x1024 (k_euler_a, trailing, CFG 1) through dreamshell with a TAESD-shaped
+           tiny decoder named taesdxl_decoder, on --sdxl_model (scripts/make_fullsize_checkpoints.py sdxl); the UNet
+           call timed inside it.
 - bf16vae: the full VAE's decode in bfloat16 against float32 on the full-size file (random latents) and on the
            demo model (its own latents from 20-step images): PSNR and the largest pixel difference, and speed.
 - compile: torch.compile of the UNet after warm-up against eager (the demo model; --compile_full for the
@@ -347,6 +350,41 @@ def section_oneimage(model: Path, taesd: Path, reps: int, results: dict) -> None
     pipe.vae = full_vae
 
 
+def section_sdxl(model: Path, reps: int, results: dict) -> None:
+    """An SDXL-size 1-step image at 1024 through dreamshell, TAESD decoder, with its UNet call timed inside."""
+    import torch
+    from dreamshell.line.request import DreamRequest
+    from dreamshell.weights.library import LineFiles
+    taesd = model.with_name("taesdxl_decoder.safetensors")   # the name says SDXL: a random TAESD-shaped decoder
+    if not taesd.exists():
+        from diffusers import AutoencoderTiny
+        from safetensors.torch import save_file
+        torch.manual_seed(0)
+        save_file({k: v.contiguous() for k, v in AutoencoderTiny().state_dict().items() if k.startswith("decoder.")},
+                  str(taesd))
+    gen, spec = _dreamshell(model)
+    unet = gen._pipes["txt2img"].unet
+    calls: list = []
+    inner = unet.forward
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        value = inner(*a, **k)
+        calls.append(time.perf_counter() - t)
+        return value
+    unet.forward = timed
+    request = DreamRequest(PROMPT, steps=1, seed=1, width=1024, height=1024, cfg_scale=1.0, sampler="k_euler_a",
+                           schedule="sgm_uniform", model=spec.name)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        gen.generate(request, files=LineFiles(decoder=taesd))
+        times.append(time.perf_counter() - t)
+    results["sdxl_1024"] = {"s": times, "unet_s": calls}
+    out(f"SDXL 1024 1-step TAESD: best {min(times):.2f}s, all {[round(t, 2) for t in times]}; UNet call "
+        f"{[round(c, 2) for c in calls]}")
+
+
 def _pixels(images):
     import numpy as np
     return ((images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -492,11 +530,12 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="the random-weight full-size SD 1.5 file")
     ap.add_argument("--taesd", type=Path, default=None,
                     help="a TAESD decoder file (default: a random one made beside --model)")
-    ap.add_argument("--sections", default="flops,layout,images,oneimage,bf16vae,compile,sdcpp")
+    ap.add_argument("--sections", default="flops,layout,images,oneimage,sdxl,bf16vae,compile,sdcpp")
     ap.add_argument("--reps", type=int, default=2, help="timed runs of each short case (best is kept)")
     ap.add_argument("--bf16_images", type=int, default=8)
     ap.add_argument("--compile_full", action="store_true")
     ap.add_argument("--skip20", action="store_true", help="leave out the 20-step rows (minutes each)")
+    ap.add_argument("--sdxl_model", type=Path, default=None, help="a random-weight full-size SDXL file (section sdxl)")
     ap.add_argument("--sdcpp_python", default=None, help="an interpreter with stable-diffusion-cpp-python")
     ap.add_argument("--sdcpp_modes", default="default,direct")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
@@ -526,6 +565,8 @@ def main() -> None:
         section_images(args.model, taesd, args.reps, results, args.skip20)
     if "oneimage" in sections:
         section_oneimage(args.model, taesd, max(args.reps, 4), results)
+    if "sdxl" in sections and args.sdxl_model:
+        section_sdxl(args.sdxl_model, args.reps, results)
     if "sdcpp" in sections and args.sdcpp_python:
         section_sdcpp(args.model, taesd, args.sdcpp_python, args.sdcpp_modes, results, args.skip20)
     if "bf16vae" in sections:
