@@ -19,11 +19,11 @@ from .weights.models import ModelsFileError, load_registry, with_folders
 
 
 def _generator_factory(device: str, precision: str, lowvram: bool = False, compile: bool = False,
-                       batch_size: int = 1, folders=None):
+                       batch_size: int = 1, folders=None, vae_precision: str = "auto"):
     def make():
         from .engines.generator import DiffusersGenerator
         return DiffusersGenerator(device=device, precision=precision, lowvram=lowvram, compile=compile,
-                                  batch_size=batch_size, folders=folders)
+                                  batch_size=batch_size, folders=folders, vae_precision=vae_precision)
     return make
 
 
@@ -69,7 +69,7 @@ class InterruptibleRun:
 
 def build_session(args, registry, defaults: DreamRequest) -> Session:
     factory = _generator_factory(args.device, args.precision, args.lowvram, args.compile, args.batch_size,
-                                 registry.folders)
+                                 registry.folders, getattr(args, "vae_precision", "auto"))
     host = ModelHost(factory, _upscaler_factory(registry, args.device))
     return Session(registry, host, args.outdir, defaults=defaults, log=not args.no_log)
 

@@ -106,7 +106,11 @@ def build_argparser() -> argparse.ArgumentParser:
                          "continues a stopped batch)")
     ap.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                     help="auto: float16 on CUDA/MPS; on CPU bfloat16 where the CPU has it natively "
-                         "(AVX512-BF16/AMX; the VAE stays float32), else float32")
+                         "(AVX512-BF16/AMX), else float32")
+    ap.add_argument("--vae_precision", choices=("auto", "float32"), default="auto",
+                    help="beside a bfloat16 model on a CPU, the VAE and tiny decoder: auto decodes in bfloat16 "
+                         "where that was measured close to float32 (SD 1.x/2.x/XL; SD 3 and FLUX.1 stay "
+                         "float32), float32 always keeps them float32 (A1111's --no-half-vae)")
     ap.add_argument("--lowvram", action="store_true",
                     help="CUDA/MPS: keep each part of the model in CPU memory until it runs (model CPU offload) "
                          "and decode in tiles; slower, for 4-8 GB GPUs and 8 GB Macs")

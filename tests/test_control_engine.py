@@ -283,25 +283,30 @@ def test_an_sdxl_controlnet_guides_an_sdxl_model(sdxl_shaped, shared_generator, 
     assert inpainted[0].shape == (64, 64, 3)
 
 
-def test_sdxl_inpainting_at_bfloat16_keeps_the_vae_in_float32(sdxl_shaped, pictures, tmp_path):
+@pytest.mark.parametrize("vae_precision, vae_dtype", [("float32", "float32"), ("auto", "bfloat16")])
+def test_sdxl_inpainting_at_bfloat16_keeps_the_vae_in_its_precision(sdxl_shaped, pictures, tmp_path, monkeypatch,
+                                                                    vae_precision, vae_dtype):
     """Found by the bf16 suite: diffusers' SDXL inpaint pipelines (plain and ControlNet) encode -I with a
     force_upcast VAE and then cast the VAE to the image's dtype: the ControlNet inpaint line failed ("Input type
-    (float) and bias type (c10::BFloat16)") and later images decoded in bfloat16. Forced bfloat16, on any CPU."""
+    (float) and bias type (c10::BFloat16)") and later images decoded in bfloat16. Forced bfloat16, on any CPU.
+    With the bfloat16 VAE (issue 17: a CPU with native bf16) it stays bfloat16 the same way."""
     from dreamshell.engines.generator import DiffusersGenerator
     from dreamshell.weights.models import Registry
+    monkeypatch.setenv("DREAMSHELL_CPU_BF16", "1")
     spec, folder = sdxl_shaped
-    gen = DiffusersGenerator(device="cpu", precision="bfloat16")
+    gen = DiffusersGenerator(device="cpu", precision="bfloat16", vae_precision=vae_precision)
     registry = Registry({"xl": spec}, folders=Folders(tmp_path / "l", tmp_path / "e", tmp_path / "v", folder))
     session = Session(registry, ModelHost(lambda: gen), tmp_path / "out")
     session.echoed = []
     shape, mask = pictures / "shape.png", pictures / "mask.png"
     before, _ = run(session, "a red circle -S 1 -s 3")
-    assert gen.dtype == gen.torch.bfloat16 and gen.vae_float32
+    assert gen.dtype == gen.torch.bfloat16 and gen.vae_float32 is (vae_dtype == "float32")
+    want = getattr(gen.torch, vae_dtype)
     for line in (f"a red circle -S 1 -s 3 -I {shape} -M {mask}",
                  f"a red circle -S 1 -s 3 -I {shape} -M {mask} --control tiny_xl_canny:{shape}",
                  f"a red circle -S 1 -s 3 -I {shape} -f 0.6"):
         images, _ = run(session, line)
         assert images[0].shape == (64, 64, 3), session.echoed
-        assert all(p.dtype == gen.torch.float32 for p in gen._pipes["txt2img"].vae.parameters()), line
+        assert all(p.dtype == want for p in gen._pipes["txt2img"].vae.parameters()), line
     after, _ = run(session, "a red circle -S 1 -s 3")
-    assert np.array_equal(before[0], after[0])      # decoded by the same float32 VAE
+    assert np.array_equal(before[0], after[0])      # decoded by the same VAE

@@ -118,6 +118,34 @@ def test_cfg_at_most_1_is_one_unet_call_a_step_through_dreamshell(session_with, 
         assert [b for b, _ in unet.calls] == [batch] * 4, cfg
 
 
+def test_cfg_at_most_1_encodes_no_negative_prompt(session_with, monkeypatch):
+    """At CFG <= 1 the pipeline makes no unconditional pass, so the negative is not encoded either (on SDXL that
+    is both text encoders once more); A1111's AND and compel's padding still need it; the image is the same."""
+    from transformers import CLIPTextModel
+    texts = []
+    forward = CLIPTextModel.forward
+
+    def spy(module, input_ids=None, *args, **kwargs):
+        texts.append(input_ids.shape[0])
+        return forward(module, input_ids, *args, **kwargs)
+    monkeypatch.setattr(CLIPTextModel, "forward", spy)
+    s = session_with()
+    for line, calls in (("a red circle [a blue square] -C 1", 1), ("a red circle [a blue square] -C 0.5", 1),
+                        ("a red circle [a blue square] -C 5", 2), ("a red circle AND a blue square -C 1", 3)):
+        texts.clear()
+        run(s, f"{line} -s 2 -S 1 -A k_euler")
+        assert len(texts) == calls, line
+    from dreamshell.engines.conditioning import Conditioner
+    encoded = []
+    encode = Conditioner._encode
+    monkeypatch.setattr(Conditioner, "_encode", lambda self, t: (encoded.append(list(t)), encode(self, t))[1])
+    run(s, "a (red)1.2 circle [a blue square] -C 1 -s 2 -S 1 -A k_euler")   # compel pads to the negative's length
+    assert encoded == [["a (red)1.2 circle", "a blue square"]]
+    with_negative = run(s, "a red circle [a blue square] -C 1 -s 2 -S 1 -A k_euler").records[0]
+    without = run(s, "a red circle -C 1 -s 2 -S 1 -A k_euler").records[0]
+    assert pixels(with_negative.path) == pixels(without.path)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_a_preset_line_replays_byte_identical_from_the_log(session_with, tmp_path, precision):
     s = session_with(precision=precision, outdir=tmp_path / "first")
@@ -280,6 +308,8 @@ def test_live_previews_go_through_the_tiny_decoder(session_with, tmp_path):
     assert len(seen) == 3 and len(decoded) == 3 and [im.size for im in seen] == [(32, 32)] * 3   # 64 px, half scale
     latent, image = decoded[-1]
     pooled = torch.nn.functional.avg_pool2d(latent.float(), 2)
+    if s.generator.channels_last:   # on a CPU the tiny decoder runs channels_last, as the UNet and VAE do
+        model.to(memory_format=torch.channels_last)
     assert image.tobytes() == decoders.decode_to_pil(model, pooled[:1])[0].tobytes()
 
 
@@ -301,15 +331,17 @@ def test_without_a_tiny_decoder_previews_are_the_linear_projection(session_with,
 # ----- loading: the CPU's layout, few-step hints
 
 
-def test_the_cpu_runs_the_unet_and_vae_channels_last(tiny_models, monkeypatch):
+def test_the_cpu_runs_the_unet_and_vae_channels_last(tiny_models, monkeypatch, tmp_path):
+    """And the tiny decoder (1.3x on a TAESD decode at 512 on two AVX2 cores: BENCHMARKS.md)."""
     from dreamshell.engines.generator import DiffusersGenerator
     spec = tiny_models().models["tiny"]
+    taesd = _write(tmp_path, tiny_taesd(), "safetensors", "taesd_decoder")
     for env, want in (("1", True), ("0", False)):
         monkeypatch.setenv("DREAMSHELL_CHANNELS_LAST", env)
         gen = DiffusersGenerator(device="cpu", precision="float32")
         gen.load(spec)
         pipe = gen._pipes["txt2img"]
-        for model in (pipe.unet, pipe.vae):
+        for model in (pipe.unet, pipe.vae, gen._tiny_decoder(taesd).decoder):
             weight = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d))
             assert weight.is_contiguous(memory_format=torch.channels_last) is want
             assert weight.is_contiguous() is not want

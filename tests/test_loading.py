@@ -115,14 +115,21 @@ def test_each_image_of_a_batch_is_the_image_its_seed_makes_alone(demo, sampler):
     assert not np.array_equal(together[0], together[1])
 
 
-def test_bfloat16_on_cpu_keeps_the_vae_in_float32(monkeypatch):
+@pytest.mark.parametrize("native, vae_precision, vae_dtype", [("1", "auto", "bfloat16"), ("1", "float32", "float32"),
+                                                           ("0", "auto", "float32")])
+def test_bfloat16_on_cpu_decodes_in_bfloat16_where_the_cpu_has_it(monkeypatch, native, vae_precision, vae_dtype):
+    """Issue 17: beside a bfloat16 model the VAE decodes in bfloat16 where the CPU computes it natively (measured
+    close to float32: loading.BF16_VAE_MIN_PSNR_DB); --vae_precision float32 keeps it float32, and so does a CPU
+    without native bfloat16 (there a bfloat16 decode is many times slower: `--precision bfloat16` by hand)."""
     import torch
-    monkeypatch.setenv("DREAMSHELL_CPU_BF16", "1")
-    g = DiffusersGenerator(device="cpu", precision="auto")
+    monkeypatch.setenv("DREAMSHELL_CPU_BF16", native)
+    g = DiffusersGenerator(device="cpu", precision="auto" if native == "1" else "bfloat16",
+                           vae_precision=vae_precision)
     assert g.dtype == torch.bfloat16
     g.load(demo_spec())
     pipe = g._pipes["txt2img"]
-    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == getattr(torch, vae_dtype)
+    assert g.vae_float32 is (vae_dtype == "float32")
     spec = g.spec
     made = g.generate(_request(spec, "a red circle on a blue background -S 7 -s 12"))
     redrawn = g.generate(_request(spec, "a green square -S 9 -s 12 -f 0.6"), init_image=made)  # encode too
@@ -135,7 +142,7 @@ def test_bfloat16_on_cpu_keeps_the_vae_in_float32(monkeypatch):
     assert DiffusersGenerator(device="cpu", precision="auto").dtype == torch.float32
 
 
-def test_launcher_flags_reach_the_generator():
+def test_launcher_flags_reach_the_generator(tmp_path):
     from dreamshell.cli import build_argparser
     args = build_argparser().parse_args(["--lowvram", "--compile", "--batch_size", "4", "--precision", "bfloat16"])
     assert (args.lowvram, args.compile, args.batch_size, args.precision) == (True, True, 4, "bfloat16")
@@ -144,6 +151,16 @@ def test_launcher_flags_reach_the_generator():
     from dreamshell.app import _generator_factory
     g = _generator_factory("cpu", "float32", True, False, 4)()
     assert (g.lowvram, g.compile, g.batch_size, g.precision) == (True, False, 4, "float32")
+    args = build_argparser().parse_args(["--vae_precision", "float32"])
+    assert args.vae_precision == "float32" and build_argparser().parse_args([]).vae_precision == "auto"
+    from dreamshell.app import build_session
+    from dreamshell.line.request import DreamRequest
+    from dreamshell.weights.models import Registry
+    session = build_session(build_argparser().parse_args(["--vae_precision", "float32", "-o", str(tmp_path)]),
+                            Registry({"demo": demo_spec()}), DreamRequest(""))
+    assert session.host._generator_factory().vae_precision == "float32"
+    with pytest.raises(SystemExit):
+        build_argparser().parse_args(["--vae_precision", "float16"])
 
 
 def test_out_of_memory_names_the_modes_to_try():

@@ -68,11 +68,12 @@ def worker_layout(ray, device: str, cpus_per_worker: int, limit: int | None) -> 
 class WorkerPool:
     """The actors, what each runs now, and which are down (restarting) or gone."""
 
-    def __init__(self, ray, count: int, options: dict, registry, device: str, precision: str):
+    def __init__(self, ray, count: int, options: dict, registry, device: str, precision: str,
+                 vae_precision: str = "auto"):
         from .worker import ImageWorker
         self.ray = ray
         cls = ray.remote(ImageWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **options)
-        self.actors = [cls.remote(registry, device, precision) for _ in range(count)]
+        self.actors = [cls.remote(registry, device, precision, vae_precision) for _ in range(count)]
         self.model = [None] * count           # the model each was last given (grouping)
         self.load = [0] * count
         self.running: dict = {}               # ref -> (index, actor)
@@ -224,7 +225,8 @@ def run_ray(args, registry, spec, defaults, echo, error, control, console=None) 
         if count < 1:
             error(f"the Ray cluster has no room for a worker ({args.ray_cpus_per_worker} CPU(s) or 1 GPU each)")
             return 2
-        pool = WorkerPool(ray, count, options, registry, device, args.precision)
+        pool = WorkerPool(ray, count, options, registry, device, args.precision,
+                          getattr(args, "vae_precision", "auto"))
         writer = OrderedWriter(args.outdir, not args.no_log, echo)
         echo(f"{args.from_file}: {len(plan.tasks)} image(s) on {count} Ray worker(s) ({device})")
         progress = BatchProgress(console, len(plan.tasks)) if console is not None and console.is_terminal else None

@@ -28,10 +28,10 @@ class WorkerReply:
 class ImageWorker:
     """Holds one generator; keeps its model loaded from image to image (the driver groups by model)."""
 
-    def __init__(self, registry: Registry, device: str, precision: str):
+    def __init__(self, registry: Registry, device: str, precision: str, vae_precision: str = "auto"):
         self.registry = registry
         self.device = device
-        self.precision = precision
+        self.precision, self.vae_precision = precision, vae_precision
         self.generator = None
         self.upscaler = None
 
@@ -51,7 +51,7 @@ class ImageWorker:
         if self.generator is None:
             from ..engines.generator import DiffusersGenerator
             self.generator = DiffusersGenerator(device=self.device, precision=self.precision,
-                                                folders=self.registry.folders)
+                                                folders=self.registry.folders, vae_precision=self.vae_precision)
             self.generator.esrgan = lambda image, factor: self._upscale(image, factor, 1.0)
         if self.generator.spec != spec:
             self.generator.load(spec)

@@ -148,8 +148,16 @@ class Conditioner:
         positives = parts.normalized(request.skip_normalize)
         pipe, adapters = self.pipe, self.gen.adapters
         texts = [adapters.encoder_text(t) for t, _ in positives] + [adapters.encoder_text(parts.negative)]
+        # at CFG <= 1 the pipelines make no unconditional pass: the negative is not encoded (issue 17; on SDXL
+        # both text encoders once more). A1111's AND still guides against it (composable.py); through compel
+        # the negative's length pads the positives, so it stays there (the same embeddings as before).
+        negative = parts.combine or request.cfg_scale > 1 or self._needs_compel(texts)
+        if not negative:
+            texts = texts[:-1]
         with clip_skip([getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)], request.clip_skip):
             encoded = self._encode(texts)
+        if not negative:
+            encoded.append((None, None))
         if parts.combine:   # A1111's AND: the parts' guidance is combined in the UNet call (composable.py)
             guidance = AndGuidance([e for e, _ in encoded[:-1]], [w for _, w in positives], encoded[-1][0],
                                    [p for _, p in encoded[:-1]] if self.gen.is_sdxl else None, encoded[-1][1])

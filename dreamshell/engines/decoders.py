@@ -125,9 +125,12 @@ def load_tiny_decoder(path, model_family: str | None = None, dtype=None, factor:
 def decode(tiny, latents):
     """RGB in [-1, 1] (N, 3, 8h, 8w) from the UNet's latents (N, C, h, w), as the full VAE's decode gives it."""
     import torch
+    weight = next(tiny.decoder.parameters())   # its first convolution
     with torch.no_grad():
-        x = latents.to(next(tiny.parameters()).dtype)
-        return tiny.decode(x / tiny.config.scaling_factor + tiny.config.shift_factor).sample.float()
+        x = (latents.float() / tiny.config.scaling_factor + tiny.config.shift_factor).to(weight.dtype)
+        if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)   # the layout of its weights (CPU: NHWC convs)
+        return tiny.decode(x).sample.float()
 
 
 def to_pil(images):
@@ -168,14 +171,19 @@ class TinyDecoders:
     def __init__(self):
         self._loaded: dict = {}
 
-    def get(self, model: str, path, family: str, factor: int | None = None):
-        """The AutoencoderTiny at `path` for `model` (float32, whatever the model's precision), None for no path."""
+    def get(self, model: str, path, family: str, factor: int | None = None, dtype=None, channels_last: bool = False):
+        """The AutoencoderTiny at `path` for `model` (in `dtype`, float32 unless given: the VAE's precision; its
+        weights channels_last where the model's are), None for no path."""
         if path is None:
             return None
-        key = (model, str(path))
+        key = (model, str(path), str(dtype))
         if key not in self._loaded:
             try:
-                self._loaded[key] = load_tiny_decoder(path, family, factor=factor)
+                tiny = load_tiny_decoder(path, family, dtype=dtype, factor=factor)
+                if channels_last:
+                    import torch
+                    tiny.to(memory_format=torch.channels_last)
+                self._loaded[key] = tiny
             except DecoderError:
                 raise
             except Exception as e:   # a damaged file: torch, safetensors and diffusers raise many kinds

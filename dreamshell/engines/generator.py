@@ -39,13 +39,17 @@ class DiffusersGenerator:
     """Holds one model; `generate` makes one image for one resolved, per-image request."""
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, lowvram: bool = False,
-                 compile: bool = False, batch_size: int = 1, folders: Folders | None = None):
+                 compile: bool = False, batch_size: int = 1, folders: Folders | None = None,
+                 vae_precision: str = "auto"):
         quiet_libraries()
         import torch
         self.torch = torch
         self.device = pick_device(device)
         self.dtype = pick_dtype(precision, self.device)
         self.precision = str(self.dtype).replace("torch.", "")
+        if vae_precision not in ("auto", "float32"):
+            raise ValueError(f"vae_precision is auto or float32, not {vae_precision!r}")
+        self.vae_precision = vae_precision   # issue 17: float32 keeps the VAE float32 beside a bfloat16 model
         self.lowvram, self.compile, self.batch_size = lowvram, compile, max(1, batch_size)
         self.spec: ModelSpec | None = None
         self.kind = ""
@@ -109,14 +113,28 @@ class DiffusersGenerator:
 
     @property
     def vae_float32(self) -> bool:
-        """bfloat16 on a CPU: the UNet and text encoders run in bfloat16, the VAE in float32."""
-        return self.dtype == self.torch.bfloat16 and self.device == "cpu"
+        """bfloat16 on a CPU: the UNet and text encoders run in bfloat16, the VAE in float32 (with
+        --vae_precision float32, and for the families whose bfloat16 decode was not measured close)."""
+        return self._vae_float32_for(self.kind)
+
+    def _vae_float32_for(self, kind: str) -> bool:
+        if self.dtype != self.torch.bfloat16 or self.device != "cpu":
+            return False
+        # a bfloat16 decode only where the CPU computes bfloat16 natively: elsewhere it is many times slower
+        return self.vae_precision == "float32" or not (loading.native_bf16() and loading.bf16_vae_measured(kind))
+
+    @property
+    def decoder_dtype(self):
+        """The tiny decoder's dtype: the VAE's (bfloat16 beside a bfloat16 model on a CPU unless kept float32)."""
+        bf16 = self.dtype == self.torch.bfloat16 and self.device == "cpu" and not self.vae_float32
+        return self.torch.bfloat16 if bf16 else self.torch.float32
 
     def _load(self, spec: ModelSpec, kind: str, prediction: str | None, found=None) -> None:
         cls = loading.pipeline_class(kind, "txt2img")
         # with a float32 VAE the weights load in float32 and the rest is cast: a VAE loaded in bfloat16 and
         # cast back would carry bfloat16-rounded weights (not the file's: a VAE file then differed)
-        load_dtype = self.torch.float32 if self.vae_float32 else self.dtype
+        vae_float32 = self._vae_float32_for(kind)
+        load_dtype = self.torch.float32 if vae_float32 else self.dtype
         try:
             if families.is_new_family(kind):   # issue 21: SD 3 / FLUX.1 from their files (engines/families.py)
                 pipe = families.load(self, spec, kind, found)
@@ -137,7 +155,11 @@ class DiffusersGenerator:
             pipe.safety_checker = None
         self.zero_snr = bool(spec.zero_snr or (found is not None and found.zero_snr))   # issue 21
         families.apply_schedule(pipe, prediction, self.zero_snr)
-        if self.vae_float32:
+        if self.dtype == self.torch.bfloat16 and not vae_float32 and getattr(pipe.vae.config, "force_upcast", False):
+            # SDXL's config asks for a float32 decode because float16 overflows there; bfloat16 has float32's range
+            # (else the SDXL img2img/inpaint pipelines cast the VAE to float32 and back around each -I encode)
+            pipe.vae.register_to_config(force_upcast=False)
+        if vae_float32:
             if not families.is_new_family(kind):   # issue 21: those load in their dtype (T5 alone in bf16)
                 loading.cast_all_but_vae(pipe, self.dtype)
             loading.keep_vae_float32(pipe.vae, self.dtype, self.torch)
@@ -304,7 +326,8 @@ class DiffusersGenerator:
             return None
         factor = self._pipes["txt2img"].vae_scale_factor
         try:
-            return self.tiny.get(self.spec.name, path, tiny_family(self.kind, factor), factor)
+            return self.tiny.get(self.spec.name, path, tiny_family(self.kind, factor), factor,
+                                 dtype=self.decoder_dtype, channels_last=self.channels_last)
         except decoders.DecoderError as e:
             raise GenerationError(f"--decoder: {e}") from None
 
@@ -357,6 +380,8 @@ class DiffusersGenerator:
         if self.vae_float32 and not getattr(vae, "_ds_float32", False):
             loading.keep_vae_float32(vae, self.dtype, self.torch)
             vae._ds_float32 = True
+        elif self.dtype == self.torch.bfloat16 and getattr(vae.config, "force_upcast", False):
+            vae.register_to_config(force_upcast=False)   # as at load: bfloat16 needs no float32 decode
         if self.lowvram and self.device in ("cuda", "mps"):
             loading.memory_modes(self._pipes["txt2img"], self.device, self.lowvram)
         else:

@@ -187,6 +187,19 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# issue 17: a bfloat16 model on a CPU decodes in bfloat16 where that image is close to float32's: PSNR >= 40 dB
+# (RMS error <= 2.6 levels of 255) on every image bench/bench_fast.py's bf16vae section measured, far under
+# what the bfloat16 UNet itself already changes (BENCHMARKS.md). Measured: the SD 1.x/2.x/XL VAE (4 latent
+# channels, the demo's too) and TAESD; SD 3's and FLUX.1's 16-channel VAEs were not, so they stay float32.
+BF16_VAE_MIN_PSNR_DB = 40.0
+
+
+def bf16_vae_measured(kind: str) -> bool:
+    """Was this kind's VAE measured close enough in bfloat16 to decode in it beside a bfloat16 model?"""
+    from . import families
+    return not families.is_new_family(kind)
+
+
 def physical_cores() -> int | None:
     """Physical cores (hyper-threads share one core's units; torch runs best with one thread a core)."""
     try:
