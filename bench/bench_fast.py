@@ -70,8 +70,11 @@ def best_of(fn, reps: int, warm: int = 1) -> float:
 
 
 def flops_of(fn) -> float:
+    """FLOPs of `fn` (2 a multiply-add). Attention through SDPA's math path: the CPU's fused kernel is not one
+    FlopCounterMode counts (before 2026-12-04 the UNet's attention, 0.126 of its 0.803 TFLOP at 512, was missed)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as mode:
+    with FlopCounterMode(display=False) as mode, sdpa_kernel(SDPBackend.MATH):
         fn()
     return float(mode.get_total_flops())
 
@@ -181,10 +184,10 @@ def section_layout(model: Path, taesd: Path, reps: int, results: dict) -> None:
     results["layout"] = rows
 
 
-def _dreamshell(model: Path):
+def _dreamshell(model: Path, precision: str = "float32"):
     from dreamshell.engines.generator import DiffusersGenerator
     from dreamshell.weights.models import spec_for_path
-    gen = DiffusersGenerator(device="cpu", precision="float32")
+    gen = DiffusersGenerator(device="cpu", precision=precision)
     spec = spec_for_path(model)
     gen.load(spec)
     return gen, spec
@@ -199,7 +202,7 @@ def timed_image(call) -> tuple[float, float]:
     return end - t, (marks[-1] - t) if marks else 0.0
 
 
-def section_images(model: Path, taesd: Path, reps: int, results: dict, skip20: bool) -> None:
+def section_images(model: Path, taesd: Path, reps: int, results: dict, skip20: bool, bf16: bool = False) -> None:
     import diffusers
     import torch
     from dreamshell.engines.decoders import load_tiny_decoder
@@ -216,31 +219,35 @@ def section_images(model: Path, taesd: Path, reps: int, results: dict, skip20: b
                                                  "how": how}
         out(f"image {runner} | {row} | {decoder}: {seconds:.2f}s ({tflops(flop, seconds)} TFLOP/s) {how}")
 
-    # dreamshell, its defaults
-    gen, spec = _dreamshell(model)
     tiny = load_tiny_decoder(taesd)
     lat = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     taesd_decode = best_of(lambda: tiny.decode(lat), reps)
     results["taesd_decode_s"] = taesd_decode
-    for name, steps, sampler, schedule, cfg, _ in ROWS:
-        calls = steps * (2 if cfg > 1 else 1)
-        for decoder, files in (("full VAE", LineFiles()), ("TAESD", LineFiles(decoder=taesd))):
-            request = DreamRequest(PROMPT, steps=steps, seed=1, width=SIZE, height=SIZE, cfg_scale=cfg,
-                                   sampler=sampler, schedule=schedule, model=spec.name)
-            if steps >= 20:
-                if skip20:
+    # dreamshell, its defaults; with bf16 also at --precision bfloat16 (its few-step rows once: on a CPU without
+    # native bf16 each UNet call is several times float32's, and the VAE stays float32 there)
+    for runner, precision in (("dreamshell", "float32"),) + ((("dreamshell bf16", "bfloat16"),) if bf16 else ()):
+        gen, spec = _dreamshell(model, precision)
+        for name, steps, sampler, schedule, cfg, _ in ROWS:
+            calls = steps * (2 if cfg > 1 else 1)
+            for decoder, files in (("full VAE", LineFiles()), ("TAESD", LineFiles(decoder=taesd))):
+                request = DreamRequest(PROMPT, steps=steps, seed=1, width=SIZE, height=SIZE, cfg_scale=cfg,
+                                       sampler=sampler, schedule=schedule, model=spec.name)
+                if steps >= 20:
+                    if skip20 or precision != "float32":
+                        continue
+                    if decoder == "TAESD":
+                        sampling = rows[f"{runner} | {name} | full VAE"]["sampling_s"]
+                        record(runner, name, decoder, sampling + taesd_decode, calls, "(sampling + decode)")
+                        continue
+                    total, sampling = timed_image(lambda cb: gen.generate(request, files=files, on_step=cb))
+                    record(runner, name, decoder, total, calls)
+                    rows[f"{runner} | {name} | full VAE"]["sampling_s"] = sampling
                     continue
-                if decoder == "TAESD":
-                    sampling = rows[f"dreamshell | {name} | full VAE"]["sampling_s"]
-                    record("dreamshell", name, decoder, sampling + taesd_decode, calls, "(sampling + decode)")
-                    continue
-                total, sampling = timed_image(lambda cb: gen.generate(request, files=files, on_step=cb))
-                record("dreamshell", name, decoder, total, calls)
-                rows[f"dreamshell | {name} | full VAE"]["sampling_s"] = sampling
-                continue
-            seconds = best_of(lambda: gen.generate(request, files=files), reps)
-            record("dreamshell", name, decoder, seconds, calls)
-    del gen
+                seconds = best_of(lambda: gen.generate(request, files=files), reps if precision == "float32" else 1,
+                                  warm=1 if precision == "float32" else 0)
+                record(runner, name, decoder, seconds, calls, "" if precision == "float32" else
+                       f"(UNet bf16, VAE {'bf16' if not gen.vae_float32 else 'float32'}; one run)")
+        del gen
 
     # plain diffusers, as its docs write it
     pipe = sd15_pipe(model)
@@ -373,16 +380,47 @@ def section_sdxl(model: Path, reps: int, results: dict) -> None:
         calls.append(time.perf_counter() - t)
         return value
     unet.forward = timed
+    from dreamshell.engines import decoders
+    parts: dict = {"text": [], "decode": []}
+
+    def timing(name, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            value = fn(*a, **k)
+            parts[name].append(time.perf_counter() - t)
+            return value
+        return wrapper
+    conditioning, decode_to_pil = gen.text.conditioning, decoders.decode_to_pil
+    gen.text.conditioning = timing("text", conditioning)
+    decoders.decode_to_pil = timing("decode", decode_to_pil)
     request = DreamRequest(PROMPT, steps=1, seed=1, width=1024, height=1024, cfg_scale=1.0, sampler="k_euler_a",
                            schedule="sgm_uniform", model=spec.name)
     times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        gen.generate(request, files=LineFiles(decoder=taesd))
-        times.append(time.perf_counter() - t)
-    results["sdxl_1024"] = {"s": times, "unet_s": calls}
-    out(f"SDXL 1024 1-step TAESD: best {min(times):.2f}s, all {[round(t, 2) for t in times]}; UNet call "
-        f"{[round(c, 2) for c in calls]}")
+    try:
+        for _ in range(reps):
+            t = time.perf_counter()
+            gen.generate(request, files=LineFiles(decoder=taesd))
+            times.append(time.perf_counter() - t)
+    finally:
+        decoders.decode_to_pil = decode_to_pil
+    # FLOPs: the UNet's by its shapes on the meta device; TAESD's scale with the pixels (0.1414 T at 512)
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        shape = UNet2DConditionModel.from_config(unet.config)
+        added = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
+        with FlopCounterMode(display=False) as counter:
+            shape(torch.randn(1, 4, 128, 128), torch.tensor([999.0]), torch.randn(1, 77, 2048),
+                  added_cond_kwargs=added)
+    unet_flop = counter.get_total_flops()
+    decode_flop = (results.get("flops") or {}).get("taesd_decode", 0.1414e12) * 4
+    best = min(times)
+    results["sdxl_1024"] = {"s": times, "unet_s": calls, "text_s": parts["text"], "decode_s": parts["decode"],
+                            "unet_tflop": unet_flop / 1e12, "taesd_tflop": decode_flop / 1e12}
+    out(f"SDXL 1024 1-step TAESD: best {best:.2f}s ({tflops(unet_flop + decode_flop, best)} TFLOP/s), all "
+        f"{[round(t, 2) for t in times]}; UNet call {[round(c, 2) for c in calls]} ({unet_flop / 1e12:.3f} TFLOP, "
+        f"{tflops(unet_flop, min(calls))} TFLOP/s); text encoders {[round(c, 2) for c in parts['text']]}; TAESD "
+        f"decode {[round(c, 2) for c in parts['decode']]} ({decode_flop / 1e12:.3f} TFLOP)")
 
 
 def _pixels(images):
@@ -418,23 +456,56 @@ def section_bf16vae(model: Path, images: int, results: dict) -> None:
         latents.append(demo(prompts[i % len(prompts)], num_inference_steps=20, guidance_scale=5.0,
                             generator=torch.Generator().manual_seed(i), output_type="latent").images)
     lat = torch.cat(latents)
-    for name, vae, lat_ in (("demo", demo.vae, lat),
-                            ("full-size SD 1.5", sd15_pipe(model).vae,
-                             torch.randn(max(2, images // 4), 4, SIZE // 8, SIZE // 8,
-                                         generator=torch.Generator().manual_seed(0)))):
+    # the yardstick: how far the bfloat16 UNet (what --precision auto runs on a CPU with native bf16) already
+    # moves the image from float32's, both decoded by the float32 VAE
+    unet32 = demo.unet
+    demo.unet = copy.deepcopy(unet32).to(torch.bfloat16)
+    demo.text_encoder.to(torch.bfloat16)
+    latents16 = []
+    for i in range(images):
+        latents16.append(demo(prompts[i % len(prompts)], num_inference_steps=20, guidance_scale=5.0,
+                              generator=torch.Generator().manual_seed(i), output_type="latent").images.float())
+    demo.unet = unet32
+    demo.text_encoder.to(torch.float32)
+    with torch.no_grad():
+        scaled = lambda x: x / demo.vae.config.scaling_factor   # noqa: E731
+        a = torch.cat([demo.vae.decode(scaled(lat[i:i + 1])).sample for i in range(len(lat))])
+        b = torch.cat([demo.vae.decode(scaled(x)).sample for x in latents16])
+    row = _compare(_pixels(a), _pixels(b))
+    rows["demo: bfloat16 UNet + float32 VAE (the yardstick)"] = row
+    out(f"bf16 UNet demo (yardstick): PSNR {row['psnr_db']:.1f} dB (worst image {row['psnr_min_db']:.1f}), max "
+        f"|diff| {row['max_abs']}/255, mean {row['mean_abs']:.2f}")
+    # the demo's shipped tiny decoder (models/taesd) in bfloat16 against float32
+    from dreamshell.engines.decoders import decode, load_tiny_decoder
+    taesd_file = ROOT / "models" / "taesd" / "taesd_demo_decoder.safetensors"
+    t32, t16 = load_tiny_decoder(taesd_file), load_tiny_decoder(taesd_file, dtype=torch.bfloat16)
+    row = _compare(_pixels(decode(t32, lat)), _pixels(decode(t16, lat)))
+    rows["demo TAESD"] = row
+    out(f"bf16 TAESD demo: PSNR {row['psnr_db']:.1f} dB (worst image {row['psnr_min_db']:.1f}), max |diff| "
+        f"{row['max_abs']}/255, mean {row['mean_abs']:.2f}, {100 * row['share_over_2']:.2f}% of values off by >2")
+    from dreamshell.engines.loading import native_bf16
+    native = native_bf16()
+    cases = [("demo", demo.vae, lat)]
+    if native:
+        cases.append(("full-size SD 1.5", sd15_pipe(model).vae,
+                      torch.randn(max(2, images // 4), 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))))
+    else:   # emulated, on one core: the demo's 64x64 decode took 58x float32's; a 256x256 full-size one ran > 15 min
+        out("bf16 VAE full-size SD 1.5: left out on a CPU without native bf16 (its emulated decode takes too long)")
+    for name, vae, lat_ in cases:
         scaled = lat_ / vae.config.scaling_factor
         half = copy.deepcopy(vae).to(torch.bfloat16)
         with torch.no_grad():
             f32 = torch.cat([vae.decode(scaled[i:i + 1]).sample for i in range(len(scaled))])
             b16 = torch.cat([half.decode(scaled[i:i + 1].to(torch.bfloat16)).sample.float() for i in range(len(scaled))])
             t32 = best_of(lambda: vae.decode(scaled[:1]), 1)
-            t16 = best_of(lambda: half.decode(scaled[:1].to(torch.bfloat16)), 1)
+            t16 = best_of(lambda: half.decode(scaled[:1].to(torch.bfloat16)), 1) if native else float("nan")
         row = _compare(_pixels(f32), _pixels(b16))
         row.update(float32_s=t32, bfloat16_s=t16, size=list(f32.shape[-2:]))
         rows[name] = row
         out(f"bf16 VAE {name}: PSNR {row['psnr_db']:.1f} dB (worst image {row['psnr_min_db']:.1f}), max |diff| "
             f"{row['max_abs']}/255, mean {row['mean_abs']:.2f}, {100 * row['share_over_2']:.2f}% of values off by >2; "
-            f"decode float32 {t32:.2f}s, bfloat16 {t16:.2f}s (emulated here: no native bf16)")
+            f"at {row['size'][0]}x{row['size'][1]}; decode float32 {t32:.2f}s, bfloat16 "
+            + (f"{t16:.2f}s" if native else "not timed (no native bf16 here: emulated)"))
     results["bf16vae"] = rows
 
 
@@ -535,6 +606,8 @@ def main() -> None:
     ap.add_argument("--bf16_images", type=int, default=8)
     ap.add_argument("--compile_full", action="store_true")
     ap.add_argument("--skip20", action="store_true", help="leave out the 20-step rows (minutes each)")
+    ap.add_argument("--sdcpp_skip20", action="store_true", help="leave out sd.cpp's 20-step row (40 UNet calls)")
+    ap.add_argument("--bf16", action="store_true", help="section images: dreamshell at --precision bfloat16 too")
     ap.add_argument("--sdxl_model", type=Path, default=None, help="a random-weight full-size SDXL file (section sdxl)")
     ap.add_argument("--sdcpp_python", default=None, help="an interpreter with stable-diffusion-cpp-python")
     ap.add_argument("--sdcpp_modes", default="default,direct")
@@ -562,13 +635,14 @@ def main() -> None:
     if "layout" in sections:
         section_layout(args.model, taesd, args.reps, results)
     if "images" in sections:
-        section_images(args.model, taesd, args.reps, results, args.skip20)
+        section_images(args.model, taesd, args.reps, results, args.skip20, args.bf16)
     if "oneimage" in sections:
         section_oneimage(args.model, taesd, max(args.reps, 4), results)
     if "sdxl" in sections and args.sdxl_model:
         section_sdxl(args.sdxl_model, args.reps, results)
     if "sdcpp" in sections and args.sdcpp_python:
-        section_sdcpp(args.model, taesd, args.sdcpp_python, args.sdcpp_modes, results, args.skip20)
+        section_sdcpp(args.model, taesd, args.sdcpp_python, args.sdcpp_modes, results,
+                      args.skip20 or args.sdcpp_skip20)
     if "bf16vae" in sections:
         section_bf16vae(args.model, args.bf16_images, results)
     if "compile" in sections:
