@@ -608,12 +608,17 @@ def main() -> None:
     ap.add_argument("--skip20", action="store_true", help="leave out the 20-step rows (minutes each)")
     ap.add_argument("--sdcpp_skip20", action="store_true", help="leave out sd.cpp's 20-step row (40 UNet calls)")
     ap.add_argument("--bf16", action="store_true", help="section images: dreamshell at --precision bfloat16 too")
+    ap.add_argument("--rows", default=None,
+                    help="section images: only the rows whose names start with these (comma-separated: 20,LCM,1-step)")
     ap.add_argument("--sdxl_model", type=Path, default=None, help="a random-weight full-size SDXL file (section sdxl)")
     ap.add_argument("--sdcpp_python", default=None, help="an interpreter with stable-diffusion-cpp-python")
     ap.add_argument("--sdcpp_modes", default="default,direct")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.rows:
+        global ROWS
+        ROWS = tuple(r for r in ROWS if any(r[0].startswith(x) for x in args.rows.split(",")))
     import torch
 
     from dreamshell.engines import loading
