@@ -3,7 +3,11 @@
 plain diffusers script; -n 4 with batching off (--batch_size 1) and on (--batch_size 4); --compile off
 and on (the first, compiling, image timed apart). Run it where there is a GPU:
 
-    python bench/bench_gpu.py --device cuda [--model FILE] [--steps 20]
+    python bench/bench_gpu.py --device cuda [--model FILE] [--steps 20] [--sections steps,fast]
+
+Section fast (issue 17): the 1-step turbo image at 512x512 (k_euler_a, sgm_uniform, CFG 1), with the full VAE
+and with a TAESD-shaped tiny decoder, -n 1 and -n 4 in one batch, dreamshell and plain diffusers interleaved
+round by round: images per second.
 
 Without --model it writes a random-weight SD 1.5 file (original layout, float16) into a temporary folder
 with scripts/make_fullsize_checkpoints.py.
@@ -25,10 +29,11 @@ PROMPT = "a photograph of an astronaut riding a horse"
 
 
 def timed(torch, fn) -> float:
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t
 
 
@@ -46,7 +51,7 @@ def plain_diffusers(torch, model: str, args) -> dict:
     torch.cuda.reset_peak_memory_stats()
     seconds = timed(torch, run)
     result = {"it/s": args.steps / seconds, "peak VRAM GB": torch.cuda.max_memory_allocated() / 1e9}
-    del pipe
+    pipe.to("cpu")
     torch.cuda.empty_cache()
     return result
 
@@ -71,12 +76,75 @@ def dreamshell(torch, model: str, args, *, compile: bool = False, batch_size: in
     return result
 
 
+def fast_rows(torch, model: str, args) -> dict:
+    """Images per second of the 1-step turbo image, dreamshell and plain diffusers interleaved (median of
+    args.rounds rounds after a warm-up round)."""
+    import statistics
+
+    import diffusers
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
+    from bench_fast import make_taesd
+    from dreamshell.engines.decoders import load_tiny_decoder
+    from dreamshell.engines.generator import DiffusersGenerator
+    from dreamshell.line.request import DreamRequest
+    from dreamshell.line.samplers import plan
+    from dreamshell.weights.library import LineFiles
+    from dreamshell.weights.models import spec_for_path
+    taesd = make_taesd(Path(tempfile.mkdtemp(prefix="bench-gpu-")) / "taesd.safetensors")
+    dtype = getattr(args, "dtype", "float16")
+    size = getattr(args, "size", 512)
+    g = DiffusersGenerator(device=args.device, precision=dtype, batch_size=4)
+    spec = spec_for_path(Path(model))
+    g.load(spec)
+    pipe = StableDiffusionPipeline.from_single_file(model, config=str(ROOT / "dreamshell/configs/sd1"),
+                                                    local_files_only=True, torch_dtype=getattr(torch, dtype),
+                                                    safety_checker=None, requires_safety_checker=False).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    p = plan("k_euler_a", "sgm_uniform")
+    pipe.scheduler = getattr(diffusers, p.scheduler).from_config(pipe.scheduler.config, **p.options)
+    full_vae = pipe.vae
+    tiny = AutoencoderTiny().eval()
+    tiny.load_state_dict(load_tiny_decoder(taesd).state_dict(), strict=False)
+    tiny = tiny.to(args.device, getattr(torch, dtype))
+    rows: dict = {}
+    for decoder, files, vae in (("TAESD", LineFiles(decoder=taesd), tiny), ("full VAE", LineFiles(), full_vae)):
+        pipe.vae = vae
+        for n in (1, 4):
+            requests = [DreamRequest(PROMPT, steps=1, seed=1 + i, width=size, height=size, cfg_scale=1.0,
+                                     sampler="k_euler_a", schedule="sgm_uniform", model=spec.name) for i in range(n)]
+
+            def ours():
+                return g.generate_batch(requests, files=files)
+
+            def plain():
+                with torch.inference_mode():
+                    return pipe(PROMPT, num_inference_steps=1, guidance_scale=1.0, width=size, height=size,
+                                num_images_per_prompt=n, generator=torch.Generator("cpu").manual_seed(1)).images
+            times: dict = {"dreamshell": [], "plain diffusers": []}
+            ours(), plain()
+            for _ in range(args.rounds):
+                for name, fn in (("dreamshell", ours), ("plain diffusers", plain)):
+                    times[name].append(timed(torch, fn))
+            for name, ts in times.items():
+                rows[f"{name}, {decoder}, -n {n}"] = {"images/s": n / statistics.median(ts),
+                                                      "best images/s": n / min(ts)}
+            rows[f"dreamshell / plain, {decoder}, -n {n} (images/s)"] = {
+                "ratio": statistics.median(times["plain diffusers"]) / statistics.median(times["dreamshell"])}
+    g.unload()
+    pipe.to("cpu")
+    torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default=None, help="an SD 1.5 single file (default: a random-weight one)")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sections", default="steps,fast", help="steps (20-step rows), fast (1-step images/s)")
+    ap.add_argument("--rounds", type=int, default=10, help="section fast: timed rounds (the median is kept)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     import torch
     if not args.device.startswith("cuda") or not torch.cuda.is_available():
         print(f"no CUDA device here (torch {torch.__version__}, torch.cuda.is_available() = "
@@ -86,8 +154,14 @@ def main() -> int:
     if model is None:
         from dreamshell.engines.fullsize import write_checkpoint
         model = str(write_checkpoint("sd15", Path(tempfile.mkdtemp(prefix="bench-gpu-"))))
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD 1.5 shape, float16, 512x512, "
-          f"{args.steps} steps, k_euler, CFG 7.5")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD 1.5 shape, float16, 512x512")
+    if "fast" in sections:
+        print("1-step turbo image (k_euler_a, sgm_uniform, CFG 1), dreamshell and plain diffusers interleaved:")
+        for name, r in fast_rows(torch, model, args).items():
+            print(f"  {name:44} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+    if "steps" not in sections:
+        return 0
+    print(f"{args.steps} steps, k_euler, CFG 7.5")
     rows = {"plain diffusers": plain_diffusers(torch, model, args),
             "dreamshell": dreamshell(torch, model, args),
             "dreamshell -n 4, --batch_size 1": dreamshell(torch, model, args, n=4, batch_size=1),

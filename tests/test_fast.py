@@ -347,6 +347,25 @@ def test_the_cpu_runs_the_unet_and_vae_channels_last(tiny_models, monkeypatch, t
             assert weight.is_contiguous() is not want
 
 
+def test_the_tiny_decoder_runs_on_the_models_device(tiny_models, tmp_path):
+    """On a GPU the tiny decoder goes where the model is, and the latents follow its weights (found on an H200:
+    `--decoder taesd` on CUDA failed with 'Input type (torch.cuda.FloatTensor) and weight type
+    (torch.FloatTensor)'). The meta device stands in for CUDA here: shapes, no data."""
+    from dreamshell.engines import decoders
+    from dreamshell.engines.generator import DiffusersGenerator
+    spec = tiny_models().models["tiny"]
+    taesd = _write(tmp_path, tiny_taesd(), "safetensors", "taesd_decoder")
+    gen = DiffusersGenerator(device="cpu", precision="float32")
+    gen.load(spec)
+    assert next(gen._tiny_decoder(taesd).parameters()).device.type == "cpu"
+    gen.device = "meta"
+    tiny = gen._tiny_decoder(taesd)
+    assert {p.device.type for p in tiny.parameters()} == {"meta"}
+    latents = torch.randn(2, tiny.config.latent_channels, 8, 8)   # where the pipeline left them
+    out = decoders.decode(tiny, latents)
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 16, 16)
+
+
 def test_a_few_step_model_or_lora_gets_a_note_once(session_with, tmp_path, tiny_models):
     import shutil
     s = session_with()

@@ -163,6 +163,40 @@ def test_launcher_flags_reach_the_generator(tmp_path):
         build_argparser().parse_args(["--vae_precision", "float16"])
 
 
+def test_a_batch_decodes_whole_where_the_gpu_has_room_and_one_at_a_time_where_not():
+    """On an H200 slicing a 1-step batch of 4 at 512 cost 1.2x images/s against plain diffusers, which does not
+    slice; a GPU short of memory, --lowvram and MPS still slice, the CPU never does."""
+    from dreamshell.engines import loading
+    torch = pytest.importorskip("torch")
+    px, gib = 512 * 512, 1 << 30
+    assert not loading.slice_vae("cuda", px, 4, False, 80 * gib)
+    assert loading.slice_vae("cuda", px, 4, False, 4 * gib)          # under twice the estimated 4 GiB peak
+    assert not loading.slice_vae("cuda", px, 4, False, 9 * gib)
+    assert loading.slice_vae("cuda", px, 4, False, 9 * gib, element_size=4)   # a float32 VAE needs twice as much
+    assert loading.slice_vae("cuda", px, 4, True, 80 * gib)          # --lowvram
+    assert loading.slice_vae("mps", px, 4, False, None)
+    assert not loading.slice_vae("cuda", px, 1, False, 1 * gib)      # one image: nothing to slice
+    assert not loading.slice_vae("cpu", px, 8, False, None)
+    assert loading.device_free_bytes("cpu") is None
+
+    class Vae:
+        def __init__(self):
+            self.calls = []
+            self.weight = torch.zeros(1, dtype=torch.float16)
+
+        def parameters(self):
+            return iter([self.weight])
+
+        def __getattr__(self, name):
+            return lambda: self.calls.append(name)
+
+    for free, want in ((80 * gib, "disable_slicing"), (2 * gib, "enable_slicing")):
+        pipe = type("Pipe", (), {})()
+        pipe.vae = Vae()
+        loading.vae_modes(pipe, "cuda", px, 4, False, free)
+        assert pipe.vae.calls == ["disable_tiling", want]
+
+
 def test_out_of_memory_names_the_modes_to_try():
     from dreamshell.engines.loading import oom_advice
     assert "--lowvram" in oom_advice("cuda", False) and "--lowvram" not in oom_advice("cuda", True)

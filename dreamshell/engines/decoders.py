@@ -123,11 +123,12 @@ def load_tiny_decoder(path, model_family: str | None = None, dtype=None, factor:
 
 
 def decode(tiny, latents):
-    """RGB in [-1, 1] (N, 3, 8h, 8w) from the UNet's latents (N, C, h, w), as the full VAE's decode gives it."""
+    """RGB in [-1, 1] (N, 3, 8h, 8w) from the UNet's latents (N, C, h, w), as the full VAE's decode gives it; the
+    latents go to the decoder's device and dtype (the result stays there)."""
     import torch
     weight = next(tiny.decoder.parameters())   # its first convolution
     with torch.no_grad():
-        x = (latents.float() / tiny.config.scaling_factor + tiny.config.shift_factor).to(weight.dtype)
+        x = (latents.to(weight.device).float() / tiny.config.scaling_factor + tiny.config.shift_factor).to(weight.dtype)
         if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
             x = x.contiguous(memory_format=torch.channels_last)   # the layout of its weights (CPU: NHWC convs)
         return tiny.decode(x).sample.float()
@@ -158,7 +159,7 @@ class TinyPreview:
 
     def to_image(self, latent):
         import torch
-        x = latent.detach().to("cpu", torch.float32)
+        x = latent.detach().float()   # decode() takes it to the decoder's device
         if self.scale != 1:
             x = torch.nn.functional.avg_pool2d(x, int(1 / self.scale))
         return decode_to_pil(self.tiny, x[:1])[0]
@@ -171,15 +172,18 @@ class TinyDecoders:
     def __init__(self):
         self._loaded: dict = {}
 
-    def get(self, model: str, path, family: str, factor: int | None = None, dtype=None, channels_last: bool = False):
-        """The AutoencoderTiny at `path` for `model` (in `dtype`, float32 unless given: the VAE's precision; its
-        weights channels_last where the model's are), None for no path."""
+    def get(self, model: str, path, family: str, factor: int | None = None, dtype=None, channels_last: bool = False,
+            device: str = "cpu"):
+        """The AutoencoderTiny at `path` for `model` on `device` (the model's), in `dtype` (float32 unless given:
+        the VAE's precision; its weights channels_last where the model's are), None for no path."""
         if path is None:
             return None
-        key = (model, str(path), str(dtype))
+        key = (model, str(path), str(dtype), str(device))
         if key not in self._loaded:
             try:
                 tiny = load_tiny_decoder(path, family, dtype=dtype, factor=factor)
+                if str(device) != "cpu":
+                    tiny.to(device)
                 if channels_last:
                     import torch
                     tiny.to(memory_format=torch.channels_last)

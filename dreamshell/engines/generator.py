@@ -327,7 +327,7 @@ class DiffusersGenerator:
         factor = self._pipes["txt2img"].vae_scale_factor
         try:
             return self.tiny.get(self.spec.name, path, tiny_family(self.kind, factor), factor,
-                                 dtype=self.decoder_dtype, channels_last=self.channels_last)
+                                 dtype=self.decoder_dtype, channels_last=self.channels_last, device=self.device)
         except decoders.DecoderError as e:
             raise GenerationError(f"--decoder: {e}") from None
 
@@ -492,7 +492,8 @@ class DiffusersGenerator:
     def _run(self, pipe, args: dict, request: DreamRequest, context=None) -> list:
         """Run a pipeline call with the VAE modes this size and batch need; out of memory is one line."""
         batch = len(args["generator"]) if isinstance(args.get("generator"), list) else 1
-        loading.vae_modes(pipe, self.device, request.width * request.height, batch, self.lowvram)
+        loading.vae_modes(pipe, self.device, request.width * request.height, batch, self.lowvram,
+                          loading.device_free_bytes(self.device))
         try:
             with self.torch.inference_mode(), self._seamless(request.seamless), (context or contextlib.nullcontext()):
                 return pipe(**args).images

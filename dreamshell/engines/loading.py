@@ -37,6 +37,9 @@ PIPELINES = {
     ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
 }
 TILE_ABOVE = {"cuda": 1024 * 1024, "mps": 1024 * 1024, "cpu": 2048 * 2048}  # pixels; VAE tiles above this
+# The VAE decode's peak memory per image and output pixel in half precision, with a margin: SD's decoder holds a
+# few 256-channel maps at the full size (about 2.3 KiB a pixel at 512x512; measured on an H200: BENCHMARKS.md).
+VAE_DECODE_BYTES_PER_PIXEL = 4096
 
 
 class _Shape:
@@ -268,14 +271,38 @@ def memory_modes(pipe, device: str, lowvram: bool) -> None:
         pipe.enable_attention_slicing()  # 8 GB Macs run out of memory without it
 
 
-def vae_modes(pipe, device: str, pixels: int, batch: int, lowvram: bool) -> None:
-    """Per run: tile the VAE for large images, slice it (one image at a time) for batches."""
+def device_free_bytes(device: str) -> int | None:
+    """The memory a CUDA device has free, PyTorch's cached blocks counted as free; None elsewhere (MPS shares the
+    machine's memory, the CPU's is not the VAE's limit)."""
+    if device != "cuda":
+        return None
+    import torch
+    free, _total = torch.cuda.mem_get_info()
+    return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+
+def slice_vae(device: str, pixels: int, batch: int, lowvram: bool, free_bytes: int | None,
+              element_size: int = 2) -> bool:
+    """Whether a batch's VAE decode goes one image at a time: with --lowvram, on MPS (no free figure), and on CUDA
+    when the free memory is under twice the batch's estimated decode peak; never on the CPU or for one image.
+    Slicing costs 1.2x on a 1-step batch of 4 at 512 on an H200 (BENCHMARKS.md), so a GPU with room decodes whole."""
+    if batch <= 1 or device == "cpu":
+        return False
+    if lowvram or free_bytes is None:
+        return True
+    need = batch * pixels * VAE_DECODE_BYTES_PER_PIXEL * element_size // 2
+    return free_bytes < 2 * need
+
+
+def vae_modes(pipe, device: str, pixels: int, batch: int, lowvram: bool, free_bytes: int | None = None) -> None:
+    """Per run: tile the VAE for large images, slice it (one image at a time) for batches that may not fit."""
     vae = pipe.vae
     if lowvram or pixels > TILE_ABOVE.get(device, TILE_ABOVE["cpu"]):
         vae.enable_tiling()
     else:
         vae.disable_tiling()
-    if batch > 1 and (lowvram or device != "cpu"):
+    element_size = next(vae.parameters()).element_size()
+    if slice_vae(device, pixels, batch, lowvram, free_bytes, element_size):
         vae.enable_slicing()
     else:
         vae.disable_slicing()
