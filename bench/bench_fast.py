@@ -7,6 +7,7 @@
         --sdcpp_python /path/to/venv-with-stable-diffusion-cpp-python/bin/python --json out.json
 
 Sections (--sections, default all):
+- peak:    the machine's float32 ceiling: a 2048 and a 4096 square matrix product in torch (best of 5).
 - flops:   FLOPs of one UNet call, the full VAE decode and the TAESD decode (torch's FlopCounterMode).
 - layout:  channels_last against contiguous for the UNet call and the VAE decode, on the full-size file and on
            the demo model, interleaved (best of --reps each).
@@ -15,9 +16,9 @@ Sections (--sections, default all):
            CFG 7.5, LCM 4 steps CFG 1, 1-step turbo (k_euler_a, trailing) CFG 1; each with the full VAE and
            with TAESD. A 20-step row runs once, with the full VAE; its TAESD figure is its sampling time plus
            the TAESD decode measured in the same run (marked "sampling + decode").
-- oneimage: the 1-step turbo image (k_euler_a, trailing, CFG 1) with TAESD and with the full VAE, dreamshell and
-           plain diffusers interleaved image by image (--reps rounds; best and median), and where each one's time
-           goes (text encoder, UNet call, decode), timed inside the same images.
+- oneimage: the 1-step turbo image (k_euler_a, trailing, CFG 1; --oneimage_rows picks other rows: LCM) with TAESD
+           and with the full VAE, dreamshell and plain diffusers interleaved image by image (--reps rounds; best and
+           median), and where each one's time goes (text encoder, UNet call, decode), timed inside the same images.
 - sdxl:    an SDXL-size 1-step image at 1024x1024 (k_euler_a, trailing, CFG 1) through dreamshell with a TAESD-shaped
            tiny decoder named taesdxl_decoder, on --sdxl_model (scripts/make_fullsize_checkpoints.py sdxl); the UNet
            call timed inside it.
@@ -128,6 +129,18 @@ def unet_inputs(pipe, size: int):
     lat = torch.randn(1, pipe.unet.config.in_channels, size // factor, size // factor, generator=g)
     emb = torch.randn(1, 77, pipe.text_encoder.config.hidden_size, generator=g)
     return lat, torch.tensor([999]), emb
+
+
+def section_peak(results: dict) -> None:
+    """The float32 ceiling the TFLOP/s figures compare with: torch's matrix product on square inputs."""
+    import torch
+    peak = {}
+    for n in (2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        seconds = best_of(lambda: a @ b, 5)
+        peak[n] = 2 * n ** 3 / seconds / 1e12
+        out(f"peak: float32 matmul {n}x{n}: {peak[n]:.4f} TFLOP/s")
+    results["peak_tflop_s"] = peak
 
 
 def section_flops(model: Path, taesd: Path, results: dict) -> None:
@@ -283,8 +296,9 @@ def section_images(model: Path, taesd: Path, reps: int, results: dict, skip20: b
     pipe.vae = vae
 
 
-def section_oneimage(model: Path, taesd: Path, reps: int, results: dict) -> None:
-    """The 1-step image, dreamshell and plain diffusers interleaved image by image, with its parts."""
+def section_oneimage(model: Path, taesd: Path, reps: int, results: dict, row: str = "1-step") -> None:
+    """One row's image (the 1-step one unless `row` names another by its start), dreamshell and plain diffusers
+    interleaved image by image, with its parts."""
     import statistics
 
     import diffusers
@@ -313,7 +327,9 @@ def section_oneimage(model: Path, taesd: Path, reps: int, results: dict) -> None
     tiny = decoders.load_tiny_decoder(taesd)
     plain_tiny = AutoencoderTiny().eval()
     plain_tiny.load_state_dict(tiny.state_dict(), strict=False)
-    p = plan("k_euler_a", "sgm_uniform")
+    name, steps, sampler, schedule, cfg, _ = next(r for r in ROWS if r[0].startswith(row))
+    calls = steps * (2 if cfg > 1 else 1)
+    p = plan(sampler, schedule)
     pipe.scheduler = getattr(diffusers, p.scheduler).from_config(pipe.scheduler.config, **p.options)
     timed(gen.text, "conditioning", "dreamshell text")
     timed(gen._pipes["txt2img"].unet, "forward", "dreamshell UNet")
@@ -321,15 +337,15 @@ def section_oneimage(model: Path, taesd: Path, reps: int, results: dict) -> None
     timed(pipe, "encode_prompt", "diffusers text")
     timed(pipe.unet, "forward", "diffusers UNet")
     timed(plain_tiny, "decode", "diffusers TAESD decode")
-    request = DreamRequest(PROMPT, steps=1, seed=1, width=SIZE, height=SIZE, cfg_scale=1.0, sampler="k_euler_a",
-                           schedule="sgm_uniform", model=spec.name)
-    rows = results.setdefault("oneimage", {})
+    request = DreamRequest(PROMPT, steps=steps, seed=1, width=SIZE, height=SIZE, cfg_scale=cfg, sampler=sampler,
+                           schedule=schedule, model=spec.name)
+    rows = results.setdefault("oneimage" if row == "1-step" else f"oneimage {name}", {})
     for decoder, files, vae in (("TAESD", LineFiles(decoder=taesd), plain_tiny), ("full VAE", LineFiles(), full_vae)):
         pipe.vae = vae
 
         def diffusers_image():
             with torch.inference_mode():
-                return pipe(PROMPT, num_inference_steps=1, guidance_scale=1.0, height=SIZE, width=SIZE,
+                return pipe(PROMPT, num_inference_steps=steps, guidance_scale=cfg, height=SIZE, width=SIZE,
                             generator=torch.Generator().manual_seed(1)).images
         times: dict = {"dreamshell": [], "diffusers": []}
         gen.generate(request, files=files)     # warm-up, both
@@ -340,18 +356,18 @@ def section_oneimage(model: Path, taesd: Path, reps: int, results: dict) -> None
                 t = time.perf_counter()
                 call()
                 times[runner].append(time.perf_counter() - t)
-        flop = f.get("unet", 0) + f.get("vae_decode" if decoder == "full VAE" else "taesd_decode", 0)
+        flop = calls * f.get("unet", 0) + f.get("vae_decode" if decoder == "full VAE" else "taesd_decode", 0)
         for runner, ts in times.items():
             best = min(ts)
             rows[f"{runner} | {decoder}"] = {"best_s": best, "median_s": statistics.median(ts), "all_s": ts,
                                              "tflop_s": flop / best / 1e12 if flop else None}
-            out(f"one image {runner} | 1-step turbo | {decoder}: best {best:.2f}s median {statistics.median(ts):.2f}s "
+            out(f"one image {runner} | {name} | {decoder}: best {best:.2f}s median {statistics.median(ts):.2f}s "
                 f"({tflops(flop, best)} TFLOP/s) all {[round(t, 2) for t in ts]}")
         ratio = min(times["dreamshell"]) / min(times["diffusers"])
         rows[f"ratio | {decoder}"] = ratio
-        out(f"one image {decoder}: dreamshell / diffusers = {ratio:.3f} (best), "
+        out(f"one image {name}, {decoder}: dreamshell / diffusers = {ratio:.3f} (best), "
             f"{statistics.median(times['dreamshell']) / statistics.median(times['diffusers']):.3f} (median)")
-    results["oneimage_parts"] = {k: {"median_s": statistics.median(v), "n": len(v)} for k, v in parts.items()}
+    results["oneimage_parts" if row == "1-step" else f"oneimage_parts {name}"] = {k: {"median_s": statistics.median(v), "n": len(v)} for k, v in parts.items()}
     for k, v in parts.items():
         out(f"  part {k}: median {statistics.median(v):.3f}s over {len(v)}")
     pipe.vae = full_vae
@@ -601,7 +617,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="the random-weight full-size SD 1.5 file")
     ap.add_argument("--taesd", type=Path, default=None,
                     help="a TAESD decoder file (default: a random one made beside --model)")
-    ap.add_argument("--sections", default="flops,layout,images,oneimage,sdxl,bf16vae,compile,sdcpp")
+    ap.add_argument("--sections", default="peak,flops,layout,images,oneimage,sdxl,bf16vae,compile,sdcpp")
     ap.add_argument("--reps", type=int, default=2, help="timed runs of each short case (best is kept)")
     ap.add_argument("--bf16_images", type=int, default=8)
     ap.add_argument("--compile_full", action="store_true")
@@ -610,6 +626,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="section images: dreamshell at --precision bfloat16 too")
     ap.add_argument("--rows", default=None,
                     help="section images: only the rows whose names start with these (comma-separated: 20,LCM,1-step)")
+    ap.add_argument("--oneimage_rows", default="1-step", help="section oneimage: the rows (1-step,LCM)")
     ap.add_argument("--sdxl_model", type=Path, default=None, help="a random-weight full-size SDXL file (section sdxl)")
     ap.add_argument("--sdcpp_python", default=None, help="an interpreter with stable-diffusion-cpp-python")
     ap.add_argument("--sdcpp_modes", default="default,direct")
@@ -635,6 +652,8 @@ def main() -> None:
     out(f"{results['cpu']}, {results['threads']} torch threads, torch {torch.__version__}, native bf16: "
         f"{results['native_bf16']}")
     started = time.perf_counter()
+    if "peak" in sections:
+        section_peak(results)
     if {"flops", "images", "oneimage", "sdcpp"} & set(sections):
         section_flops(args.model, taesd, results)
     if "layout" in sections:
@@ -642,7 +661,8 @@ def main() -> None:
     if "images" in sections:
         section_images(args.model, taesd, args.reps, results, args.skip20, args.bf16)
     if "oneimage" in sections:
-        section_oneimage(args.model, taesd, max(args.reps, 4), results)
+        for row in args.oneimage_rows.split(","):
+            section_oneimage(args.model, taesd, max(args.reps, 4), results, row)
     if "sdxl" in sections and args.sdxl_model:
         section_sdxl(args.sdxl_model, args.reps, results)
     if "sdcpp" in sections and args.sdcpp_python:
