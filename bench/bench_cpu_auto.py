@@ -29,7 +29,7 @@ def run(spec, precision: str, vae_precision: str, rows, reps: int) -> None:
     from dreamshell.line.request import DreamRequest
     g = DiffusersGenerator(device="cpu", precision=precision, vae_precision=vae_precision)
     g.load(spec)
-    print(f"--precision {precision} --vae_precision {vae_precision}: UNet {g.dtype}, VAE float32: {g.vae_float32}, "
+    print(f"--precision {precision} --vae_precision {vae_precision}: UNet {g.dtype}, VAE and TAESD {g.decoder_dtype}, "
           f"{torch.get_num_threads()} threads", flush=True)
     request = DreamRequest(PROMPT, steps=1, seed=1, width=512, height=512, cfg_scale=1.0, sampler="k_euler_a",
                            schedule="sgm_uniform", model=spec.name)

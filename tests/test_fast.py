@@ -364,6 +364,12 @@ def test_the_tiny_decoder_runs_on_the_models_device(tiny_models, tmp_path):
     latents = torch.randn(2, tiny.config.latent_channels, 8, 8)   # where the pipeline left them
     out = decoders.decode(tiny, latents)
     assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 16, 16)
+    # and in the model's precision there (float16 on CUDA, as plain diffusers runs TAESD), float32 on this CPU
+    gen.dtype = torch.float16
+    assert gen.decoder_dtype == torch.float16
+    assert next(gen._tiny_decoder(taesd).parameters()).dtype == torch.float16
+    gen.device = "cpu"
+    assert gen.decoder_dtype == torch.float32
 
 
 def test_a_few_step_model_or_lora_gets_a_note_once(session_with, tmp_path, tiny_models):

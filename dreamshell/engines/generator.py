@@ -125,8 +125,11 @@ class DiffusersGenerator:
 
     @property
     def decoder_dtype(self):
-        """The tiny decoder's dtype: the VAE's (bfloat16 beside a bfloat16 model on a CPU unless kept float32)."""
-        bf16 = self.dtype == self.torch.bfloat16 and self.device == "cpu" and not self.vae_float32
+        """The tiny decoder's dtype: the VAE's. On a GPU the model's (float16 on CUDA: TAESD is made to run in it, as
+        diffusers' docs load it); on a CPU bfloat16 beside a bfloat16 model unless kept float32, else float32."""
+        if self.device != "cpu":
+            return self.dtype
+        bf16 = self.dtype == self.torch.bfloat16 and not self.vae_float32
         return self.torch.bfloat16 if bf16 else self.torch.float32
 
     def _load(self, spec: ModelSpec, kind: str, prediction: str | None, found=None) -> None:
