@@ -45,7 +45,7 @@ class FakeGenerator:
     def tokenization(self, prompt: str, files=None) -> str:
         return f"tokens of {prompt}"
 
-    def prompt_notes(self, prompt: str, files=None) -> list[str]:
+    def prompt_notes(self, prompt: str, files=None, running=None) -> list[str]:
         return []
 
     def generate_batch(self, requests, *, files=None, on_step=None, should_stop=None):

@@ -383,7 +383,9 @@ def test_a_few_step_model_or_lora_gets_a_note_once(session_with, tmp_path, tiny_
     gen.load(tiny_models().models["tiny"])
     from dreamshell.weights.library import Library
     files = Library(Folders(lora_dir, tmp_path, tmp_path)).files_for("a red circle <lora:lcm-lora-demo:1>", None)
-    notes = gen._few_step_hints("x", files)
+    # a line already at the preset's sampler and CFG (typed with --preset lcm, or its log line) needs no note
+    assert gen._few_step_hints("x", files, ("LCM", 1.0)) == []
+    notes = gen._few_step_hints("x", files, ("k_euler", 5.0))
     assert notes == ["note: lcm-lora-demo.safetensors: its name says lcm (a few-step model): try --preset lcm"]
     assert gen._few_step_hints("x", files) == []
 

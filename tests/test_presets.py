@@ -266,6 +266,16 @@ def test_a_few_step_file_gets_a_suggestion_never_a_switch(name, meta, line):
     assert got is None or "\n" not in got
 
 
+def test_no_suggestion_for_a_line_that_already_runs_the_preset():
+    from dreamshell.line.presets import suggest_preset
+    name = "lcm-lora-sdv1-5.safetensors"
+    assert suggest_preset(name, None, ("LCM", 1.0)) is None
+    assert "try --preset lcm" in suggest_preset(name, None, ("LCM", 5.0))
+    assert "try --preset lcm" in suggest_preset(name, None, ("k_euler", 1.0))
+    assert "try --preset lcm" in suggest_preset(name, None, (None, None))
+    assert "try --preset lightning -s 2" in suggest_preset("sdxl_lightning_2step_lora.safetensors", None, ("LCM", 1.0))
+
+
 def test_safetensors_metadata_feeds_the_suggestion(tmp_path):
     from dreamshell.line.presets import suggest_preset
     from dreamshell.weights.checkpoint import safetensors_metadata

@@ -59,7 +59,7 @@ class ImageWorker:
         if notes:
             if request.log_tokenization:
                 told.append(self.generator.tokenization(request.prompt, files))
-            told += self.generator.prompt_notes(request.prompt, files)
+            told += self.generator.prompt_notes(request.prompt, files, (request.sampler, request.cfg_scale))
         result, = make_images(self.generator, [request], files, init, mask, upscale=self._upscale)
         return replace(result, notes=tuple(told) + result.notes) if told else result
 

@@ -271,20 +271,31 @@ class DiffusersGenerator:
         """The files a line uses: as planned, or (a caller that planned nothing) found in the library now."""
         return files if files is not None else self.library.files_for(prompt, vae, controls)
 
-    def prompt_notes(self, prompt: str, files: LineFiles | None = None) -> list[str]:
+    def prompt_notes(self, prompt: str, files: LineFiles | None = None,
+                     running: tuple[str, float] | None = None) -> list[str]:
+        """The prompt's notes before its first image; `running` is the line's (sampler, CFG) (few-step hints)."""
         if families.is_new_family(self.kind):   # issue 21: CLIP + T5, no compel
-            return families.prompt_notes(self, prompt, files) + self._few_step_hints(prompt, files)
-        return self.text.prompt_notes(prompt, files) + self._few_step_hints(prompt, files)   # issue 17
+            return families.prompt_notes(self, prompt, files) + self._few_step_hints(prompt, files, running)
+        return self.text.prompt_notes(prompt, files) + self._few_step_hints(prompt, files, running)   # issue 17
 
 
-    def _few_step_hints(self, prompt: str, files: LineFiles | None) -> list[str]:
-        """Once per loaded model and per LoRA file: a note when it looks like a few-step one (a preset to try)."""
+    def _few_step_hints(self, prompt: str, files: LineFiles | None,
+                        running: tuple[str, float] | None = None) -> list[str]:
+        """Once per loaded model and per LoRA file: a note when it looks like a few-step one (a preset to try). A
+        line that already runs the preset (its sampler and CFG) gets none, and the next line without it still does."""
         if self.spec is None:
             return []
-        paths = [self.spec.weights] + [u.path for u in self.files(prompt, None, files).loras]
-        notes = [few_step_hint(p) for p in paths if p not in self._hinted]
-        self._hinted.update(paths)
-        return [n for n in notes if n]
+        notes = []
+        for path in [self.spec.weights] + [u.path for u in self.files(prompt, None, files).loras]:
+            if path in self._hinted:
+                continue
+            note = few_step_hint(path, running)
+            if note is None and running is not None and few_step_hint(path) is not None:
+                continue
+            self._hinted.add(path)
+            if note:
+                notes.append(note)
+        return notes
 
     def tokenization(self, prompt: str, files: LineFiles | None = None) -> str:
         return self.text.tokenization(prompt, files)

@@ -202,10 +202,12 @@ _HINTS = (("dmd2", "dmd2"), ("lightning", "lightning"), ("hyper-sd", "hyper"), (
 _STEPS_IN_NAME = re.compile(r"(\d+)[-_ ]?steps?(?![a-z])")
 
 
-def suggest_preset(name: str, metadata: dict | None = None) -> str | None:
+def suggest_preset(name: str, metadata: dict | None = None, running: tuple[str, float] | None = None) -> str | None:
     """One line suggesting a preset for a weights file whose name, ModelSpec title (`modelspec.title`) or
     kohya metadata (`ss_output_name`, `ss_sd_model_name`) names a few-step model, e.g.
-    'sdxl_lightning_2step_lora.safetensors looks like SDXL-Lightning: try --preset lightning -s 2'; else None."""
+    'sdxl_lightning_2step_lora.safetensors looks like SDXL-Lightning: try --preset lightning -s 2'; else None.
+    `running`: the line's (sampler, CFG); None too when the line already runs that preset's sampler and CFG
+    (typed with --preset, or a log line that recorded its values)."""
     meta = metadata or {}
     texts = [name] + [str(meta.get(k, "")) for k in ("modelspec.title", "ss_output_name", "ss_sd_model_name")]
     for text in texts:
@@ -215,6 +217,10 @@ def suggest_preset(name: str, metadata: dict | None = None) -> str | None:
                 found = _STEPS_IN_NAME.search(low)
                 steps = int(found.group(1)) if found else None
                 row = preset_row(preset, steps)
+                sampler, cfg = running or (None, None)
+                if sampler and cfg is not None and sampler.lower() == row.sampler.lower() \
+                        and abs(cfg - row.cfg_scale) < 1e-6:
+                    return None
                 how = f"--preset {preset}" + (f" -s {steps}" if steps and row.steps == steps and not row.default else "")
                 where = "its name" if text == name else "its metadata"
                 return f"{name}: {where} says {text if text != name else word} (a few-step model): try {how}"

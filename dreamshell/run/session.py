@@ -162,4 +162,4 @@ class Session:
     def _line_notes(generator, plan: LinePlan) -> list[str]:
         """-t's tokens and the prompt's notes (long prompts, LoRA layers left out), before the first image."""
         notes = [generator.tokenization(plan.line.prompt, plan.files)] if plan.line.log_tokenization else []
-        return notes + generator.prompt_notes(plan.line.prompt, plan.files)
+        return notes + generator.prompt_notes(plan.line.prompt, plan.files, (plan.line.sampler, plan.line.cfg_scale))

@@ -99,11 +99,12 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
         return {}
 
 
-def few_step_hint(path: Path) -> str | None:
+def few_step_hint(path: Path, running: tuple[str, float] | None = None) -> str | None:
     """A one-line note when a model or LoRA file looks like a few-step one by its name or header (ModelSpec
-    `modelspec.*`, kohya `ss_*`): the preset to try (line/presets.suggest_preset); None otherwise. Never a switch."""
+    `modelspec.*`, kohya `ss_*`): the preset to try (line/presets.suggest_preset); None otherwise, and None when
+    the line (`running`: its sampler and CFG) already runs that preset. Never a switch."""
     from ..line.presets import suggest_preset
-    hint = suggest_preset(Path(path).name, safetensors_metadata(path))
+    hint = suggest_preset(Path(path).name, safetensors_metadata(path), running)
     return f"note: {hint}" if hint else None
 
 
