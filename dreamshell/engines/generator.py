@@ -506,8 +506,8 @@ class DiffusersGenerator:
     def _run(self, pipe, args: dict, request: DreamRequest, context=None) -> list:
         """Run a pipeline call with the VAE modes this size and batch need; out of memory is one line."""
         batch = len(args["generator"]) if isinstance(args.get("generator"), list) else 1
-        loading.vae_modes(pipe, self.device, request.width * request.height, batch, self.lowvram,
-                          loading.device_free_bytes(self.device))
+        free = loading.device_free_bytes(self.device) if batch > 1 else None   # only a batch may be sliced
+        loading.vae_modes(pipe, self.device, request.width * request.height, batch, self.lowvram, free)
         try:
             with self.torch.inference_mode(), self._seamless(request.seamless), (context or contextlib.nullcontext()):
                 return pipe(**args).images
